@@ -1,0 +1,1 @@
+//! Wiring: spawns the bus tasks and the uplink, owns shutdown. No protocol code.

@@ -1,0 +1,1 @@
+//! `fieldlink demo`: in-process peers around the real agent.

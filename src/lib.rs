@@ -1,0 +1,16 @@
+//! fieldlink: an edge IoT bridge agent. The binary in `main.rs` is a thin shell around this
+//! library so that integration tests, benches and the demo drive the very same code.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod health;
+pub mod logging;
+pub mod model;
+pub mod poll;
+pub mod queue;
+pub mod sim;
+pub mod systemd;
+pub mod uplink;

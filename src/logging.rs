@@ -1,0 +1,1 @@
+//! Logging: journald when JOURNAL_STREAM matches stderr, readable stderr otherwise.

@@ -1,0 +1,1 @@
+//! Pure decoding of registers and bits into values.

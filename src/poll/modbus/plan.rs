@@ -1,0 +1,1 @@
+//! Pure request planning: coalesces a device's points into the fewest reads.

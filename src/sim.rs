@@ -1,0 +1,1 @@
+//! Simulated Modbus devices (tokio-modbus servers) for `fieldlink demo`, tests and benches.
