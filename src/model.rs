@@ -32,7 +32,10 @@ pub struct Reading {
 pub enum Sample {
     Reading(Reading),
     /// A device started (`true`) or stopped (`false`) answering.
-    DeviceAvailability { device: Arc<str>, online: bool },
+    DeviceAvailability {
+        device: Arc<str>,
+        online: bool,
+    },
 }
 
 pub fn unix_ms_now() -> u64 {
@@ -40,4 +43,10 @@ pub fn unix_ms_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Where bus tasks deliver their samples. Implemented by the uplink's publisher; must never
+/// block (a slow or dead link must not slow the buses down).
+pub trait SampleSink: Send + Sync {
+    fn send(&self, sample: Sample);
 }

@@ -187,7 +187,10 @@ mod tests {
         assert!(o.ack(1));
         assert_eq!(o.requeue_inflight(), 2);
         let again = o.take(10);
-        assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        assert_eq!(
+            again.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [2, 3, 4, 5]
+        );
     }
 
     #[test]

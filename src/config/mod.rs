@@ -199,7 +199,9 @@ pub enum DataType {
     F64,
     /// ASCII, two characters per register, `registers` registers long; trailing NULs and
     /// spaces are trimmed.
-    String { registers: u16 },
+    String {
+        registers: u16,
+    },
 }
 
 impl DataType {

@@ -17,7 +17,14 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for e in &self.0 {
-            writeln!(f, "{}:{}:{}: {}", e.file.display(), e.line, e.column, e.message)?;
+            writeln!(
+                f,
+                "{}:{}:{}: {}",
+                e.file.display(),
+                e.line,
+                e.column,
+                e.message
+            )?;
         }
         Ok(())
     }

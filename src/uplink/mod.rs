@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Mqtt;
 use crate::health::Health;
-use crate::model::Sample;
+use crate::model::{Sample, SampleSink};
 use crate::queue::Outbox;
 
 /// Turns samples from the bus tasks into outbox records (topic + payload with `seq`).
@@ -17,8 +17,8 @@ pub struct Publisher {
     pub outbox: Arc<Outbox>,
 }
 
-impl Publisher {
-    pub fn send(&self, sample: &Sample) {
+impl SampleSink for Publisher {
+    fn send(&self, sample: Sample) {
         let _ = sample;
     }
 }

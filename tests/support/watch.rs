@@ -1,0 +1,111 @@
+//! An MQTT subscriber (rumqttc) that records every message it sees, for assertions.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+impl Message {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Subscribes to `filter` on the broker at `port` and keeps every message in arrival order.
+pub struct Watch {
+    pub messages: Arc<Mutex<Vec<Message>>>,
+    client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    /// Connects, subscribes and returns once the SUBACK has arrived (so nothing published
+    /// afterwards is missed, and retained messages are delivered).
+    pub async fn start(port: u16, filter: &str) -> Watch {
+        let mut opts = MqttOptions::new(super::unique("watch"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (subacked_tx, subacked_rx) = tokio::sync::oneshot::channel();
+        let sink = messages.clone();
+        let task = tokio::spawn(async move {
+            let mut subacked = Some(subacked_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subacked.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock().unwrap().push(Message {
+                            topic: p.topic.clone(),
+                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                            retain: p.retain,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subacked_rx)
+            .await
+            .expect("SUBACK within 10 s")
+            .unwrap();
+        Watch {
+            messages,
+            client,
+            task,
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Message> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Messages on exactly `topic`.
+    pub fn on(&self, topic: &str) -> Vec<Message> {
+        self.snapshot()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    pub fn last_on(&self, topic: &str) -> Option<Message> {
+        self.on(topic).pop()
+    }
+
+    /// Waits until a message on `topic` satisfies `pred`.
+    pub async fn wait_for(
+        &self,
+        topic: &str,
+        deadline: Duration,
+        pred: impl Fn(&Message) -> bool,
+    ) -> Message {
+        super::wait_until(&format!("a matching message on {topic}"), deadline, || {
+            self.on(topic).into_iter().find(|m| pred(m))
+        })
+        .await
+    }
+
+    pub async fn stop(self) {
+        let _ = self.client.disconnect().await;
+        self.task.abort();
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
