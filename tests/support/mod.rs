@@ -1,10 +1,14 @@
 //! Shared test harness: real peers on ports the kernel picks, and waits with deadlines.
 //!
 //! Each test binary does `mod support;` and uses what it needs, hence the `dead_code` allow.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod broker;
 pub use broker::Broker;
+pub mod agent;
+pub mod expect;
+pub mod modbus;
+pub mod pty;
 pub mod watch;
 
 use std::net::TcpListener;
