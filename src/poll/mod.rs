@@ -25,3 +25,14 @@ pub async fn run_bus(
     let _ = (bus, devices, sink, health);
     cancel.cancelled().await;
 }
+
+pub struct ReadReport;
+impl std::fmt::Display for ReadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "")
+    }
+}
+pub async fn read_once(bus: &Bus, device: &Device) -> anyhow::Result<ReadReport> {
+    let _ = (bus, device);
+    Ok(ReadReport)
+}
