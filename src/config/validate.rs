@@ -1148,6 +1148,7 @@ impl Checker {
         };
         let d = self.decode::<RawDevice>(file, item, &what, &["point"]);
         // Points are checked even when the device table itself is broken.
+        let problems_before_points = self.problems.len();
         let own_points: Vec<Option<LocatedPoint>> = match item_child(item, "point") {
             Some(points) => self
                 .elements(file, &points, "[[device.point]]", "point")
@@ -1158,7 +1159,9 @@ impl Checker {
         };
         let d = d?;
         let raw = &d.value;
-        let mut ok = own_points.iter().all(Option::is_some);
+        // Any problem with the points (a malformed list included) fails the device, and
+        // keeps the "no points" error below from repeating it.
+        let mut ok = self.problems.len() == problems_before_points;
 
         let name = self
             .require(&d, &raw.name, "name", "name = \"boiler\"")
@@ -1378,6 +1381,7 @@ impl Checker {
         let root = Item::Table(doc.as_table().clone());
         let what = format!("profile \"{name}\"");
         let d = self.decode::<RawProfile>(file, &root, &what, &["point"]);
+        let problems_before_points = self.problems.len();
         let points: Vec<Option<LocatedPoint>> = match doc.as_table().get("point") {
             Some(points) => self
                 .elements(file, points, "[[point]]", "point")
@@ -1387,7 +1391,7 @@ impl Checker {
             None => Vec::new(),
         };
         let d = d?;
-        let mut ok = points.iter().all(Option::is_some);
+        let mut ok = self.problems.len() == problems_before_points;
         let points: Vec<LocatedPoint> = points.into_iter().flatten().collect();
         if let Some(desc) = self.require(
             &d,
