@@ -108,6 +108,13 @@ impl Agent {
 
     /// Starts `fieldlink run --config <config>`, plus `extra_args`.
     pub fn start_with(config: ConfigDir, extra_args: &[&str]) -> Agent {
+        // A typo in a test's config should fail here, saying so, not as a timeout later.
+        if let Err(errors) = fieldlink::config::load(&config.path) {
+            panic!(
+                "the test's own config does not load:\n{errors}\n{}",
+                std::fs::read_to_string(&config.path).unwrap_or_default()
+            );
+        }
         let mut args = vec!["run", "--config", config.path_str()];
         args.extend_from_slice(extra_args);
         let mut child = command(&args)
