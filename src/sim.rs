@@ -427,7 +427,12 @@ pub fn demo_boiler(unit: u8) -> Arc<SimDevice> {
         b.set_coil(RUNNING, (s as u64 / 60) % 5 != 4);
         b.set_holding(SERIAL, &string_words(SERIAL_NUMBER, SERIAL_REGISTERS));
     };
-    device.with_banks(|b| update(b, Duration::ZERO));
+    device.with_banks(|b| {
+        // Gaps read as zero, so any max_gap in the demo config works.
+        b.set_holding(0, &[0; 28]);
+        b.set_input(0, &[0; 3]);
+        update(b, Duration::ZERO)
+    });
     device.set_dynamics(update);
     device
 }

@@ -17,6 +17,8 @@
 pub mod backoff;
 pub mod modbus;
 mod scheduler;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -93,7 +93,54 @@ fn with_default_port(address: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_default_port;
+    use super::*;
+    use crate::config::Table;
+    use crate::poll::modbus::RawData;
+    use crate::sim::{serve_tcp, Behaviour, SimDevice};
+    use tokio_modbus::ExceptionCode;
+
+    #[tokio::test]
+    async fn an_exception_keeps_the_connection_and_a_timeout_drops_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dev = SimDevice::new(1);
+        dev.with_banks(|b| b.set_holding(0, &[1]));
+        let server = serve_tcp(listener, vec![dev.clone()]);
+        let mut link = TcpLink::new(&addr.to_string(), Duration::from_millis(200));
+        let read = |start| ReadRequest {
+            table: Table::Holding,
+            start,
+            count: 1,
+            points: vec![],
+        };
+
+        assert_eq!(
+            link.read(1, &read(0)).await.unwrap(),
+            Ok(RawData::Registers(vec![1]))
+        );
+        assert_eq!(
+            link.read(1, &read(50)).await.unwrap(),
+            Err(ExceptionCode::IllegalDataAddress)
+        );
+        assert!(link.ctx.is_some(), "an exception must keep the connection");
+
+        dev.set_behaviour(Behaviour::Silent);
+        assert!(matches!(
+            link.read(1, &read(0)).await,
+            Err(LinkError::Timeout(_))
+        ));
+        assert!(
+            link.ctx.is_none(),
+            "a timeout must drop the poisoned context"
+        );
+
+        dev.set_behaviour(Behaviour::Normal);
+        assert_eq!(
+            link.read(1, &read(0)).await.unwrap(),
+            Ok(RawData::Registers(vec![1]))
+        );
+        server.abort();
+    }
 
     #[test]
     fn an_address_without_a_port_gets_502() {
