@@ -374,6 +374,28 @@ async fn a_silent_tcp_device_goes_offline_and_comes_back_while_its_neighbour_kee
 }
 
 #[tokio::test]
+async fn a_point_with_a_longer_interval_is_polled_at_its_own_rate() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bus = tcp_bus(listener.local_addr().unwrap());
+    let dev = SimDevice::new(1);
+    dev.with_banks(|b| b.set_holding(0, &[1, 2]));
+    let server = serve_tcp(listener, vec![dev]);
+    let mut slow = point("slow", Table::Holding, 1, DataType::U16);
+    slow.interval = Some(Duration::from_millis(500));
+    let points = vec![point("fast", Table::Holding, 0, DataType::U16), slow];
+    let run = Running::start(bus, vec![device("d", "tcp0", 1, 50, points)]);
+    wait_until("40 fast readings", Duration::from_secs(10), || {
+        (run.sink.count("d", "fast") >= 40).then_some(())
+    })
+    .await;
+    let (fast, slow) = (run.sink.count("d", "fast"), run.sink.count("d", "slow"));
+    assert!(slow >= 1 && slow * 4 <= fast, "fast {fast}, slow {slow}");
+    assert_eq!(run.sink.values("d", "slow")[0], Value::Int(2));
+    run.stop().await;
+    server.abort();
+}
+
+#[tokio::test]
 async fn tcp_reconnects_after_the_server_restarts() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -83,9 +83,9 @@ impl RtuLink {
         }
         match open_port(&self.settings.serial) {
             Ok(stream) => {
-                if self.open_error_logged.take().is_some() || self.open_failures > 0 {
-                    tracing::info!(bus = %self.bus, path = %self.settings.serial.path.display(), "serial port open again");
-                }
+                self.open_error_logged = None;
+                let s = &self.settings.serial;
+                tracing::info!(bus = %self.bus, path = %s.path.display(), baud = s.baud, data_bits = s.data_bits, parity = ?s.parity, stop_bits = s.stop_bits, "serial port open");
                 self.open_failures = 0;
                 self.reopen_at = None;
                 let port = SharedPort(Arc::new(Mutex::new(stream)));

@@ -123,6 +123,12 @@ mod tests {
             Err(ExceptionCode::IllegalDataAddress)
         );
         assert!(link.ctx.is_some(), "an exception must keep the connection");
+        dev.set_behaviour(Behaviour::Exception(ExceptionCode::ServerDeviceBusy));
+        assert_eq!(
+            link.read(1, &read(0)).await.unwrap(),
+            Err(ExceptionCode::ServerDeviceBusy)
+        );
+        assert!(link.ctx.is_some());
 
         dev.set_behaviour(Behaviour::Silent);
         assert!(matches!(
