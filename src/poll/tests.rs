@@ -640,3 +640,37 @@ async fn read_once_refuses_a_device_of_another_bus() {
         Err(ReadOnceError::WrongBus { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_hung_up_serial_line_marks_devices_offline_and_the_bus_keeps_running() {
+    let (master, slave, path) = pty_line();
+    let dev = SimDevice::new(1);
+    dev.with_banks(|b| b.set_holding(0, &[9]));
+    let server = serve_rtu(master, vec![dev]);
+    let run = Running::start(
+        rtu_bus(path),
+        vec![device(
+            "meter",
+            "rtu0",
+            1,
+            50,
+            vec![point("v", Table::Holding, 0, DataType::U16)],
+        )],
+    );
+    wait_until("a reading", Duration::from_secs(5), || {
+        run.sink.values("meter", "v").first().cloned()
+    })
+    .await;
+    // Closing the master end is what an unplugged adapter looks like from the slave side.
+    server.abort();
+    let _ = server.await;
+    drop(slave);
+    wait_until(
+        "meter offline after the hang-up",
+        Duration::from_secs(5),
+        || (run.sink.availability("meter") == vec![true, false]).then_some(()),
+    )
+    .await;
+    assert!(!run.task.is_finished(), "run_bus must keep retrying");
+    run.stop().await;
+}
