@@ -222,14 +222,3 @@ async fn read_with<L: ModbusLink>(
         points,
     })
 }
-
-pub struct ReadReport;
-impl std::fmt::Display for ReadReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "")
-    }
-}
-pub async fn read_once(bus: &Bus, device: &Device) -> anyhow::Result<ReadReport> {
-    let _ = (bus, device);
-    Ok(ReadReport)
-}
