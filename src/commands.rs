@@ -161,8 +161,77 @@ pub fn read(path: &Path, device_name: &str) -> anyhow::Result<ExitCode> {
         .bus(&device.bus)
         .context("validated config names a missing bus")?;
     let report = runtime()?.block_on(crate::poll::read_once(bus, device))?;
-    print!("{report}");
-    Ok(ExitCode::SUCCESS)
+    print!("{}", format_read_report(device, &report));
+    let all_good = report.points.iter().all(|p| p.value.is_ok());
+    Ok(if all_good {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The commissioning table: raw words per request, then each point decoded, so an integrator
+/// can compare against the device's manual (byte order, scale) at a glance.
+fn format_read_report(device: &config::Device, report: &crate::poll::ReadReport) -> String {
+    use crate::poll::RawData;
+    let mut out = String::new();
+    let _ = writeln!(out, "device {}:", report.device);
+    for (i, r) in report.requests.iter().enumerate() {
+        let q = &r.request;
+        let _ = write!(
+            out,
+            "  request {i}: {:?} {}..{} ({} ms): ",
+            q.table,
+            q.start,
+            u32::from(q.start) + u32::from(q.count) - 1,
+            r.elapsed.as_millis()
+        );
+        match &r.outcome {
+            Ok(RawData::Registers(words)) => {
+                let hex: Vec<String> = words.iter().map(|w| format!("{w:04X}")).collect();
+                let _ = writeln!(out, "{}", hex.join(" "));
+            }
+            Ok(RawData::Bits(bits)) => {
+                let b: String = bits.iter().map(|&b| if b { '1' } else { '0' }).collect();
+                let _ = writeln!(out, "{b}");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "FAILED: {e}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  {:<24} {:>24}  {:<8} request",
+        "point", "value", "unit"
+    );
+    for p in &report.points {
+        let point = &device.points[p.index];
+        let value = match &p.value {
+            Ok(v) => format_value(v),
+            Err(e) => format!("BAD: {e}"),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>24}  {:<8} {}",
+            p.name,
+            value,
+            point.unit.as_deref().unwrap_or(""),
+            p.request
+        );
+    }
+    out
+}
+
+fn format_value(v: &crate::model::Value) -> String {
+    use crate::model::Value;
+    match v {
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => format!("{f}"),
+        Value::Text(t) => format!("{t:?}"),
+    }
 }
 
 #[cfg(feature = "demo")]

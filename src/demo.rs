@@ -21,7 +21,7 @@ pub async fn run(seconds: Option<u64>) -> anyhow::Result<()> {
 
     let modbus = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let modbus_addr = modbus.local_addr()?;
-    tokio::spawn(crate::sim::serve_tcp(modbus, crate::sim::demo_devices()));
+    let _simulator = crate::sim::serve_tcp(modbus, vec![crate::sim::demo_boiler(1)]);
 
     let mut config = config::load_str(Path::new("config/demo.toml"), DEMO_CONFIG)
         .map_err(|e| anyhow::anyhow!("the built-in demo config does not load:\n{e}"))?;

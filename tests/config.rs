@@ -191,9 +191,9 @@ fn the_demo_config_has_the_points_the_demo_serves() {
     let point = |name: &str| boiler.points.iter().find(|p| p.name == name).unwrap();
     assert_eq!(point("pressure").order, WordOrder::Cdab);
     assert_eq!(point("pressure").data_type, DataType::F32);
-    assert_eq!(point("flow_temperature").scale, 0.1);
-    assert_eq!(point("pump_running").table, Table::Coil);
-    assert_eq!(point("model").data_type, DataType::String { registers: 8 });
+    assert_eq!(point("temperature").scale, 0.1);
+    assert_eq!(point("running").table, Table::Coil);
+    assert_eq!(point("serial").data_type, DataType::String { registers: 8 });
 }
 
 #[test]
