@@ -16,10 +16,14 @@ use tokio_modbus::prelude::ExceptionCode;
 const FIRST_READING: Duration = Duration::from_secs(15);
 
 /// A device with one point of each common shape, values chosen so that a wrong type, a
-/// wrong word order or a missed scale gives a different number.
+/// wrong word order or a missed scale gives a different number. Registers 0..64 of both
+/// banks exist (zero unless set), so requests the planner merges across gaps are answered.
 fn meter(unit: u8) -> SimDevice {
     let d = SimDevice::new(unit);
-    d.set_registers(Bank::Holding, 0, &words::i16(-123))
+    d.set_registers(Bank::Holding, 0, &[0; 64])
+        .set_registers(Bank::Input, 0, &[0; 64])
+        .set_bits(Bank::Coil, 0, &[false; 16])
+        .set_registers(Bank::Holding, 0, &words::i16(-123))
         .set_registers(Bank::Input, 10, &words::u32(305_419_896))
         .set_registers(Bank::Holding, 20, &words::f32(3.5))
         .set_registers(Bank::Holding, 30, &words::f32_cdab(-1234.5))
