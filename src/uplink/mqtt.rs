@@ -103,7 +103,15 @@ pub async fn run(
         settings.cfg.backoff_max,
         fastrand::Rng::new(),
     );
-    let beat = health.register("uplink", settings.keep_alive * 3 + HEALTH_EVERY);
+    // The loop ticks on every broker event (at least one per keep-alive while up), and
+    // between connection attempts, which may be a backoff plus a connect timeout apart.
+    let beat = health.register(
+        "uplink",
+        settings.cfg.backoff_max
+            + settings.cfg.connect_timeout
+            + settings.keep_alive * 3
+            + HEALTH_EVERY,
+    );
     let mut down_logged = false;
     loop {
         if shutdown.is_cancelled() {
@@ -202,12 +210,13 @@ impl<'a> Session<'a> {
             Err(e) => return failed(format!("{e:#}")),
         };
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
-        // rumqttc's own timeout (whole seconds) bounds each flush: a write blocked on a dead
-        // link fails after about 1.5 x KA instead of hanging.
-        let flush_secs = settings.keep_alive.mul_f64(1.5).as_secs_f64().ceil() as u64;
+        // rumqttc uses one timeout (whole seconds) for connecting and for each flush: ours
+        // while connecting, then 1.5 x KA so a write blocked on a dead link fails instead of
+        // hanging.
+        let connect_secs = settings.cfg.connect_timeout.as_secs_f64().ceil() as u64;
         eventloop
             .network_options
-            .set_connection_timeout(flush_secs.max(1));
+            .set_connection_timeout(connect_secs.max(1));
 
         let sockets_before = user_timeout::snapshot();
         let connack = tokio::select! {
@@ -227,6 +236,10 @@ impl<'a> Session<'a> {
         }
         let now = Instant::now();
         let user_timeout = settings.keep_alive.mul_f64(1.5);
+        let flush_secs = user_timeout.as_secs_f64().ceil() as u64;
+        eventloop
+            .network_options
+            .set_connection_timeout(flush_secs.max(1));
         if user_timeout::apply_since(&sockets_before, settings.cfg.port, user_timeout) == 0 {
             tracing::debug!("could not find the broker socket to set TCP_USER_TIMEOUT on");
         }
