@@ -192,3 +192,178 @@ async fn shutdown_while_the_broker_is_unreachable_returns_at_once() {
     })
     .await;
 }
+
+/// mosquitto with a TLS listener that wants a client certificate and a password, plus a
+/// plain anonymous listener for the test's own subscriber. Needs `openssl` and
+/// `mosquitto_passwd` (from the mosquitto package).
+struct SecureBroker {
+    tls_port: u16,
+    plain_port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl SecureBroker {
+    fn start() -> SecureBroker {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(d)
+                .output()
+                .unwrap_or_else(|e| panic!("{} is needed for the TLS test: {e}", args[0]));
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["openssl", "req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fieldlink test CA",
+        ]);
+        run(&ca);
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, cn) in [("server", "/CN=localhost"), ("client", "/CN=gw1")] {
+            let (key, csr, pem, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            let mut req = vec!["openssl", "req"];
+            req.extend(ec);
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", cn]);
+            run(&req);
+            run(&[
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        run(&["mosquitto_passwd", "-b", "-c", "passwd", "gw1", "s3cret"]);
+        std::fs::write(d.join("password"), "s3cret\n").unwrap();
+        std::fs::write(d.join("wrong-password"), "nope\n").unwrap();
+
+        // mosquitto started as root drops to its own user: let it read the test's files.
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let tls_port = support::free_port();
+        let plain_port = support::free_port();
+        let conf = format!(
+            "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type error\n\
+             listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+             keyfile {d}/server.key\nrequire_certificate true\nallow_anonymous false\n\
+             password_file {d}/passwd\n\
+             listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("mosquitto.conf"), conf).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(d.join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        support::wait_until_blocking("mosquitto listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", plain_port)).ok()
+        });
+        SecureBroker {
+            tls_port,
+            plain_port,
+            dir,
+            child,
+        }
+    }
+
+    fn mqtt(&self, prefix: &str, password_file: &str) -> fieldlink::config::Mqtt {
+        let d = self.dir.path();
+        let mut cfg = mqtt(self.tls_port, prefix, KA);
+        cfg.host = "localhost".into();
+        cfg.username = Some("gw1".into());
+        cfg.password_file = Some(d.join(password_file));
+        cfg.tls = Some(fieldlink::config::Tls {
+            ca_file: Some(d.join("ca.pem")),
+            client_cert: Some(d.join("client.pem")),
+            client_key: Some(d.join("client.key")),
+        });
+        cfg
+    }
+}
+
+impl Drop for SecureBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_go_over_mutual_tls_with_a_password_read_from_a_file() {
+    let broker = SecureBroker::start();
+    let prefix = unique("fl/tls");
+    let watch = Watch::start(broker.plain_port, &format!("{prefix}/#")).await;
+    let agent = Agent::start(broker.mqtt(&prefix, "password"));
+    watch
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
+            m.payload == "online"
+        })
+        .await;
+    agent.reading("v", 1.0);
+    let m = watch
+        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
+        .await;
+    assert_eq!(m.json()["seq"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_reported_with_the_settings_to_check() {
+    let broker = SecureBroker::start();
+    let agent = Agent::start(broker.mqtt(&unique("fl/badpw"), "wrong-password"));
+    let error = wait_until("a refused connection", DEADLINE, || agent.link().last_error).await;
+    assert!(
+        error.contains("refused") && error.contains("mqtt.password_file"),
+        "{error}"
+    );
+    assert!(!agent.is_up());
+}
