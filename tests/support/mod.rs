@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub use broker::Broker;
+pub mod proxy;
 pub mod watch;
 
 use std::net::TcpListener;
