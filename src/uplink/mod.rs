@@ -127,10 +127,3 @@ mod tests {
         assert_eq!(records[1].payload, b"offline");
     }
 }
-
-impl Publisher {
-    pub fn new(mqtt: &Mqtt, outbox: Arc<Outbox>) -> Self {
-        let _ = mqtt;
-        Publisher { outbox }
-    }
-}
