@@ -48,13 +48,21 @@ struct Banks {
     holding: BTreeMap<u16, u16>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct LateRule {
+    delay: Duration,
+    /// Late on the 1st, (1+every)th, (1+2*every)th… request of the block; 1 = always.
+    every: u64,
+    seen: u64,
+}
+
 #[derive(Debug)]
 struct DeviceState {
     banks: Banks,
     behaviour: Behaviour,
-    /// Requests that start at (bank, address) are answered late by the delay, whatever the
-    /// behaviour: a device that is slow on one register block only.
-    late_at: HashMap<(Bank, u16), Duration>,
+    /// Requests that start at (bank, address) are answered late, whatever the behaviour: a
+    /// device that is slow on one register block only, possibly only now and then.
+    late_at: HashMap<(Bank, u16), LateRule>,
     requests: u64,
     late_replies: u64,
 }
@@ -115,11 +123,21 @@ impl SimDevice {
 
     /// Makes requests that start exactly at (`bank`, `address`) answer after `delay`.
     pub fn set_late_at(&self, bank: Bank, address: u16, delay: Duration) {
-        self.state
-            .lock()
-            .unwrap()
-            .late_at
-            .insert((bank, address), delay);
+        self.set_late_at_every(bank, address, delay, 1);
+    }
+
+    /// Like [`set_late_at`](Self::set_late_at), but only one request in `every` is late (the
+    /// first, then every `every`th): the others are answered at once, so the point is
+    /// sometimes read and a late reply can be followed by a prompt one.
+    pub fn set_late_at_every(&self, bank: Bank, address: u16, delay: Duration, every: u64) {
+        self.state.lock().unwrap().late_at.insert(
+            (bank, address),
+            LateRule {
+                delay,
+                every: every.max(1),
+                seen: 0,
+            },
+        );
     }
 
     /// Requests this unit has received (answered or not).
@@ -143,7 +161,17 @@ impl SimDevice {
             Request::ReadHoldingRegisters(a, _) => (Bank::Holding, *a),
             _ => return (Some(Err(ExceptionCode::IllegalFunction)), Duration::ZERO),
         };
-        let mut delay = s.late_at.get(&(bank, start)).copied().unwrap_or_default();
+        let mut delay = match s.late_at.get_mut(&(bank, start)) {
+            Some(rule) => {
+                rule.seen += 1;
+                if (rule.seen - 1) % rule.every == 0 {
+                    rule.delay
+                } else {
+                    Duration::ZERO
+                }
+            }
+            None => Duration::ZERO,
+        };
         match s.behaviour {
             Behaviour::Silent => return (None, Duration::ZERO),
             Behaviour::Exception(code) => return (Some(Err(code)), delay),
