@@ -104,7 +104,7 @@ timeout = "300ms"
 }
 
 #[tokio::test]
-async fn a_serial_port_missing_at_start_is_reported_and_picked_up_when_it_appears() {
+async fn a_missing_rtu_port_at_start_is_reported_and_picked_up_when_it_appears() {
     let broker = Broker::start();
     let prefix = agent::prefix("rtu-missing");
     let dir = tempfile::tempdir().unwrap();
