@@ -88,6 +88,13 @@ pub fn describe(config: &Config) -> String {
                 r.response_timeout,
                 r.inter_request_delay
             ),
+            BusKind::SerialLine(l) => format!(
+                "serial line {} {} baud, lines end in {:?}, at most {} bytes",
+                l.serial.path.display(),
+                l.serial.baud,
+                String::from_utf8_lossy(&l.terminator),
+                l.max_line
+            ),
         };
         let _ = writeln!(out, "bus {}: {what}", bus.name);
         for device in config.devices_on(&bus.name) {

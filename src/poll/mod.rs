@@ -4,6 +4,7 @@
 //! availability. Hands every result to a [`SampleSink`]; never touches MQTT or disk.
 
 pub mod modbus;
+pub mod serial_line;
 
 use std::sync::Arc;
 

@@ -1,0 +1,93 @@
+//! Serial-line sensors: ASCII lines streamed by, or asked of, a device on a serial port
+//! (NMEA GPS, weather stations, scales, gas analysers).
+//!
+//! Owns the `serial_line` bus task ([`run_serial_line_bus`]), its framing (`codec`), line
+//! selection and point extraction (`extract`), checksums (`checksum`), the port lifecycle
+//! (open, flush, lose, reopen: `source`), and the per-bus counters ([`SerialLineCounters`]).
+//! Hands readings and availability to a [`SampleSink`](crate::model::SampleSink); never
+//! touches MQTT, the disk or the Modbus code.
+//!
+//! Counters for the health topic: every bus task keeps a [`SerialLineCounters`] in a
+//! process-wide registry under its bus name. Read them with [`all_counters`] (a snapshot of
+//! every serial_line bus) or [`counters`]`(bus).snapshot()`. They only grow.
+
+pub mod checksum;
+pub mod codec;
+pub mod extract;
+mod source;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use source::{read_serial_line_once, run_serial_line_bus};
+
+/// What a serial_line bus has seen go wrong (and right), for the health topic.
+#[derive(Debug, Default)]
+pub struct SerialLineCounters {
+    pub lines: AtomicU64,
+    /// Lines that were not text (invalid UTF-8, control characters: noise, wrong baud).
+    pub garbage: AtomicU64,
+    /// Lines longer than `max_line`.
+    pub overlong: AtomicU64,
+    pub bad_checksum: AtomicU64,
+    /// Points that found no value in a line that was theirs (no match, empty, not a number).
+    pub unparsed: AtomicU64,
+    /// Queries that got no answer within `response_timeout`.
+    pub no_answer: AtomicU64,
+    /// Lines no device wanted: other sentences, late answers, echoes.
+    pub ignored: AtomicU64,
+    /// Times the port was lost (read error, hang-up, node gone or replaced).
+    pub port_lost: AtomicU64,
+}
+
+/// A plain copy of [`SerialLineCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SerialLineCounts {
+    pub lines: u64,
+    pub garbage: u64,
+    pub overlong: u64,
+    pub bad_checksum: u64,
+    pub unparsed: u64,
+    pub no_answer: u64,
+    pub ignored: u64,
+    pub port_lost: u64,
+}
+
+impl SerialLineCounters {
+    pub fn snapshot(&self) -> SerialLineCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SerialLineCounts {
+            lines: get(&self.lines),
+            garbage: get(&self.garbage),
+            overlong: get(&self.overlong),
+            bad_checksum: get(&self.bad_checksum),
+            unparsed: get(&self.unparsed),
+            no_answer: get(&self.no_answer),
+            ignored: get(&self.ignored),
+            port_lost: get(&self.port_lost),
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn registry() -> &'static Mutex<BTreeMap<String, Arc<SerialLineCounters>>> {
+    static REGISTRY: OnceLock<Mutex<BTreeMap<String, Arc<SerialLineCounters>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// The counters of serial_line bus `bus` (created on first use; a restarted bus task keeps
+/// counting where it left off).
+pub fn counters(bus: &str) -> Arc<SerialLineCounters> {
+    let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(bus.to_owned()).or_default().clone()
+}
+
+/// A snapshot of every serial_line bus's counters, by bus name.
+pub fn all_counters() -> Vec<(String, SerialLineCounts)> {
+    let map = registry().lock().unwrap_or_else(|e| e.into_inner());
+    map.iter().map(|(k, v)| (k.clone(), v.snapshot())).collect()
+}
