@@ -510,6 +510,86 @@ async fn fieldlink_read_says_what_to_check_when_the_port_is_missing() {
     assert!(err.to_string().contains("/dev/serial/by-id"), "{err}");
 }
 
+#[tokio::test]
+async fn two_streaming_sensors_on_one_port_each_take_their_own_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usb-nmea-mux-if00");
+    let mut sensor = Sensor::plug(&link);
+    let heading = r#"
+[[device]]
+name = "compass"
+bus = "line"
+filter = '^\$HEHDT,'
+checksum = "nmea"
+stale_after = "1h"
+[[device.point]]
+name = "heading"
+delimiter = ","
+field = 1
+unit = "deg"
+"#;
+    let agent = Agent::start(
+        dir.path(),
+        &config_text(&link, "", &format!("{GPS}{heading}")),
+    );
+    let rec = agent.recorder.clone();
+    let both = format!("{}{}", gga(12.5, 4), nmea("HEHDT,274.07,T"));
+    stream_until(&mut sensor, &both, || {
+        !rec.values("compass", "heading").is_empty() && !rec.values("gps", "altitude").is_empty()
+    })
+    .await;
+    assert_eq!(rec.values("compass", "heading")[0], Value::Float(274.07));
+    assert_eq!(rec.values("gps", "altitude")[0], Value::Float(12.5));
+    assert!(rec.values("compass", "altitude").is_empty());
+    agent.stop().await;
+}
+
+#[test]
+fn serial_line_config_fills_defaults_and_decodes_escapes() {
+    use fieldlink::config::{BusKind, Extract, LineValueKind};
+    let text = config_text(
+        Path::new("/dev/ttyUSB7"),
+        "",
+        r#"
+[[device]]
+name = "scale"
+bus = "line"
+query = '\x02W\r'
+interval = "2s"
+[[device.point]]
+name = "mass"
+regex = '(?P<kg>[0-9.]+) kg'
+"#,
+    );
+    let config = config::load_str(Path::new("/nowhere/f.toml"), &text).unwrap();
+    let BusKind::SerialLine(line) = &config.buses[0].kind else {
+        panic!("not a serial_line bus");
+    };
+    assert_eq!(line.terminator, b"\n");
+    assert_eq!(line.max_line, 256);
+    let device = &config.devices[0];
+    assert!(
+        device.points.is_empty(),
+        "no Modbus points on a serial_line device"
+    );
+    let spec = device.serial_line.as_ref().unwrap();
+    let query = spec.query.as_ref().unwrap();
+    assert_eq!(query.bytes, b"\x02W\r");
+    assert_eq!(query.response_timeout, Duration::from_secs(1));
+    assert_eq!(spec.stale_after, Duration::from_secs(6), "3 x interval");
+    assert!(spec.filter.is_none() && spec.checksum.is_none());
+    let point = &spec.points[0];
+    assert!(matches!(&point.extract, Extract::Regex { capture, .. } if capture == "kg"));
+    assert_eq!(point.kind, LineValueKind::Number);
+    assert_eq!((point.scale, point.offset), (1.0, 0.0));
+    let described = serial_line::describe_device(device);
+    assert!(
+        described.contains(r#"asked "\u{2}W\r" every 2s"#),
+        "{described}"
+    );
+    assert!(described.contains(r#"capture "kg""#), "{described}");
+}
+
 // ------------------------------------------------------------------ properties
 
 mod properties {

@@ -91,3 +91,64 @@ pub fn all_counters() -> Vec<(String, SerialLineCounts)> {
     let map = registry().lock().unwrap_or_else(|e| e.into_inner());
     map.iter().map(|(k, v)| (k.clone(), v.snapshot())).collect()
 }
+
+/// What `fieldlink check` can print for a device on a serial_line bus: how it is read and
+/// where each point is found, one line each, indented by two spaces.
+pub fn describe_device(device: &crate::config::Device) -> String {
+    use crate::config::{Extract, LineValueKind};
+    use std::fmt::Write as _;
+    let Some(spec) = &device.serial_line else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let how = match &spec.query {
+        Some(q) => format!(
+            "asked {:?} every {:?}, answer within {:?}",
+            String::from_utf8_lossy(&q.bytes),
+            device.interval,
+            q.response_timeout
+        ),
+        None => "streaming".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "  device {} ({how}{}{}, offline after {:?} without a good line)",
+        device.name,
+        spec.filter
+            .as_ref()
+            .map(|f| format!(", lines matching {:?}", f.as_str()))
+            .unwrap_or_default(),
+        spec.checksum
+            .map(|c| format!(", checksum {c:?}"))
+            .unwrap_or_default(),
+        spec.stale_after
+    );
+    for p in &spec.points {
+        let place = match &p.extract {
+            Extract::Regex { regex, capture } => {
+                format!("capture {capture:?} of {:?}", regex.as_str())
+            }
+            Extract::Field { delimiter, index } => format!("field {index} split at {delimiter:?}"),
+        };
+        let kind = match p.kind {
+            LineValueKind::Number => "number",
+            LineValueKind::Integer => "integer",
+            LineValueKind::String => "string",
+        };
+        let _ = writeln!(
+            out,
+            "    point {:<24} {kind} from {place}{}{}",
+            p.name,
+            if p.scale != 1.0 || p.offset != 0.0 {
+                format!(" x{} +{}", p.scale, p.offset)
+            } else {
+                String::new()
+            },
+            p.unit
+                .as_deref()
+                .map(|u| format!(" [{u}]"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
