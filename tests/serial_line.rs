@@ -209,7 +209,7 @@ bus = "line"
 filter = '^\$GPGGA,'
 checksum = "nmea"
 interval = "100ms"
-stale_after = "600ms"
+stale_after = "1500ms"
 point = [
     { name = "fix", delimiter = ",", field = 6, type = "integer" },
     { name = "satellites", delimiter = ",", field = 7, type = "integer" },
@@ -275,7 +275,7 @@ async fn nmea_sentences_become_readings_and_bad_checksums_are_counted_and_skippe
     assert!(unit_ok && !readings.is_empty());
 
     // A silent sensor goes offline after stale_after, and back online with its next line.
-    wait_until("offline after 600 ms of silence", DEADLINE, || {
+    wait_until("offline after 1.5 s of silence", DEADLINE, || {
         (rec.availability("gps") == vec![true, false]).then_some(())
     })
     .await;
@@ -344,7 +344,7 @@ async fn a_query_sensor_is_asked_and_a_late_answer_is_not_taken_for_the_next_pol
 name = "climate"
 bus = "line"
 query = 'R\r'
-interval = "400ms"
+interval = "1s"
 response_timeout = "150ms"
 [[device.point]]
 name = "t"
@@ -364,8 +364,8 @@ regex = 'T=(?P<value>[-+0-9.]+)'
     })
     .await;
 
-    // 2: answered after the response timeout, and a stray half line too; the next query
-    // must not take them for its answer.
+    // 2: answered after the response timeout (but well before the next query, 1 s after
+    // this one), and a stray half line too; the next query must not take them for its answer.
     let before = agent.counts();
     assert_eq!(sensor.query(DEADLINE).await, b"R\r");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -419,7 +419,7 @@ async fn a_replugged_port_at_the_same_path_goes_offline_then_resumes_within_two_
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("usb-u-blox_GPS-if00");
     let mut sensor = Sensor::plug(&link);
-    let gps_slow_stale = GPS.replace("600ms", "1h");
+    let gps_slow_stale = GPS.replace("1500ms", "1h");
     let agent = Agent::start(dir.path(), &config_text(&link, "", &gps_slow_stale));
     let rec = agent.recorder.clone();
     stream_until(&mut sensor, &gga(100.0, 5), || {
