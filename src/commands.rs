@@ -88,9 +88,20 @@ pub fn describe(config: &Config) -> String {
                 r.response_timeout,
                 r.inter_request_delay
             ),
+            BusKind::SerialLine(l) => format!(
+                "serial line {} {} baud, lines end in {:?}, at most {} bytes",
+                l.serial.path.display(),
+                l.serial.baud,
+                String::from_utf8_lossy(&l.terminator),
+                l.max_line
+            ),
         };
         let _ = writeln!(out, "bus {}: {what}", bus.name);
         for device in config.devices_on(&bus.name) {
+            if device.serial_line.is_some() {
+                out.push_str(&crate::poll::serial_line::describe_device(device));
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "  device {} (unit {}, every {:?}, {} points)",
@@ -160,6 +171,14 @@ pub fn read(path: &Path, device_name: &str) -> anyhow::Result<ExitCode> {
     let bus = config
         .bus(&device.bus)
         .context("validated config names a missing bus")?;
+    if device.serial_line.is_some() {
+        // A line sensor has no register map: show what the next few lines parse to.
+        let text = runtime()?.block_on(crate::poll::serial_line::read_serial_line_once(
+            bus, device, 3,
+        ))?;
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = runtime()?.block_on(crate::poll::read_once(bus, device))?;
     print!("{}", format_read_report(device, &report));
     let all_good = report.points.iter().all(|p| p.value.is_ok());

@@ -29,4 +29,4 @@ if ! "$venv/bin/python3" -c 'import pymodbus, serial' 2>/dev/null; then
 fi
 export PATH="$PWD/$venv/bin:$PATH"
 
-cargo test --locked --all-targets "$@"
+cargo test --locked "$@"

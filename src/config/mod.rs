@@ -107,6 +107,8 @@ pub struct Bus {
 pub enum BusKind {
     ModbusTcp(ModbusTcp),
     ModbusRtu(ModbusRtu),
+    /// Sensors that stream or answer ASCII lines (NMEA GPS, weather stations, scales).
+    SerialLine(SerialLine),
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +125,18 @@ pub struct ModbusRtu {
     pub response_timeout: Duration,
     /// Silence kept between the end of one exchange and the next request (>= t3.5).
     pub inter_request_delay: Duration,
+}
+
+/// A serial port carrying text lines (`type = "serial_line"`). Its devices carry their
+/// extraction rules in [`Device::serial_line`].
+#[derive(Debug, Clone)]
+pub struct SerialLine {
+    pub serial: SerialSettings,
+    /// The bytes that end a line (escape sequences already decoded; default `\n`). A `\r`
+    /// just before it, or a `\n` just after a `\r` terminator, is dropped as well.
+    pub terminator: Vec<u8>,
+    /// Longest line in bytes (terminator excluded); longer ones are counted and skipped.
+    pub max_line: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +167,70 @@ pub struct Device {
     pub interval: Duration,
     /// Largest run of unwanted registers (or bits) the planner may read to merge two requests.
     pub max_gap: u16,
+    /// Modbus points; empty for a device on a serial_line bus.
     pub points: Vec<Point>,
+    /// Extraction rules for a device on a serial_line bus (`None` for Modbus devices, whose
+    /// `unit` is then 0 and `max_gap` meaningless). For a query sensor `interval` is the
+    /// query period; for a streaming one it is the expected time between lines.
+    pub serial_line: Option<SerialLineDevice>,
+}
+
+/// How one sensor on a serial_line bus is read.
+#[derive(Debug, Clone)]
+pub struct SerialLineDevice {
+    /// Request/response: sent every `Device::interval`; `None` for a streaming sensor.
+    pub query: Option<LineQuery>,
+    /// A line must match this to belong to the device (e.g. `^\$GPGGA`).
+    pub filter: Option<regex::Regex>,
+    pub checksum: Option<ChecksumKind>,
+    /// The device goes offline when no good line arrived for this long.
+    pub stale_after: Duration,
+    pub points: Vec<SerialLinePoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineQuery {
+    /// The bytes sent, escape sequences (`\r`, `\n`, `\xNN`) decoded.
+    pub bytes: Vec<u8>,
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumKind {
+    /// `$...*HH`: XOR of the bytes between `$` (or `!`) and `*`, as two hex digits.
+    Nmea,
+}
+
+#[derive(Debug, Clone)]
+pub struct SerialLinePoint {
+    pub name: String,
+    pub extract: Extract,
+    pub kind: LineValueKind,
+    pub scale: f64,
+    pub offset: f64,
+    pub unit: Option<String>,
+}
+
+/// Where a point's text is in a line.
+#[derive(Debug, Clone)]
+pub enum Extract {
+    /// The named capture `capture` of `regex` (validated to exist).
+    Regex {
+        regex: regex::Regex,
+        capture: String,
+    },
+    /// Field `index` (0-based) of the line split at `delimiter`.
+    Field { delimiter: String, index: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineValueKind {
+    /// A decimal number, published as a float.
+    Number,
+    /// A whole number, published as an integer (a float when scaled).
+    Integer,
+    /// The text itself, trimmed.
+    String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -90,6 +90,52 @@ pub struct RawRtuBus {
     pub inter_request_delay: Option<Spanned<HumanDuration>>,
 }
 
+/// `[[bus]]` with `type = "serial_line"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLineBus {
+    pub name: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub baud: Option<Spanned<i64>>,
+    pub data_bits: Option<Spanned<i64>>,
+    pub parity: Option<Spanned<String>>,
+    pub stop_bits: Option<Spanned<i64>>,
+    pub terminator: Option<Spanned<String>>,
+    pub max_line: Option<Spanned<i64>>,
+}
+
+/// `[[device]]` on a serial_line bus, without its `point` children.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLineDevice {
+    pub name: Option<Spanned<String>>,
+    pub bus: Option<Spanned<String>>,
+    pub interval: Option<Spanned<HumanDuration>>,
+    pub query: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<HumanDuration>>,
+    pub filter: Option<Spanned<String>>,
+    pub checksum: Option<Spanned<String>>,
+    pub stale_after: Option<Spanned<HumanDuration>>,
+}
+
+/// `[[device.point]]` of a device on a serial_line bus.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLinePoint {
+    pub name: Option<Spanned<String>>,
+    pub regex: Option<Spanned<String>>,
+    pub capture: Option<Spanned<String>>,
+    pub delimiter: Option<Spanned<String>>,
+    pub field: Option<Spanned<i64>>,
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub scale: Option<Spanned<f64>>,
+    pub offset: Option<Spanned<f64>>,
+    pub unit: Option<Spanned<String>>,
+}
+
 /// `[[device]]` without its `point` children.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

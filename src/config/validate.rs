@@ -22,14 +22,15 @@ use toml::Spanned;
 use toml_edit::{ImDocument, InlineTable, Item, Value};
 
 use super::raw::{
-    RawDevice, RawGateway, RawLog, RawMqtt, RawPoint, RawProfile, RawRootScalars, RawRtuBus,
-    RawTcpBus, RawTls, ROOT_KEYS,
+    RawDevice, RawGateway, RawLineBus, RawLineDevice, RawLinePoint, RawLog, RawMqtt, RawPoint,
+    RawProfile, RawRootScalars, RawRtuBus, RawTcpBus, RawTls, ROOT_KEYS,
 };
 use super::units::{format_duration, notation_of, parse_notation, rtu_min_silence, table_name};
 use super::units::{AddressText, HumanDuration};
 use super::{
-    Bus, BusKind, Config, DataType, Device, Gateway, Log, ModbusRtu, ModbusTcp, Mqtt, Parity,
-    PayloadMode, Point, SerialSettings, Table, Tls, WordOrder,
+    Bus, BusKind, ChecksumKind, Config, DataType, Device, Extract, Gateway, LineQuery,
+    LineValueKind, Log, ModbusRtu, ModbusTcp, Mqtt, Parity, PayloadMode, Point, SerialLine,
+    SerialLineDevice, SerialLinePoint, SerialSettings, Table, Tls, WordOrder,
 };
 
 /// Folders searched for `profile = "NAME"` after the config file's own `profiles/` folder.
@@ -45,6 +46,15 @@ const MAX_KEEP_ALIVE_SECS: u64 = u16::MAX as u64;
 const MAX_STRING_REGISTERS: i64 = 125;
 /// The planner never needs to bridge more than one full bit request.
 const MAX_GAP_LIMIT: i64 = 2000;
+/// Serial-line framing limits: a line must fit the codec's buffer, a terminator stays short.
+const MAX_LINE_LIMIT: i64 = 65_536;
+const MAX_TERMINATOR_BYTES: usize = 8;
+const MAX_QUERY_BYTES: usize = 1024;
+/// A field index beyond this is a typo (NMEA sentences have about 20 fields).
+const MAX_FIELD_INDEX: i64 = 1023;
+/// Regexes are compiled with this size limit so a pathological pattern fails validation
+/// instead of eating a gateway's memory.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,12 +188,25 @@ struct LoadedProfile {
 struct KnownBus {
     /// `None` when the bus was reported broken: devices on it are not checked against it.
     kind: Option<BusFamily>,
+    /// The `type` as written, even when the rest of the bus is broken: it decides which
+    /// keys its devices may have, so a broken serial_line bus does not make its devices
+    /// look like Modbus devices missing a `unit`.
+    declared: Option<BusFamily>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BusFamily {
     Tcp,
     Rtu,
+    Line,
+}
+
+/// The first device seen on a serial_line bus, to judge whether a second may share it.
+struct LineBusUser {
+    device: String,
+    line: usize,
+    has_query: bool,
+    has_filter: bool,
 }
 
 #[derive(Default)]
@@ -194,6 +217,8 @@ struct Checker {
     profiles: HashMap<String, Option<LoadedProfile>>,
     /// `bus` was not a list (already reported): "missing bus" would only repeat that.
     bus_list_unreadable: bool,
+    /// Serial_line buses that already have a device, by bus name.
+    line_bus_users: HashMap<String, LineBusUser>,
 }
 
 fn span_of<T>(v: &Spanned<T>) -> Option<Range<usize>> {
@@ -942,7 +967,7 @@ impl Checker {
                     file,
                     start,
                     format!(
-                        "{what} has no `type`: add type = \"modbus_tcp\" or type = \"modbus_rtu\""
+                        "{what} has no `type`: add type = \"modbus_tcp\", \"modbus_rtu\" or \"serial_line\""
                     ),
                 );
                 None
@@ -950,16 +975,20 @@ impl Checker {
             Some(t) => match t.as_str() {
                 Some("modbus_tcp") => Some(BusFamily::Tcp),
                 Some("modbus_rtu") => Some(BusFamily::Rtu),
+                Some("serial_line") => Some(BusFamily::Line),
                 _ => {
                     let shown = t.as_value().map(|v| v.to_string()).unwrap_or_default();
-                    self.fail(file, t.span(), format!("bus `type` = {} is not known: use \"modbus_tcp\" (Modbus over TCP) or \"modbus_rtu\" (Modbus over a serial line)", shown.trim()));
+                    self.fail(file, t.span(), format!("bus `type` = {} is not known: use \"modbus_tcp\" (Modbus over TCP), \"modbus_rtu\" (Modbus over a serial line) or \"serial_line\" (a sensor sending text lines)", shown.trim()));
                     None
                 }
             },
         };
         let register = |known: &mut HashMap<String, KnownBus>, kind| {
             if let Some(n) = &name_hint {
-                known.entry(n.clone()).or_insert(KnownBus { kind });
+                known.entry(n.clone()).or_insert(KnownBus {
+                    kind,
+                    declared: kind,
+                });
             }
         };
         let Some(family) = kind else {
@@ -969,9 +998,15 @@ impl Checker {
         let bus = match family {
             BusFamily::Tcp => self.tcp_bus(file, item, &what),
             BusFamily::Rtu => self.rtu_bus(file, item, &what),
+            BusFamily::Line => self.line_bus(file, item, &what),
         };
         let Some((name_span, bus)) = bus else {
-            register(known, None);
+            if let Some(n) = &name_hint {
+                known.entry(n.clone()).or_insert(KnownBus {
+                    kind: None,
+                    declared: Some(family),
+                });
+            }
             return None;
         };
         if known.contains_key(&bus.name) {
@@ -985,7 +1020,13 @@ impl Checker {
             );
             return None;
         }
-        known.insert(bus.name.clone(), KnownBus { kind: Some(family) });
+        known.insert(
+            bus.name.clone(),
+            KnownBus {
+                kind: Some(family),
+                declared: Some(family),
+            },
+        );
         Some(bus)
     }
 
@@ -1131,6 +1172,130 @@ impl Checker {
         ))
     }
 
+    /// `path`, `baud`, `data_bits`, `parity`, `stop_bits` as a serial_line bus writes them
+    /// (the same keys and defaults as a modbus_rtu bus).
+    fn line_serial_settings(
+        &mut self,
+        d: &Decoded<RawLineBus>,
+    ) -> (Option<SerialSettings>, Option<u32>) {
+        let file = d.file;
+        let raw = &d.value;
+        let path = self
+            .require(d, &raw.path, "path", "path = \"/dev/serial/by-id/...\" (or /dev/ttyUSB0)")
+            .and_then(|p| {
+                if p.get_ref().trim().is_empty() {
+                    self.fail(file, span_of(p), "the serial `path` is empty: give the device, preferably a stable /dev/serial/by-id/... path");
+                    None
+                } else {
+                    Some(PathBuf::from(p.get_ref()))
+                }
+            });
+        let baud = match &raw.baud {
+            None => Some(9600),
+            Some(b) => self
+                .int_in(
+                    file,
+                    b,
+                    "baud",
+                    50..=4_000_000,
+                    "the baud rate must be {range}",
+                )
+                .map(|b| b as u32),
+        };
+        let data_bits = match &raw.data_bits {
+            None => Some(8),
+            Some(b) => self
+                .int_in(
+                    file,
+                    b,
+                    "data_bits",
+                    5..=8,
+                    "a serial character has {range} data bits",
+                )
+                .map(|b| b as u8),
+        };
+        let parity = match &raw.parity {
+            None => Some(Parity::None),
+            Some(p) => self.choice(
+                file,
+                p,
+                "parity",
+                &[
+                    ("none", Parity::None),
+                    ("even", Parity::Even),
+                    ("odd", Parity::Odd),
+                ],
+            ),
+        };
+        let stop_bits = match &raw.stop_bits {
+            None => Some(1),
+            Some(b) => self
+                .int_in(file, b, "stop_bits", 1..=2, "use {range} stop bits")
+                .map(|b| b as u8),
+        };
+        let settings = (|| {
+            Some(SerialSettings {
+                path: path?,
+                baud: baud?,
+                data_bits: data_bits?,
+                parity: parity?,
+                stop_bits: stop_bits?,
+            })
+        })();
+        (settings, baud)
+    }
+
+    fn line_bus(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        what: &str,
+    ) -> Option<(Option<Range<usize>>, Bus)> {
+        let d = self.decode::<RawLineBus>(file, item, what, &[])?;
+        let name = self.require(&d, &d.value.name, "name", "name = \"gps\"");
+        let name = name.and_then(|n| self.name(file, n, "bus").map(|s| (span_of(n), s)));
+        let (serial, _) = self.line_serial_settings(&d);
+        let raw = &d.value;
+        let terminator = match &raw.terminator {
+            None => Some(b"\n".to_vec()),
+            Some(t) => match unescape(t.get_ref()) {
+                Err(why) => {
+                    self.fail(file, span_of(t), format!("`terminator` {why}"));
+                    None
+                }
+                Ok(bytes) if bytes.is_empty() || bytes.len() > MAX_TERMINATOR_BYTES => {
+                    self.fail(file, span_of(t), format!("`terminator` must be 1 to {MAX_TERMINATOR_BYTES} bytes, but it is {}: write e.g. terminator = \"\\n\" (lines ending in \\r\\n are accepted too)", bytes.len()));
+                    None
+                }
+                Ok(bytes) => Some(bytes),
+            },
+        };
+        let max_line = match &raw.max_line {
+            None => Some(256),
+            Some(m) => self
+                .int_in(
+                    file,
+                    m,
+                    "max_line",
+                    8..=MAX_LINE_LIMIT,
+                    "the longest line accepted must be {range} bytes",
+                )
+                .map(|m| m as usize),
+        };
+        let (name_span, name) = name?;
+        Some((
+            name_span,
+            Bus {
+                name,
+                kind: BusKind::SerialLine(SerialLine {
+                    serial: serial?,
+                    terminator: terminator?,
+                    max_line: max_line?,
+                }),
+            },
+        ))
+    }
+
     // ---------------------------------------------------------------- devices
 
     fn device(
@@ -1146,6 +1311,14 @@ impl Checker {
             Some(n) => format!("[[device]] \"{n}\""),
             None => "[[device]]".to_owned(),
         };
+        let bus_hint = item_child(item, "bus").and_then(|b| b.as_str().map(str::to_owned));
+        if let Some(bus_name) = bus_hint {
+            if buses.get(&bus_name).and_then(|b| b.declared) == Some(BusFamily::Line) {
+                let what = format!("{what} (on serial_line bus \"{bus_name}\")");
+                let usable = buses.get(&bus_name).is_some_and(|b| b.kind.is_some());
+                return self.line_device(file, item, &what, usable, names);
+            }
+        }
         let d = self.decode::<RawDevice>(file, item, &what, &["point"]);
         // Points are checked even when the device table itself is broken.
         let problems_before_points = self.problems.len();
@@ -1263,7 +1436,384 @@ impl Checker {
             interval: interval?,
             max_gap: max_gap?,
             points: points.into_iter().map(|p| p.point).collect(),
+            serial_line: None,
         })
+    }
+
+    /// A device name, unique across the file.
+    fn device_name(
+        &mut self,
+        file: FileId,
+        n: &Spanned<String>,
+        names: &mut HashMap<String, Range<usize>>,
+    ) -> Option<String> {
+        let name = self.name(file, n, "device")?;
+        if let Some(first) = names.get(&name) {
+            let (line, _) = self.files[file].position(first.start);
+            self.fail(file, span_of(n), format!("a device named \"{name}\" is already defined on line {line}: device names must be unique (they are MQTT topic levels)"));
+            return None;
+        }
+        names.insert(name.clone(), n.span());
+        Some(name)
+    }
+
+    /// A device on a serial_line bus: query or stream, filter, checksum, extraction points.
+    /// `bus_usable` is false when the bus itself was reported broken.
+    fn line_device(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        what: &str,
+        bus_usable: bool,
+        names: &mut HashMap<String, Range<usize>>,
+    ) -> Option<Device> {
+        let d = self.decode::<RawLineDevice>(file, item, what, &["point"]);
+        let problems_before_points = self.problems.len();
+        let points: Vec<Option<(SerialLinePoint, Option<Range<usize>>)>> =
+            match item_child(item, "point") {
+                Some(points) => self
+                    .elements(file, &points, "[[device.point]]", "point")
+                    .iter()
+                    .map(|p| self.line_point(file, p, what))
+                    .collect(),
+                None => Vec::new(),
+            };
+        let d = d?;
+        let raw = &d.value;
+        let mut ok = self.problems.len() == problems_before_points;
+
+        let name = self
+            .require(&d, &raw.name, "name", "name = \"gps\"")
+            .and_then(|n| self.device_name(file, n, names));
+        let bus = self
+            .require(&d, &raw.bus, "bus", "bus = \"<name of a [[bus]]>\"")
+            .map(|b| b.get_ref().clone());
+
+        let interval = self.duration_or(file, &raw.interval, "interval", Duration::from_secs(5));
+        let response_timeout = self.duration_or(
+            file,
+            &raw.response_timeout,
+            "response_timeout",
+            Duration::from_secs(1),
+        );
+        let query = match &raw.query {
+            None => {
+                if let Some(rt) = &raw.response_timeout {
+                    self.fail(file, span_of(rt), "`response_timeout` applies only to a device with a `query`: remove it, or add query = \"R\\r\" for a sensor that answers requests");
+                    ok = false;
+                }
+                Some(None)
+            }
+            Some(q) => match unescape(q.get_ref()) {
+                Err(why) => {
+                    self.fail(file, span_of(q), format!("`query` {why}"));
+                    None
+                }
+                Ok(bytes) if bytes.is_empty() || bytes.len() > MAX_QUERY_BYTES => {
+                    self.fail(file, span_of(q), format!("`query` must be 1 to {MAX_QUERY_BYTES} bytes, but it is {}: write the request the sensor expects, e.g. query = \"R\\r\"", bytes.len()));
+                    None
+                }
+                Ok(bytes) => Some(Some(bytes)),
+            },
+        };
+        if let (Some(i), Some(rt), Some(Some(_)), Some(rt_raw)) =
+            (interval, response_timeout, &query, &raw.response_timeout)
+        {
+            if rt >= i {
+                self.fail(file, span_of(rt_raw), format!("`response_timeout` (\"{}\") is not shorter than `interval` (\"{}\"): an answer must be awaited before the next query is sent; shorten it or poll less often", format_duration(rt), format_duration(i)));
+                ok = false;
+            }
+        }
+        let filter = match &raw.filter {
+            None => Some(None),
+            Some(f) => self.regex(file, f, "filter").map(Some),
+        };
+        let checksum = match &raw.checksum {
+            None => Some(None),
+            Some(c) => self
+                .choice(file, c, "checksum", &[("nmea", ChecksumKind::Nmea)])
+                .map(Some),
+        };
+        let stale_after = match (&raw.stale_after, interval) {
+            (Some(s), _) => self.positive_duration(file, s, "stale_after"),
+            (None, Some(i)) => Some(i.saturating_mul(3)),
+            (None, None) => None,
+        };
+        if let (Some(s), Some(i), Some(s_raw)) = (stale_after, interval, &raw.stale_after) {
+            if s < i && raw.query.is_some() {
+                self.fail(file, span_of(s_raw), format!("`stale_after` (\"{}\") is shorter than `interval` (\"{}\"): the device would go offline between two queries; make it at least the interval (the default is 3 x interval)", format_duration(s), format_duration(i)));
+                ok = false;
+            }
+        }
+
+        let points: Vec<(SerialLinePoint, Option<Range<usize>>)> =
+            points.into_iter().flatten().collect();
+        if ok && points.is_empty() && !d.reported.contains("point") {
+            self.fail(file, Some(d.start..d.start), format!("{what} has no points: add [[device.point]] entries with a `regex` or a `delimiter` and `field`"));
+            ok = false;
+        }
+        let mut seen: HashMap<&str, Option<Range<usize>>> = HashMap::new();
+        for (p, span) in &points {
+            if let Some(first) = seen.get(p.name.as_str()) {
+                let line = self.files[file]
+                    .position(first.clone().map_or(0, |s| s.start))
+                    .0;
+                self.fail(file, span.clone(), format!("a point named \"{}\" is already defined on line {line}: point names must be unique within a device; rename one", p.name));
+                ok = false;
+            } else {
+                seen.insert(&p.name, span.clone());
+            }
+        }
+
+        // One sensor per port, unless several streaming sensors share it and a filter says
+        // which line is whose: a query would interleave with another device's answers.
+        if let (Some(bus), Some(name)) = (&bus, &name) {
+            let has_query = matches!(query, Some(Some(_)));
+            let has_filter = raw.filter.is_some();
+            let at = raw.name.as_ref().map(|n| n.span());
+            match self.line_bus_users.get(bus) {
+                Some(first) if first.has_query || has_query || !first.has_filter || !has_filter => {
+                    let message = format!("device \"{name}\" shares serial_line bus \"{bus}\" with device \"{}\" (line {}): a port carries one sensor, or several streaming sensors (no `query`) that each have a `filter` telling their lines apart; give this sensor its own [[bus]]", first.device, first.line);
+                    self.fail(file, at, message);
+                    ok = false;
+                }
+                Some(_) => {}
+                None => {
+                    let line = self.files[file].position(at.map_or(d.start, |s| s.start)).0;
+                    self.line_bus_users.insert(
+                        bus.clone(),
+                        LineBusUser {
+                            device: name.clone(),
+                            line,
+                            has_query,
+                            has_filter,
+                        },
+                    );
+                }
+            }
+        }
+
+        if !ok || !bus_usable {
+            return None;
+        }
+        let query = query?.map(|bytes| {
+            response_timeout.map(|response_timeout| LineQuery {
+                bytes,
+                response_timeout,
+            })
+        });
+        let query = match query {
+            Some(q) => Some(q?),
+            None => None,
+        };
+        Some(Device {
+            name: name?,
+            bus: bus?,
+            unit: 0,
+            interval: interval?,
+            max_gap: 0,
+            points: Vec::new(),
+            serial_line: Some(SerialLineDevice {
+                query,
+                filter: filter?,
+                checksum: checksum?,
+                stale_after: stale_after?,
+                points: points.into_iter().map(|(p, _)| p).collect(),
+            }),
+        })
+    }
+
+    /// Compiles a regex, reporting its error at the key.
+    fn regex(&mut self, file: FileId, v: &Spanned<String>, key: &str) -> Option<regex::Regex> {
+        match regex::RegexBuilder::new(v.get_ref())
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // A syntax error comes as the pattern, a caret line and "error: ...": the
+                // caret means nothing once folded into one line, the last line says it all.
+                let text = e.to_string();
+                let detail = text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("error: "))
+                    .unwrap_or(text.trim())
+                    .to_owned();
+                self.fail(file, span_of(v), format!("`{key}` is not a valid regex ({detail}): fix the pattern; write it as a 'literal string' so backslashes such as \\$ and \\d reach the regex unchanged"));
+                None
+            }
+        }
+    }
+
+    fn line_point(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        owner: &str,
+    ) -> Option<(SerialLinePoint, Option<Range<usize>>)> {
+        let name_hint = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
+        let what = match &name_hint {
+            Some(n) => format!("point \"{n}\" of {owner}"),
+            None => format!("a point of {owner}"),
+        };
+        let d = self.decode::<RawLinePoint>(file, item, &what, &[])?;
+        let raw = &d.value;
+        let mut ok = true;
+
+        let name = self
+            .require(&d, &raw.name, "name", "name = \"altitude\"")
+            .and_then(|n| {
+                let name = self.name(file, n, "point")?;
+                if name == "status" {
+                    self.fail(file, span_of(n), "a point may not be named \"status\": <prefix>/<device>/status is the device's availability topic; rename the point");
+                    return None;
+                }
+                Some(name)
+            });
+
+        let extract = match (&raw.regex, &raw.delimiter) {
+            (Some(_), Some(delim)) => {
+                self.fail(file, span_of(delim), "a point has both `regex` and `delimiter`: keep one (a regex with a named capture, or a delimiter with a `field` index)");
+                None
+            }
+            (Some(r), None) => {
+                if let Some(f) = &raw.field {
+                    self.fail(file, span_of(f), "`field` applies only with a `delimiter`: remove it, or use delimiter = \",\" instead of the regex");
+                    ok = false;
+                }
+                self.regex(file, r, "regex").and_then(|regex| {
+                    let names: Vec<&str> = regex.capture_names().flatten().collect();
+                    let capture = match &raw.capture {
+                        Some(c) if names.contains(&c.get_ref().as_str()) => c.get_ref().clone(),
+                        Some(c) => {
+                            let known = if names.is_empty() {
+                                "it has no named capture at all".to_owned()
+                            } else {
+                                format!("its named captures are {}", quoted_list(&names))
+                            };
+                            self.fail(file, span_of(c), format!("`capture` = \"{}\" is not a named capture of the regex ({known}): write (?P<{}>...) around the value in the regex, or name an existing capture", c.get_ref(), c.get_ref()));
+                            return None;
+                        }
+                        None => match names.first() {
+                            Some(first) => (*first).to_owned(),
+                            None => {
+                                self.fail(file, span_of(r), "the `regex` has no named capture, so nothing says which part is the value: wrap it as (?P<value>...), e.g. 'T=(?P<value>[-0-9.]+)'");
+                                return None;
+                            }
+                        },
+                    };
+                    Some(Extract::Regex { regex, capture })
+                })
+            }
+            (None, Some(delim)) => {
+                if let Some(c) = &raw.capture {
+                    self.fail(file, span_of(c), "`capture` applies only with a `regex`: remove it (a delimited point is chosen by `field`)");
+                    ok = false;
+                }
+                let delimiter = if delim.get_ref().is_empty() {
+                    self.fail(file, span_of(delim), "`delimiter` is empty: give the text between fields, e.g. delimiter = \",\"");
+                    None
+                } else {
+                    Some(delim.get_ref().clone())
+                };
+                let index = self
+                    .require(&d, &raw.field, "field", "field = 0 (the 0-based index of the field after splitting at the delimiter)")
+                    .and_then(|f| {
+                        self.int_in(file, f, "field", 0..=MAX_FIELD_INDEX, "a field index is 0-based and must be {range}")
+                    });
+                match (delimiter, index) {
+                    (Some(delimiter), Some(index)) => Some(Extract::Field {
+                        delimiter,
+                        index: index as usize,
+                    }),
+                    _ => None,
+                }
+            }
+            (None, None) => {
+                if !d.reported.contains("regex") && !d.reported.contains("delimiter") {
+                    self.fail(file, Some(d.start..d.start), format!("{what} says nowhere where its value is: add regex = '...(?P<value>...)...', or delimiter = \",\" with field = N"));
+                }
+                None
+            }
+        };
+
+        let kind = match &raw.kind {
+            None => Some(LineValueKind::Number),
+            Some(t) => self.choice(
+                file,
+                t,
+                "type",
+                &[
+                    ("number", LineValueKind::Number),
+                    ("integer", LineValueKind::Integer),
+                    ("string", LineValueKind::String),
+                ],
+            ),
+        };
+        let scale = match &raw.scale {
+            None => Some(1.0),
+            Some(s) if !s.get_ref().is_finite() || *s.get_ref() == 0.0 => {
+                self.fail(file, span_of(s), format!("`scale` = {} would make every reading meaningless: give a finite, non-zero factor such as 0.1", s.get_ref()));
+                None
+            }
+            Some(s) => Some(*s.get_ref()),
+        };
+        let offset = match &raw.offset {
+            None => Some(0.0),
+            Some(o) if !o.get_ref().is_finite() => {
+                self.fail(
+                    file,
+                    span_of(o),
+                    format!(
+                        "`offset` = {} is not a finite number: give a number such as -40.0",
+                        o.get_ref()
+                    ),
+                );
+                None
+            }
+            Some(o) => Some(*o.get_ref()),
+        };
+        if kind == Some(LineValueKind::String) {
+            for (key, span) in [
+                ("scale", raw.scale.as_ref().map(|s| s.span())),
+                ("offset", raw.offset.as_ref().map(|s| s.span())),
+            ] {
+                if let Some(span) = span {
+                    self.fail(
+                        file,
+                        Some(span),
+                        format!("`{key}` has no effect on a string point: remove it"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let unit = match &raw.unit {
+            Some(u) if u.get_ref().trim().is_empty() => {
+                self.fail(
+                    file,
+                    span_of(u),
+                    "`unit` is empty: give the unit of measure (e.g. \"m\") or remove the key",
+                );
+                ok = false;
+                None
+            }
+            other => other.as_ref().map(|u| u.get_ref().clone()),
+        };
+        if !ok {
+            return None;
+        }
+        Some((
+            SerialLinePoint {
+                name: name?,
+                extract: extract?,
+                kind: kind?,
+                scale: scale?,
+                offset: offset?,
+                unit,
+            },
+            raw.name.as_ref().map(|n| n.span()),
+        ))
     }
 
     /// Duplicate names and overlapping addresses within one device. Reported on whichever
@@ -1864,6 +2414,41 @@ fn missing_profile(name: &str, search: &[PathBuf]) -> String {
         "profile \"{name}\" not found: looked for {name}.toml in {}; check the name, or put the file in one of those folders",
         places.join(", ")
     )
+}
+
+/// Decodes `\\r`, `\\n`, `\\t`, `\\\\` and `\\xNN` in a query or terminator. TOML basic
+/// strings decode `\\r` and `\\n` themselves but reject `\\x`, so these escapes are meant for
+/// 'literal strings'; characters already decoded by TOML pass through as their UTF-8 bytes.
+pub(crate) fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push(b'\r'),
+            Some('n') => out.push(b'\n'),
+            Some('t') => out.push(b'\t'),
+            Some('\\') => out.push(b'\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                match u8::from_str_radix(&hex, 16) {
+                    Ok(b) if hex.len() == 2 => out.push(b),
+                    _ => return Err(format!("has \\x{hex} which is not two hex digits: write a byte as \\xNN, e.g. \\x02")),
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "has the unknown escape \\{other}: use \\r, \\n, \\t, \\\\ or \\xNN"
+                ))
+            }
+            None => return Err("ends with a lone backslash: write \\\\ for a backslash".to_owned()),
+        }
+    }
+    Ok(out)
 }
 
 fn round_up_to_ms(d: Duration) -> Duration {

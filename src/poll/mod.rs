@@ -17,6 +17,7 @@
 pub mod backoff;
 pub mod modbus;
 mod scheduler;
+pub mod serial_line;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +51,9 @@ pub async fn run_bus(
 ) {
     let start = tokio::time::Instant::now();
     match bus.kind {
+        BusKind::SerialLine(_) => {
+            serial_line::run_serial_line_bus(bus, devices, sink, health, cancel).await;
+        }
         BusKind::ModbusRtu(rtu) => {
             let per_request = rtu.response_timeout * 6 + rtu.inter_request_delay;
             let polled: Vec<PolledDevice> = devices
@@ -164,6 +168,9 @@ pub async fn read_once(bus: &Bus, device: &Device) -> Result<ReadReport, ReadOnc
     match &bus.kind {
         BusKind::ModbusRtu(rtu) => read_with(RtuLink::new(&bus.name, rtu.clone()), device).await,
         BusKind::ModbusTcp(tcp) => read_with(TcpLink::new(&tcp.address, tcp.timeout), device).await,
+        BusKind::SerialLine(_) => Err(ReadOnceError::Unreachable(
+            "a serial_line device is read with poll::serial_line::read_serial_line_once".into(),
+        )),
     }
 }
 

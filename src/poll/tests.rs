@@ -98,6 +98,7 @@ fn device(name: &str, bus: &str, unit: u8, interval_ms: u64, points: Vec<Point>)
         interval: Duration::from_millis(interval_ms),
         max_gap: 0,
         points,
+        serial_line: None,
     }
 }
 

@@ -1,0 +1,587 @@
+//! The serial_line bus task: open the port, read lines (streamed, or asked for with a
+//! query), turn them into samples, and survive the port going away.
+//!
+//! Owns the port's lifecycle and every timer of a serial_line bus: the query period and
+//! response timeout, the staleness of streaming sensors, the watch on the device node, and
+//! the reopen backoff. Framing, selection and extraction are delegated to the pure modules
+//! beside it; samples go to the sink, counters to the registry. Touches nothing else.
+//!
+//! Port lifecycle (issue 6 item 2): a read error, end of file (a hung-up tty reads `Ok(0)`
+//! forever), or the path no longer naming the node that was opened (removed, or a udev
+//! by-id link re-pointed) ends the session: the port is dropped at once, because a held fd
+//! makes a re-plugged adapter come back under a new name, and every device goes offline.
+//! While down, the path is looked at every [`WATCH_PERIOD`] and opened as soon as it exists;
+//! failed opens of an existing node back off up to [`OPEN_BACKOFF_MAX`]. Both bounds keep
+//! the pickup well inside 2 s. One warning when the port goes, one info when a reopened
+//! session works again (a good line, or [`SETTLED_AFTER`] without trouble); flapping in
+//! between logs at debug only.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep, sleep_until, timeout_at, Instant, MissedTickBehavior};
+use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{
+    Bus, BusKind, Device, LineQuery, Parity, SerialLine, SerialLineDevice, SerialSettings,
+};
+use crate::health::{Beat, Health};
+use crate::model::{unix_ms_now, Reading, Sample, SampleSink, Value};
+
+use super::codec::{Frame, LineCodec};
+use super::extract::{extract, select, Selection};
+use super::{bump, counters, SerialLineCounters};
+
+/// How often a waiting task looks for the device node, and how often a session checks its
+/// node and its devices' silence.
+const WATCH_PERIOD: Duration = Duration::from_millis(250);
+/// Backoff between failed opens of a node that exists (udev not done with permissions yet,
+/// port busy, or a port that hangs up right after opening).
+const OPEN_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const OPEN_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A reopened session counts as working after a good line, or after this long.
+const SETTLED_AFTER: Duration = Duration::from_secs(5);
+/// The loop ticks at least every WATCH_PERIOD; this is what the watchdog allows.
+const BEAT_ALLOWANCE: Duration = Duration::from_secs(10);
+const READ_CHUNK: usize = 512;
+
+struct Sensor {
+    name: Arc<str>,
+    spec: SerialLineDevice,
+    interval: Duration,
+    /// Per point: name and unit, shared by every reading.
+    labels: Vec<(Arc<str>, Option<Arc<str>>)>,
+    online: Option<bool>,
+    last_good: Instant,
+}
+
+/// The query in flight, for the one query sensor a port may carry.
+struct QueryClock {
+    sensor: usize,
+    next_send: Instant,
+    /// Deadline of the unanswered query.
+    awaiting: Option<Instant>,
+}
+
+enum SessionEnd {
+    Cancelled,
+    Lost(String),
+}
+
+struct BusTask {
+    bus: String,
+    line: SerialLine,
+    sensors: Vec<Sensor>,
+    sink: Arc<dyn SampleSink>,
+    counters: Arc<SerialLineCounters>,
+    beat: Beat,
+    cancel: CancellationToken,
+    /// A warning said the port is down; the next working session says it is back.
+    down_reported: bool,
+    /// Sessions in a row that failed to open or to work (drives the backoff).
+    failures: u32,
+}
+
+/// Reads every device of a serial_line `bus` until `cancel` fires. Never returns early on
+/// port, line or device errors. Devices without serial_line settings are ignored.
+pub async fn run_serial_line_bus(
+    bus: Bus,
+    devices: Vec<Device>,
+    sink: Arc<dyn SampleSink>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
+    let BusKind::SerialLine(line) = bus.kind else {
+        warn!(bus = %bus.name, "run_serial_line_bus was given a bus that is not serial_line; it polls nothing");
+        cancel.cancelled().await;
+        return;
+    };
+    let now = Instant::now();
+    let sensors = devices
+        .into_iter()
+        .filter_map(|d| {
+            let spec = d.serial_line?;
+            let labels = spec
+                .points
+                .iter()
+                .map(|p| (Arc::from(p.name.as_str()), p.unit.as_deref().map(Arc::from)))
+                .collect();
+            Some(Sensor {
+                name: Arc::from(d.name.as_str()),
+                spec,
+                interval: d.interval,
+                labels,
+                online: None,
+                last_good: now,
+            })
+        })
+        .collect();
+    let mut task = BusTask {
+        beat: health.register(format!("bus {}", bus.name), BEAT_ALLOWANCE),
+        counters: counters(&bus.name),
+        bus: bus.name,
+        line,
+        sensors,
+        sink,
+        cancel,
+        down_reported: false,
+        failures: 0,
+    };
+    task.run().await;
+}
+
+impl BusTask {
+    async fn run(&mut self) {
+        loop {
+            self.beat.tick();
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            match open_port(&self.line.serial) {
+                Ok(port) => match self.session(port).await {
+                    SessionEnd::Cancelled => return,
+                    SessionEnd::Lost(why) => {
+                        bump(&self.counters.port_lost);
+                        self.port_down(&why);
+                    }
+                },
+                Err(e) => {
+                    let why = describe_open_error(&e, &self.line.serial.path);
+                    self.port_down(&why);
+                }
+            }
+            if !self.wait_before_reopen().await {
+                return;
+            }
+        }
+    }
+
+    fn port_down(&mut self, why: &str) {
+        let path = self.line.serial.path.display();
+        if self.down_reported {
+            debug!(bus = %self.bus, "serial port {path} still unusable: {why}");
+        } else {
+            warn!(bus = %self.bus, "serial port {path} is down: {why}; its devices are offline until it is back (looking for it every {WATCH_PERIOD:?})");
+            self.down_reported = true;
+        }
+        self.failures = self.failures.saturating_add(1);
+        for i in 0..self.sensors.len() {
+            self.set_online(i, false);
+        }
+    }
+
+    /// Waits until the port is worth opening again; false when cancelled.
+    async fn wait_before_reopen(&mut self) -> bool {
+        let exponent = self.failures.saturating_sub(1).min(8);
+        let backoff = (OPEN_BACKOFF_MIN * 2u32.pow(exponent)).min(OPEN_BACKOFF_MAX);
+        let earliest = Instant::now() + backoff;
+        let mut was_missing = false;
+        loop {
+            self.beat.tick();
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = sleep(WATCH_PERIOD) => {}
+            }
+            // A node that reappears is a new device: open it now, whatever the backoff.
+            match node_identity(&self.line.serial.path) {
+                None => was_missing = true,
+                Some(_) if was_missing || Instant::now() >= earliest => return true,
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        self.failures = 0;
+        if self.down_reported {
+            info!(bus = %self.bus, "serial port {} is back", self.line.serial.path.display());
+            self.down_reported = false;
+        }
+    }
+
+    fn set_online(&mut self, index: usize, online: bool) {
+        let sensor = &mut self.sensors[index];
+        if sensor.online != Some(online) {
+            sensor.online = Some(online);
+            self.sink.send(Sample::DeviceAvailability {
+                device: sensor.name.clone(),
+                online,
+            });
+        }
+    }
+
+    async fn session(&mut self, mut port: SerialStream) -> SessionEnd {
+        let path = self.line.serial.path.clone();
+        let node = node_identity(&path);
+        // Bytes queued before we opened belong to nobody: a half line, or noise from the
+        // adapter powering up.
+        if let Err(e) = port.clear(ClearBuffer::Input) {
+            debug!(bus = %self.bus, "cannot flush the input of {}: {e}", path.display());
+        }
+        let mut codec = LineCodec::new(&self.line.terminator, self.line.max_line);
+        let started = Instant::now();
+        for sensor in &mut self.sensors {
+            sensor.last_good = started;
+        }
+        let mut settled = false;
+        let mut query = self
+            .sensors
+            .iter()
+            .position(|s| s.spec.query.is_some())
+            .map(|sensor| QueryClock {
+                sensor,
+                next_send: started,
+                awaiting: None,
+            });
+        let mut watch = tokio::time::interval(WATCH_PERIOD);
+        watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            let query_due = query.as_ref().map(|q| q.awaiting.unwrap_or(q.next_send));
+            tokio::select! {
+                _ = self.cancel.cancelled() => return SessionEnd::Cancelled,
+                read = port.read(&mut buf) => match read {
+                    Ok(0) => return SessionEnd::Lost("the port reads end of file (hung up: adapter unplugged?)".into()),
+                    Ok(n) => {
+                        codec.push(&buf[..n]);
+                        while let Some(frame) = codec.next_frame() {
+                            if self.frame(frame, query.as_mut()) && !settled {
+                                settled = true;
+                                self.settle();
+                            }
+                        }
+                    }
+                    Err(e) => return SessionEnd::Lost(format!("reading failed: {e}")),
+                },
+                _ = watch.tick() => {
+                    self.beat.tick();
+                    match node_identity(&path) {
+                        None => return SessionEnd::Lost(format!("the device node {} disappeared", path.display())),
+                        id if id != node => return SessionEnd::Lost(format!("{} now names another device (re-plugged)", path.display())),
+                        _ => {}
+                    }
+                    self.check_silence();
+                    if !settled && started.elapsed() >= SETTLED_AFTER {
+                        settled = true;
+                        self.settle();
+                    }
+                }
+                _ = sleep_until(query_due.unwrap_or(started)), if query_due.is_some() => {
+                    let Some(clock) = query.as_mut() else { continue };
+                    if let Some(err) = self.query_turn(clock, &mut port, &mut codec).await {
+                        return SessionEnd::Lost(err);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A query deadline passed: count a missing answer, or send the next query.
+    async fn query_turn(
+        &mut self,
+        clock: &mut QueryClock,
+        port: &mut SerialStream,
+        codec: &mut LineCodec,
+    ) -> Option<String> {
+        let now = Instant::now();
+        if let Some(deadline) = clock.awaiting {
+            if now >= deadline {
+                clock.awaiting = None;
+                bump(&self.counters.no_answer);
+                debug!(bus = %self.bus, device = %self.sensors[clock.sensor].name, "no answer to the query");
+            }
+            return None;
+        }
+        if now < clock.next_send {
+            return None;
+        }
+        let sensor = &self.sensors[clock.sensor];
+        let q = sensor.spec.query.clone()?;
+        clock.next_send = (clock.next_send + sensor.interval).max(now);
+        if let Err(e) = send_query(port, codec, &q).await {
+            return Some(e);
+        }
+        clock.awaiting = Some(Instant::now() + q.response_timeout);
+        None
+    }
+
+    fn check_silence(&mut self) {
+        for i in 0..self.sensors.len() {
+            let sensor = &self.sensors[i];
+            if sensor.online != Some(false) && sensor.last_good.elapsed() > sensor.spec.stale_after
+            {
+                debug!(bus = %self.bus, device = %sensor.name, "no good line for {:?}: offline", sensor.spec.stale_after);
+                self.set_online(i, false);
+            }
+        }
+    }
+
+    /// Handles one frame; true when some device accepted it.
+    fn frame(&mut self, frame: Frame, mut query: Option<&mut QueryClock>) -> bool {
+        let text = match frame {
+            Frame::Garbage => {
+                bump(&self.counters.garbage);
+                return false;
+            }
+            Frame::Overlong => {
+                bump(&self.counters.overlong);
+                return false;
+            }
+            Frame::Line(text) => text,
+        };
+        bump(&self.counters.lines);
+        let ts_ms = unix_ms_now();
+        let mut wanted = false;
+        let mut accepted = false;
+        for i in 0..self.sensors.len() {
+            let asking = query.as_deref().is_some_and(|q| q.sensor == i);
+            if asking && query.as_deref().is_some_and(|q| q.awaiting.is_none()) {
+                // A late answer or unsolicited chatter: not an answer to any query.
+                continue;
+            }
+            match select(&self.sensors[i].spec, &text) {
+                Selection::NotForDevice => {}
+                Selection::BadChecksum(e) => {
+                    wanted = true;
+                    bump(&self.counters.bad_checksum);
+                    debug!(bus = %self.bus, device = %self.sensors[i].name, "line skipped, {e}: {text:?}");
+                }
+                Selection::Accepted(payload) => {
+                    wanted = true;
+                    accepted = true;
+                    if asking {
+                        if let Some(q) = query.as_deref_mut() {
+                            q.awaiting = None;
+                        }
+                    }
+                    self.sensors[i].last_good = Instant::now();
+                    self.set_online(i, true);
+                    self.publish(i, payload, ts_ms);
+                }
+            }
+        }
+        if !wanted {
+            bump(&self.counters.ignored);
+        }
+        accepted
+    }
+
+    fn publish(&self, index: usize, payload: &str, ts_ms: u64) {
+        let sensor = &self.sensors[index];
+        for (point, (name, unit)) in sensor.spec.points.iter().zip(&sensor.labels) {
+            match extract(point, payload) {
+                Ok(value) => self.sink.send(Sample::Reading(Reading {
+                    device: sensor.name.clone(),
+                    point: name.clone(),
+                    value,
+                    unit: unit.clone(),
+                    ts_ms,
+                })),
+                Err(e) => {
+                    bump(&self.counters.unparsed);
+                    debug!(bus = %self.bus, device = %sensor.name, point = %name, "no value: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Flushes what is pending (a late answer to the previous query must not pass for the
+/// answer to this one), then sends the query within its response timeout.
+async fn send_query(
+    port: &mut SerialStream,
+    codec: &mut LineCodec,
+    query: &LineQuery,
+) -> Result<(), String> {
+    if let Err(e) = port.clear(ClearBuffer::Input) {
+        debug!("cannot flush the serial input before a query: {e}");
+    }
+    codec.reset();
+    let deadline = Instant::now() + query.response_timeout;
+    match timeout_at(deadline, async {
+        port.write_all(&query.bytes).await?;
+        port.flush().await
+    })
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("writing the query failed: {e}")),
+        Err(_) => {
+            Err("the query could not be written within the response timeout (output stuck)".into())
+        }
+    }
+}
+
+/// What the path names now: the node's (device, inode, rdev), following symlinks.
+fn node_identity(path: &Path) -> Option<(u64, u64, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.rdev()))
+}
+
+fn open_port(s: &SerialSettings) -> tokio_serial::Result<SerialStream> {
+    use tokio_serial::{DataBits, FlowControl, StopBits};
+    tokio_serial::new(s.path.to_string_lossy(), s.baud)
+        .data_bits(match s.data_bits {
+            5 => DataBits::Five,
+            6 => DataBits::Six,
+            7 => DataBits::Seven,
+            _ => DataBits::Eight,
+        })
+        .parity(match s.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Even => tokio_serial::Parity::Even,
+            Parity::Odd => tokio_serial::Parity::Odd,
+        })
+        .stop_bits(if s.stop_bits == 2 {
+            StopBits::Two
+        } else {
+            StopBits::One
+        })
+        .flow_control(FlowControl::None)
+        .open_native_async()
+}
+
+fn describe_open_error(e: &tokio_serial::Error, path: &Path) -> String {
+    if node_identity(path).is_none() {
+        return format!(
+            "{} does not exist (adapter unplugged? check `ls -l /dev/serial/by-id/`)",
+            path.display()
+        );
+    }
+    match e.kind() {
+        tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => format!(
+            "permission denied opening {} ({e}): run fieldlink as a member of the dialout group",
+            path.display()
+        ),
+        _ => format!("cannot open {} ({e})", path.display()),
+    }
+}
+
+/// `fieldlink read` for a serial_line device: opens the port, reads (asking with the
+/// query, if any) until `lines` lines of the device were seen, and describes each line and
+/// the points parsed from it. Fails when the port cannot be opened or nothing arrives.
+pub async fn read_serial_line_once(
+    bus: &Bus,
+    device: &Device,
+    lines: usize,
+) -> anyhow::Result<String> {
+    let BusKind::SerialLine(line) = &bus.kind else {
+        bail!("bus {:?} is not a serial_line bus", bus.name);
+    };
+    let spec = device
+        .serial_line
+        .as_ref()
+        .with_context(|| format!("device {:?} has no serial_line settings", device.name))?;
+    let path = &line.serial.path;
+    let mut port = open_port(&line.serial)
+        .map_err(|e| anyhow::anyhow!("{}", describe_open_error(&e, path)))?;
+    let _ = port.clear(ClearBuffer::Input);
+    let mut codec = LineCodec::new(&line.terminator, line.max_line);
+    let wait = spec
+        .query
+        .as_ref()
+        .map_or(spec.stale_after, |q| q.response_timeout);
+    let mut out = String::new();
+    let mut seen = 0;
+    let mut buf = [0u8; READ_CHUNK];
+    for n in 1..=lines.max(1) {
+        if let Some(q) = &spec.query {
+            send_query(&mut port, &mut codec, q)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        let deadline = Instant::now() + wait;
+        let got = 'wait: loop {
+            while let Some(frame) = codec.next_frame() {
+                match frame {
+                    Frame::Garbage => {
+                        let _ = writeln!(
+                            out,
+                            "  (skipped a line that is not text: wrong baud rate or noise?)"
+                        );
+                    }
+                    Frame::Overlong => {
+                        let _ = writeln!(
+                            out,
+                            "  (skipped a line longer than max_line = {} bytes)",
+                            line.max_line
+                        );
+                    }
+                    Frame::Line(text) => match select(spec, &text) {
+                        Selection::Accepted(payload) => {
+                            let payload = payload.to_owned();
+                            break 'wait Some((text, payload));
+                        }
+                        Selection::BadChecksum(e) => {
+                            let _ = writeln!(out, "  (skipped, {e}: {text})");
+                        }
+                        Selection::NotForDevice => {}
+                    },
+                }
+            }
+            match timeout_at(deadline, port.read(&mut buf)).await {
+                Err(_) => break None,
+                Ok(Ok(0)) => bail!("{} hung up (end of file)", path.display()),
+                Ok(Ok(k)) => codec.push(&buf[..k]),
+                Ok(Err(e)) => {
+                    return Err(e).with_context(|| format!("reading {} failed", path.display()))
+                }
+            }
+        };
+        let Some((text, payload)) = got else {
+            let _ = writeln!(out, "line {n}: nothing for {} within {wait:?}", device.name);
+            if spec.query.is_some() {
+                continue;
+            }
+            break;
+        };
+        seen += 1;
+        let _ = writeln!(out, "line {n}: {text}");
+        for point in &spec.points {
+            match extract(point, &payload) {
+                Ok(value) => {
+                    let unit = point
+                        .unit
+                        .as_deref()
+                        .map(|u| format!(" {u}"))
+                        .unwrap_or_default();
+                    let _ = writeln!(out, "  {:<20} = {}{unit}", point.name, show(&value));
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  {:<20}   no value: {e}", point.name);
+                }
+            }
+        }
+    }
+    if seen == 0 {
+        bail!(
+            "{out}no line for device {:?} arrived on {}: check the baud rate and wiring{}",
+            device.name,
+            path.display(),
+            if spec.filter.is_some() {
+                ", and that the filter matches what the sensor sends"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(out)
+}
+
+fn show(value: &Value) -> String {
+    match value {
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Text(t) => format!("{t:?}"),
+    }
+}
