@@ -1,7 +1,7 @@
 //! Shared test harness: real peers on ports the kernel picks, and waits with deadlines.
 //!
 //! Each test binary does `mod support;` and uses what it needs, hence the `dead_code` allow.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod broker;
 pub use broker::Broker;
