@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::error::{BufferError, Result};
-use super::store::{read_record, unix_now_secs};
+use super::store::{read_record, row_sum, unix_now_secs, SCHEMA_SQL};
 use crate::queue::Record;
 
 /// Consecutive read failures after which the rest of the file is given up.
@@ -69,6 +69,9 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
         Err(_) => return (Vec::new(), SurvivingMeta::default(), 1),
     };
     let _ = conn.busy_timeout(Duration::from_millis(100));
+    // A file shorter than its header says fails every statement unless the schema is
+    // "writable", which makes SQLite trust the file size instead (read-only use here).
+    let _ = conn.execute_batch("PRAGMA writable_schema = ON");
     let meta_value = |key: &str| -> Option<u64> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
             r.get::<_, i64>(0)
@@ -92,7 +95,7 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
     let mut stride: i64 = 1;
     let mut failed_seeks = 0;
     let Ok(mut stmt) = conn.prepare(
-        "SELECT seq, topic, payload, ts_ms FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 512",
+        "SELECT seq, topic, payload, ts_ms, sum FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 512",
     ) else {
         return (rows, meta, errors + 1);
     };
@@ -124,6 +127,10 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
             },
             Err(_) => failed = true,
         }
+        if got > 0 {
+            stride = 1;
+            failed_seeks = 0;
+        }
         if failed {
             errors += 1;
             failed_seeks += 1;
@@ -140,8 +147,6 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
         if got == 0 {
             break;
         }
-        stride = 1;
-        failed_seeks = 0;
     }
     // A damaged page can yield rows out of place; keep each seq once, in order.
     rows.sort_by_key(|r| r.seq);
@@ -152,19 +157,9 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
 fn write_fresh(path: &Path, rows: &[Record], meta: SurvivingMeta) -> Result<()> {
     let sql = |e| BufferError::from_sqlite(path, e);
     let mut conn = Connection::open(path).map_err(sql)?;
-    conn.execute_batch(
-        "PRAGMA auto_vacuum = INCREMENTAL;
-         PRAGMA journal_mode = WAL;
-         CREATE TABLE IF NOT EXISTS records (
-             seq INTEGER PRIMARY KEY,
-             topic TEXT NOT NULL,
-             payload BLOB NOT NULL,
-             ts_ms INTEGER NOT NULL);
-         CREATE TABLE IF NOT EXISTS meta (
-             key TEXT PRIMARY KEY,
-             value INTEGER NOT NULL) WITHOUT ROWID;",
-    )
-    .map_err(sql)?;
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;")
+        .map_err(sql)?;
+    conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
     let max_seq = rows.last().map_or(0, |r| r.seq);
     // Without a trustworthy next_seq, numbers already published might be handed out again
     // and de-duplicating consumers would discard new readings: jump to a clock-derived
@@ -178,7 +173,8 @@ fn write_fresh(path: &Path, rows: &[Record], meta: SurvivingMeta) -> Result<()> 
     {
         let mut insert = tx
             .prepare(
-                "INSERT OR IGNORE INTO records (seq, topic, payload, ts_ms) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO records (seq, topic, payload, ts_ms, sum)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(sql)?;
         for r in rows {
@@ -187,7 +183,8 @@ fn write_fresh(path: &Path, rows: &[Record], meta: SurvivingMeta) -> Result<()> 
                     i64::try_from(r.seq).unwrap_or(i64::MAX),
                     r.topic,
                     r.payload,
-                    i64::try_from(r.ts_ms).unwrap_or(i64::MAX)
+                    i64::try_from(r.ts_ms).unwrap_or(i64::MAX),
+                    row_sum(r)
                 ])
                 .map_err(sql)?;
         }

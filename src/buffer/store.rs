@@ -7,10 +7,17 @@
 //! # Schema (version 1)
 //! ```sql
 //! CREATE TABLE records (seq INTEGER PRIMARY KEY,   -- the rowid: ordered, no extra index
-//!                       topic TEXT NOT NULL, payload BLOB NOT NULL, ts_ms INTEGER NOT NULL);
+//!                       topic TEXT NOT NULL, payload BLOB NOT NULL, ts_ms INTEGER NOT NULL,
+//!                       sum INTEGER NOT NULL);     -- FNV-1a 64 of seq, topic, payload, ts_ms
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 //!   -- schema_version, next_seq, dropped_full, dropped_age
 //! ```
+//! `sum` exists because SQLite checks its page structure, not the bytes inside a row: a
+//! row cut by a truncation or torn by a bad sector can read back "fine" with zeros or
+//! garbage in it, and a wrong reading published is worse than a lost one. Every read
+//! checks it; a mismatch is damage (recovery skips the row, a running store reopens and
+//! recovers).
+//!
 //! No index on `topic`: it would double the bytes written per reading (SD-card wear) to
 //! speed up `latest_per_topic`, which runs once per replay episode and at start.
 //!
@@ -62,6 +69,17 @@ use crate::queue::Record;
 
 pub const FILE_NAME: &str = "buffer.db";
 pub const SCHEMA_VERSION: i64 = 1;
+/// The tables, as the module doc describes them (also used by recovery).
+pub(crate) const SCHEMA_SQL: &str = "
+    CREATE TABLE IF NOT EXISTS records (
+        seq INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        sum INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL) WITHOUT ROWID;";
 /// Per-row bytes counted against `max_size` on top of topic and payload: rowid and ts
 /// varints, the record header and the cell pointer, rounded up.
 pub const ROW_OVERHEAD: u64 = 32;
@@ -202,7 +220,16 @@ impl Store {
     pub fn open(dir: &Path, limits: Limits) -> Result<(Store, Option<Recovery>)> {
         let path = dir.join(FILE_NAME);
         std::fs::create_dir_all(dir).map_err(|e| BufferError::from_io(dir, e))?;
-        match Store::open_checked(&path, limits) {
+        let attempt = if truncated_to_nothing(&path) {
+            // SQLite would happily treat it as a new database, losing `meta.next_seq`.
+            Err(BufferError::Corrupt {
+                path: path.clone(),
+                detail: "the file is empty: truncated to zero bytes".into(),
+            })
+        } else {
+            Store::open_checked(&path, limits)
+        };
+        match attempt {
             Ok(store) => Ok((store, None)),
             Err(BufferError::Corrupt { detail, .. }) => {
                 let recovery = super::recover::salvage(&path, &detail)?;
@@ -252,17 +279,10 @@ impl Store {
         }
         conn.execute_batch(
             "PRAGMA synchronous = NORMAL;
-             PRAGMA journal_size_limit = 4194304;
-             CREATE TABLE IF NOT EXISTS records (
-                 seq INTEGER PRIMARY KEY,
-                 topic TEXT NOT NULL,
-                 payload BLOB NOT NULL,
-                 ts_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS meta (
-                 key TEXT PRIMARY KEY,
-                 value INTEGER NOT NULL) WITHOUT ROWID;",
+             PRAGMA journal_size_limit = 4194304;",
         )
         .map_err(sql)?;
+        conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
         let meta = |key: &str| -> Result<Option<i64>> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
                 .optional()
@@ -390,8 +410,8 @@ impl Store {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO records (seq, topic, payload, ts_ms)
-                     VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT OR IGNORE INTO records (seq, topic, payload, ts_ms, sum)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(sql)?;
             for r in records {
@@ -403,7 +423,13 @@ impl Store {
                     continue;
                 }
                 let added = insert
-                    .execute(params![to_i64(r.seq), r.topic, r.payload, to_i64(r.ts_ms)])
+                    .execute(params![
+                        to_i64(r.seq),
+                        r.topic,
+                        r.payload,
+                        to_i64(r.ts_ms),
+                        row_sum(r)
+                    ])
                     .map_err(sql)?;
                 if added == 1 {
                     bytes += size;
@@ -475,7 +501,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, topic, payload, ts_ms FROM records WHERE seq > ?1
+                "SELECT seq, topic, payload, ts_ms, sum FROM records WHERE seq > ?1
                  ORDER BY seq LIMIT ?2",
             )
             .map_err(self.sql())?;
@@ -533,8 +559,9 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, topic, payload, ts_ms FROM
-                   (SELECT max(seq) AS seq, topic, payload, ts_ms FROM records GROUP BY topic)
+                "SELECT seq, topic, payload, ts_ms, sum FROM
+                   (SELECT max(seq) AS seq, topic, payload, ts_ms, sum FROM records
+                    GROUP BY topic)
                  ORDER BY seq",
             )
             .map_err(self.sql())?;
@@ -627,13 +654,49 @@ impl Store {
     }
 }
 
+/// An existing, empty database file without a WAL: every store writes its schema at
+/// creation, so this is a file cut to zero, not a new one. (A fresh store that crashed
+/// before its first checkpoint has an empty file but a WAL holding everything.)
+fn truncated_to_nothing(db: &Path) -> bool {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    len(db) == Some(0) && len(Path::new(&wal)).unwrap_or(0) == 0
+}
+
+/// FNV-1a 64 over the fields, as stored in `sum`.
+pub(crate) fn row_sum(r: &Record) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(&r.seq.to_le_bytes());
+    feed(&(r.topic.len() as u64).to_le_bytes());
+    feed(r.topic.as_bytes());
+    feed(&r.payload);
+    feed(&r.ts_ms.to_le_bytes());
+    h as i64
+}
+
+/// Reads `seq, topic, payload, ts_ms, sum` and checks the sum.
 pub(crate) fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    Ok(Record {
+    let record = Record {
         seq: to_u64(r.get(0)?),
         topic: r.get(1)?,
         payload: r.get(2)?,
         ts_ms: to_u64(r.get(3)?),
-    })
+    };
+    let sum: i64 = r.get(4)?;
+    if sum != row_sum(&record) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("record {} fails its checksum", record.seq)),
+        ));
+    }
+    Ok(record)
 }
 
 /// The database, its WAL and its shared-memory index, as `ls` would add them up.
