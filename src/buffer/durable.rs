@@ -159,6 +159,8 @@ struct State {
     next_seq: u64,
     seq_reserved: u64,
     newest_seq_by_topic: HashMap<String, u64>,
+    /// Topics whose newest seq changed since it was last written to the store.
+    newest_dirty: HashSet<String>,
     resident: HashSet<u64>,
     persisting: HashSet<u64>,
     to_delete: Vec<u64>,
@@ -253,6 +255,7 @@ impl Durable {
             next_seq: fallback_first_seq.max(1),
             seq_reserved: 0,
             newest_seq_by_topic: HashMap::new(),
+            newest_dirty: HashSet::new(),
             resident: HashSet::new(),
             persisting: HashSet::new(),
             to_delete: Vec::new(),
@@ -314,6 +317,9 @@ impl Durable {
         let seq = st.next_seq;
         st.next_seq += 1;
         st.newest_seq_by_topic.insert(topic.clone(), seq);
+        if !st.newest_dirty.contains(&topic) {
+            st.newest_dirty.insert(topic.clone());
+        }
         st.queued.push_back(Entry {
             record: Record {
                 seq,
@@ -637,16 +643,16 @@ fn io_loop(shared: &Shared) {
 /// memory-only mode with the reason.
 fn attach_store(settings: &Settings, st: &mut State, slot: &mut StoreSlot) {
     let opened = Store::open(&settings.dir, settings.limits).and_then(|(mut store, recovery)| {
-        let latest = store.latest_per_topic()?;
+        let latest = store.newest_per_topic()?;
         let start = store.next_seq().max(st.next_seq);
         store.reserve_seqs(start + SEQ_RESERVE_BLOCK)?;
         Ok((store, recovery, latest, start))
     });
     match opened {
         Ok((store, recovery, latest, start)) => {
-            for r in latest {
-                let newest = st.newest_seq_by_topic.entry(r.topic).or_insert(r.seq);
-                *newest = (*newest).max(r.seq);
+            for (topic, seq) in latest {
+                let newest = st.newest_seq_by_topic.entry(topic).or_insert(seq);
+                *newest = (*newest).max(seq);
             }
             // Numbers handed out from memory while the store was away stay unique.
             st.next_seq = st.next_seq.max(start);
@@ -751,7 +757,7 @@ fn io_work(
 
     // 1. Write: a spill (everything not on disk, then drop queued copies from memory) or,
     // in `always` mode, the periodic commit.
-    let (batch, spill, protect) = {
+    let (batch, spill, protect, newest) = {
         let mut st = lock(&shared.state);
         let spill = st.spill_requested || final_flush;
         let commit_due = settings.durability == Durability::Always
@@ -769,18 +775,36 @@ fn io_work(
             }
         }
         st.spill_requested = false;
-        let protect: HashSet<u64> = st.resident.union(&st.persisting).copied().collect();
-        (batch, spill, protect)
+        // Bounds never drop what stays in memory: after a spill only the in-flight records
+        // do (the rest is evicted and comes back through replay); after a commit, all.
+        let protect: HashSet<u64> = if spill {
+            st.inflight.iter().map(|e| e.record.seq).collect()
+        } else {
+            st.resident.union(&st.persisting).copied().collect()
+        };
+        let newest: Vec<(String, u64)> = if spill || commit_due {
+            let dirty = std::mem::take(&mut st.newest_dirty);
+            dirty
+                .into_iter()
+                .filter_map(|t| st.newest_seq_by_topic.get(&t).map(|&s| (t, s)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (batch, spill, protect, newest)
     };
     if settings.durability == Durability::Always || spill {
         *timers.last_commit = now;
     }
-    let appended = match store.append(&batch, &protect) {
+    let appended = match store
+        .append(&batch, &protect)
+        .and_then(|a| store.note_newest(&newest).map(|()| a))
+    {
         Ok(a) => a,
         Err(e) => {
-            if spill {
-                lock(&shared.state).spill_requested = true;
-            }
+            let mut st = lock(&shared.state);
+            st.spill_requested |= spill;
+            st.newest_dirty.extend(newest.into_iter().map(|(t, _)| t));
             return Err(e);
         }
     };
@@ -800,6 +824,13 @@ fn io_work(
         // it); records already on the wire stay.
         if !rejected.is_empty() {
             st.queued.retain(|e| !rejected.contains(&e.record.seq));
+        }
+        // `drop_oldest`: records evicted from disk to make room are gone from memory too.
+        if !appended.evicted.is_empty() {
+            let evicted: HashSet<u64> = appended.evicted.iter().copied().collect();
+            st.queued.retain(|e| !evicted.contains(&e.record.seq));
+            st.history.retain(|r| !evicted.contains(&r.seq));
+            st.resident.retain(|s| !evicted.contains(s));
         }
         if spill {
             let mut evicted = Vec::new();

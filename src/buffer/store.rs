@@ -11,7 +11,12 @@
 //!                       sum INTEGER NOT NULL);     -- FNV-1a 64 of seq, topic, payload, ts_ms
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 //!   -- schema_version, next_seq, dropped_full, dropped_age
+//! CREATE TABLE newest (topic TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+//!   -- the newest seq ever pushed per topic, as of the last spill or commit
 //! ```
+//! `newest` lets a new run tell that a stored record was superseded by a reading that was
+//! published (and acknowledged, so deleted) before the restart: without it that stored
+//! record would look newest and be replayed retained over a newer retained value.
 //! `sum` exists because SQLite checks its page structure, not the bytes inside a row: a
 //! row cut by a truncation or torn by a bad sector can read back "fine" with zeros or
 //! garbage in it, and a wrong reading published is worse than a lost one. Every read
@@ -79,7 +84,10 @@ pub(crate) const SCHEMA_SQL: &str = "
         sum INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS meta (
         key TEXT PRIMARY KEY,
-        value INTEGER NOT NULL) WITHOUT ROWID;";
+        value INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS newest (
+        topic TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL) WITHOUT ROWID;";
 /// Per-row bytes counted against `max_size` on top of topic and payload: rowid and ts
 /// varints, the record header and the cell pointer, rounded up.
 pub const ROW_OVERHEAD: u64 = 32;
@@ -494,6 +502,46 @@ impl Store {
         self.dropped_full += dropped_now;
         self.next_seq = next_seq;
         Ok(())
+    }
+
+    /// Raises the newest known seq of each topic (see `newest` in the module doc).
+    pub fn note_newest(&mut self, newest: &[(String, u64)]) -> Result<()> {
+        if newest.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let sql = |e| BufferError::from_sqlite(&path, e);
+        let tx = self.conn.transaction().map_err(sql)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO newest (topic, seq) VALUES (?1, ?2)
+                     ON CONFLICT(topic) DO UPDATE SET seq = max(seq, excluded.seq)",
+                )
+                .map_err(sql)?;
+            for (topic, seq) in newest {
+                upsert.execute(params![topic, to_i64(*seq)]).map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// The newest seq per topic: the `newest` table merged with the stored records.
+    pub fn newest_per_topic(&self) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT topic, max(seq) FROM
+                   (SELECT topic, seq FROM newest
+                    UNION ALL SELECT topic, max(seq) FROM records GROUP BY topic)
+                 GROUP BY topic",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))))
+            .map_err(self.sql())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sql())
     }
 
     /// Up to `n` records with `seq > after`, oldest first.
