@@ -352,7 +352,11 @@ fn assert_recovers(dir: &Path, original: &[Record], what: &str) -> u64 {
     let (store, recovery) = Store::open(dir, big()).unwrap_or_else(|e| panic!("{what}: {e}"));
     let recovery = recovery.unwrap_or_else(|| panic!("{what}: damage not detected"));
     assert!(recovery.moved_to.exists(), "{what}: {recovery}");
-    assert_eq!(corrupt_copies(dir), [recovery.moved_to.clone()], "{what}");
+    assert_eq!(
+        corrupt_copies(dir),
+        std::slice::from_ref(&recovery.moved_to),
+        "{what}"
+    );
     let rows = all(&store);
     assert_eq!(rows.len() as u64, recovery.rows_recovered, "{what}");
     for r in &rows {

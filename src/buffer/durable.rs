@@ -23,7 +23,8 @@
 //! - Acknowledged records that are on disk are deleted in batches.
 //!
 //! # Replay
-//! After the link is back (`take` is called again), stored records are read oldest first
+//! After the link is back (`take` or `wait_queued` is called again), stored records are
+//! read oldest first
 //! and `take` alternates batches: one from history, one from live readings, so neither
 //! starves. History is held to `replay_rate` readings/s (token bucket); live readings are
 //! never held back. `replay = "latest"` prunes every stored record that a newer one of its
@@ -438,13 +439,18 @@ impl Durable {
         batch
     }
 
-    /// Resolves once `take` would hand out something.
+    /// Resolves once `take` would hand out something. Like `take`, it tells the buffer the
+    /// link is up (the uplink waits only when it can send), which starts replay reads.
     pub async fn wait_queued(&self) {
         loop {
             let notified = self.shared.notify.notified();
             let wait = {
                 let durability = self.shared.settings.durability;
                 let mut st = lock(&self.shared.state);
+                if !st.link_up || (st.store_ok && st.disk_unread && st.history.is_empty()) {
+                    st.link_up = true;
+                    self.wake_io();
+                }
                 let live = st
                     .queued
                     .front()
@@ -701,6 +707,15 @@ fn io_step(shared: &Shared, final_flush: bool) -> Result<()> {
         }
     }
     let slot = &mut *slot;
+    let backing_off = slot.retry_at.is_some_and(|t| Instant::now() < t);
+    if backing_off && !final_flush {
+        // A failing disk is left alone until the retry time: memory serves meanwhile.
+        let st = lock(&shared.state);
+        return Err(BufferError::Io {
+            path: settings.dir.clone(),
+            detail: st.disk_error.clone().unwrap_or_default(),
+        });
+    }
     let Some(store) = slot.store.as_mut() else {
         let st = lock(&shared.state);
         return Err(BufferError::Io {
@@ -715,6 +730,7 @@ fn io_step(shared: &Shared, final_flush: bool) -> Result<()> {
     let result = io_work(shared, store, timers, final_flush);
     match result {
         Ok(()) => {
+            slot.retry_at = None;
             let mut st = lock(&shared.state);
             if st.disk_error.take().is_some() {
                 tracing::info!(path = %store.path().display(), "buffer store writable again");
