@@ -20,7 +20,8 @@
 //!   reading; the only writes are one sequence-number reservation per 65 536 readings.
 //! - `always` mode: every `commit_interval`, every record not yet on disk is committed, and
 //!   `take` hands out only committed records (so a reading waits up to one interval).
-//! - Acknowledged records that are on disk are deleted in batches.
+//! - Acknowledged records that are on disk are deleted in batches (256, or every 10 s, or
+//!   with a spill).
 //!
 //! # Replay
 //! After the link is back (`take` or `wait_queued` is called again), stored records are
@@ -32,9 +33,14 @@
 //!
 //! # Retained values
 //! The rule is the `Outbox` one: a record may be published retained only if
-//! [`Durable::is_newest`] (no newer record of its topic was ever pushed in this run or is
-//! on disk from a previous one). Replayed history is published without retain, so the
-//! retained value of every topic ends at its newest reading whatever the interleaving.
+//! [`Durable::is_newest`], i.e. no newer record of its topic is known: pushed in this run,
+//! stored on disk, or noted in the store's `newest` table (written with every spill and
+//! commit, and on shutdown). So replayed history goes out without retain unless it is the
+//! newest reading of its point, and the retained value of every topic ends at its newest
+//! reading whatever the interleaving. One gap, after a crash only: in `outage` mode the
+//! `newest` table is as of the last spill, so a stored record superseded by a reading
+//! published after that spill looks newest and is replayed retained; the next live reading
+//! of that point (one poll interval) puts the retained value right again.
 //!
 //! # Failing disk
 //! Any store error (disk full, read-only directory, damage) leaves the records in memory,
@@ -62,8 +68,12 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Records read from disk per replay read, and the history level that triggers the next.
 const PREFETCH_BATCH: usize = 512;
 const PREFETCH_LOW: usize = 128;
-/// Acknowledged on-disk records that trigger a delete before the next tick.
+/// Acknowledged on-disk records are deleted once this many are pending or every
+/// [`DELETE_EVERY`]: deletes rewrite the same leaf pages the commits just wrote, so
+/// batching them is most of the SD-card saving in `always` mode. A crash in between
+/// replays those records again (duplicates, at most this many).
 const DELETE_BATCH: usize = 256;
+const DELETE_EVERY: Duration = Duration::from_secs(10);
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// Housekeeping period in `outage` mode.
 const TICK: Duration = Duration::from_secs(1);
@@ -214,6 +224,7 @@ struct StoreSlot {
     retry_at: Option<Instant>,
     last_commit: Instant,
     last_expire: Option<Instant>,
+    last_delete: Instant,
     recovery: Option<Recovery>,
 }
 
@@ -279,6 +290,7 @@ impl Durable {
             retry_at: None,
             last_commit: Instant::now(),
             last_expire: None,
+            last_delete: Instant::now(),
             recovery: None,
         };
         attach_store(&settings, &mut state, &mut slot);
@@ -660,6 +672,19 @@ fn attach_store(settings: &Settings, st: &mut State, slot: &mut StoreSlot) {
                 let newest = st.newest_seq_by_topic.entry(topic).or_insert(seq);
                 *newest = (*newest).max(seq);
             }
+            // After a reopen (recovery of a damaged file) nothing in memory is known to be
+            // in this store: write it all again (INSERT OR IGNORE makes that harmless).
+            let history: Vec<Record> = st.history.drain(..).collect();
+            for e in st.queued.iter_mut().chain(st.inflight.iter_mut()) {
+                e.persisted = false;
+            }
+            for record in history.into_iter().rev() {
+                st.queued.push_front(Entry {
+                    record,
+                    persisted: false,
+                });
+            }
+            st.resident.clear();
             // Numbers handed out from memory while the store was away stay unique.
             st.next_seq = st.next_seq.max(start);
             st.seq_reserved = store.next_seq();
@@ -726,6 +751,7 @@ fn io_step(shared: &Shared, final_flush: bool) -> Result<()> {
     let timers = Timers {
         last_commit: &mut slot.last_commit,
         last_expire: &mut slot.last_expire,
+        last_delete: &mut slot.last_delete,
     };
     let result = io_work(shared, store, timers, final_flush);
     match result {
@@ -760,6 +786,7 @@ fn io_step(shared: &Shared, final_flush: bool) -> Result<()> {
 struct Timers<'a> {
     last_commit: &'a mut Instant,
     last_expire: &'a mut Option<Instant>,
+    last_delete: &'a mut Instant,
 }
 
 fn io_work(
@@ -869,7 +896,18 @@ fn io_work(
     // 2. Deletes of acknowledged records.
     let doomed: Vec<u64> = {
         let mut st = lock(&shared.state);
-        let doomed = std::mem::take(&mut st.to_delete);
+        let due = spill
+            || final_flush
+            || st.to_delete.len() >= DELETE_BATCH
+            || now.saturating_duration_since(*timers.last_delete) >= DELETE_EVERY;
+        if due {
+            *timers.last_delete = now;
+        }
+        let doomed = if due {
+            std::mem::take(&mut st.to_delete)
+        } else {
+            Vec::new()
+        };
         st.deleting.extend(doomed.iter().copied());
         doomed
     };
