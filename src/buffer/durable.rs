@@ -556,6 +556,11 @@ impl Durable {
             .is_none_or(|&s| s <= record.seq)
     }
 
+    /// The sequence number the next `push` will get.
+    pub fn next_seq(&self) -> u64 {
+        lock(&self.shared.state).next_seq
+    }
+
     /// Records not yet acknowledged, in memory and on disk.
     pub fn depth(&self) -> usize {
         let st = lock(&self.shared.state);
