@@ -1,1 +1,151 @@
-//! Wiring: spawns the bus tasks and the uplink, owns shutdown. No protocol code.
+//! Wiring of the daemon: spawns one task per bus, the uplink and the watchdog, and owns the
+//! order of shutdown. No protocol code lives here.
+//!
+//! Shutdown order matters for "nothing accepted is lost": polling stops first (no new
+//! readings), then the uplink drains what is queued, publishes the retained `offline` and
+//! disconnects. The whole sequence is bounded so systemd never has to SIGKILL us.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::model::SampleSink;
+use crate::queue::Outbox;
+use crate::systemd::Notifier;
+use crate::uplink::{self, Publisher};
+
+/// How long bus tasks get to finish the request they are in after polling is stopped.
+const BUS_STOP_GRACE: Duration = Duration::from_millis(500);
+/// How long the uplink gets to drain and say `offline` (under systemd's and our 5 s promise).
+const UPLINK_STOP_GRACE: Duration = Duration::from_millis(4000);
+
+/// Runs the agent until `stop` fires (a signal, or the demo's timer).
+pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new();
+    let outbox = Arc::new(Outbox::new(config.mqtt.queue_capacity, 1));
+    let publisher: Arc<dyn SampleSink> = Arc::new(Publisher::new(&config.mqtt, outbox.clone()));
+
+    let polling = CancellationToken::new();
+    let mut buses = JoinSet::new();
+    for bus in &config.buses {
+        let devices: Vec<_> = config.devices_on(&bus.name).cloned().collect();
+        if devices.is_empty() {
+            tracing::warn!(bus = %bus.name, "bus has no devices; it is not opened");
+            continue;
+        }
+        buses.spawn(crate::poll::run_bus(
+            bus.clone(),
+            devices,
+            publisher.clone(),
+            health.clone(),
+            polling.clone(),
+        ));
+    }
+
+    let uplink_stop = CancellationToken::new();
+    let mut uplink_task = tokio::spawn(uplink::run(
+        config.mqtt.clone(),
+        outbox.clone(),
+        health.clone(),
+        uplink_stop.clone(),
+    ));
+
+    let notifier = Notifier::from_env();
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = {
+        let status_health = health.clone();
+        let outbox = outbox.clone();
+        let status = move || status_line(&status_health, &outbox);
+        tokio::spawn(crate::systemd::watchdog(
+            health.clone(),
+            status,
+            notifier.clone(),
+            watchdog_stop.clone(),
+        ))
+    };
+    // Ready means configured and polling: the broker may be unreachable for hours and the
+    // service is still doing its job (buffering), so readiness must not wait for it.
+    notifier.ready();
+    tracing::info!(
+        gateway = %config.gateway.id,
+        buses = config.buses.len(),
+        devices = config.devices.len(),
+        broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        "fieldlink started"
+    );
+
+    let uplink_result = tokio::select! {
+        _ = stop.cancelled() => None,
+        // The uplink only returns on its own after a fatal error (e.g. an unreadable TLS key).
+        r = &mut uplink_task => Some(r),
+    };
+
+    notifier.stopping();
+    polling.cancel();
+    let _ = tokio::time::timeout(BUS_STOP_GRACE, async {
+        while buses.join_next().await.is_some() {}
+    })
+    .await;
+    buses.abort_all();
+
+    let outcome = match uplink_result {
+        Some(r) => r.map_err(anyhow::Error::from).and_then(|r| r),
+        None => {
+            uplink_stop.cancel();
+            match tokio::time::timeout(UPLINK_STOP_GRACE, &mut uplink_task).await {
+                Ok(r) => r.map_err(anyhow::Error::from).and_then(|r| r),
+                Err(_) => {
+                    uplink_task.abort();
+                    tracing::warn!(
+                        queued = outbox.depth(),
+                        "the broker did not take the queued readings in time; exiting without them"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    };
+    watchdog_stop.cancel();
+    let _ = watchdog.await;
+    outcome
+}
+
+fn status_line(health: &Health, outbox: &Outbox) -> String {
+    let link = health.link();
+    let state = match link.state {
+        crate::health::LinkState::Connecting => "connecting",
+        crate::health::LinkState::Up => "up",
+        crate::health::LinkState::Down => "down",
+    };
+    format!(
+        "link {state}, {} queued, {} dropped, {} reconnects",
+        outbox.depth(),
+        outbox.dropped(),
+        link.reconnects
+    )
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+pub fn stop_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "stopping: draining the queue and publishing offline"
+        );
+        trigger.cancel();
+    });
+    Ok(token)
+}

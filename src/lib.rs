@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

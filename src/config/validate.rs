@@ -1,11 +1,58 @@
-//! config validate
-use std::path::Path;
+//! Validation: from the TOML text to the checked `Config`, reporting every problem at once.
+//!
+//! Owns reading the config file and its profile files, the defaults, every range and
+//! cross-reference check, and the error sentences. It must not touch anything at run time
+//! (no sockets, no serial ports, no certificate files): a config is judged on its text alone.
+//!
+//! How all errors are found in one pass although serde stops at the first one: the file is
+//! parsed with toml_edit (every key and value keeps its byte span), then each table (the
+//! `[gateway]`, `[mqtt]`, `[mqtt.tls]`, `[log]` tables, each `[[bus]]`, each `[[device]]`,
+//! each point) is decoded on its own into its `raw` type. When serde rejects a key, the key is
+//! reported, removed, and the table decoded again, until it decodes; so one table reports all
+//! of its bad keys, and a bad table never hides its siblings. Range and reference checks then
+//! run on whatever decoded, skipping keys already reported so no error is reported twice.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use toml::Spanned;
+use toml_edit::{ImDocument, InlineTable, Item, Value};
+
+use super::raw::{
+    RawDevice, RawGateway, RawLog, RawMqtt, RawPoint, RawProfile, RawRootScalars, RawRtuBus,
+    RawTcpBus, RawTls, ROOT_KEYS,
+};
+use super::units::{format_duration, notation_of, parse_notation, rtu_min_silence, table_name};
+use super::units::{AddressText, HumanDuration};
+use super::{
+    Bus, BusKind, Config, DataType, Device, Gateway, Log, ModbusRtu, ModbusTcp, Mqtt, Parity,
+    PayloadMode, Point, SerialSettings, Table, Tls, WordOrder,
+};
+
+/// Folders searched for `profile = "NAME"` after the config file's own `profiles/` folder.
+pub const SYSTEM_PROFILE_DIRS: &[&str] =
+    &["/etc/fieldlink/profiles", "/usr/share/fieldlink/profiles"];
+
+const DEFAULT_MQTT_PORT: u16 = 1883;
+const DEFAULT_MQTTS_PORT: u16 = 8883;
+const DEFAULT_MODBUS_TCP_PORT: u16 = 502;
+/// MQTT 3.1.1 carries keep-alive as a 16-bit count of seconds.
+const MAX_KEEP_ALIVE_SECS: u64 = u16::MAX as u64;
+/// A string point must fit one read request (Modbus caps a register read at 125).
+const MAX_STRING_REGISTERS: i64 = 125;
+/// The planner never needs to bridge more than one full bit request.
+const MAX_GAP_LIMIT: i64 = 2000;
 
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: std::path::PathBuf,
+    /// 1-based; 0 when the problem has no place in the file (it could not be read).
     pub line: usize,
+    /// 1-based, in characters.
     pub column: usize,
     pub message: String,
 }
@@ -17,38 +64,1934 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for e in &self.0 {
-            writeln!(
-                f,
-                "{}:{}:{}: {}",
-                e.file.display(),
-                e.line,
-                e.column,
-                e.message
-            )?;
+            if e.line == 0 {
+                writeln!(f, "{}: {}", e.file.display(), e.message)?;
+            } else {
+                writeln!(
+                    f,
+                    "{}:{}:{}: {}",
+                    e.file.display(),
+                    e.line,
+                    e.column,
+                    e.message
+                )?;
+            }
         }
         Ok(())
     }
 }
 impl std::error::Error for ConfigErrors {}
 
-pub fn load(path: &Path) -> Result<super::Config, ConfigErrors> {
+/// Reads and validates the config file at `path`, with the profiles it names.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.into(),
             line: 0,
             column: 0,
-            message: format!("cannot read the config file: {e}"),
+            message: format!(
+                "cannot read the config file ({e}): check the path, or pass another with --config"
+            ),
         }])
     })?;
     load_str(path, &text)
 }
 
-pub fn load_str(path: &Path, text: &str) -> Result<super::Config, ConfigErrors> {
-    let _ = text;
-    Err(ConfigErrors(vec![ConfigError {
-        file: path.into(),
-        line: 1,
-        column: 1,
-        message: "not implemented".into(),
-    }]))
+/// Validates `text` as if it were the file at `path` (which locates messages and the
+/// `profiles/` folder next to it; the file itself is not read).
+pub fn load_str(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let mut checker = Checker::default();
+    let main = checker.add_file(path.to_path_buf(), text.to_owned());
+    let config = checker.config(main);
+    checker.finish(config)
+}
+
+type FileId = usize;
+
+struct SourceFile {
+    path: PathBuf,
+    text: String,
+    line_starts: Vec<usize>,
+}
+
+impl SourceFile {
+    fn new(path: PathBuf, text: String) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self {
+            path,
+            text,
+            line_starts,
+        }
+    }
+
+    /// 1-based line and character column of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let line_start = self.line_starts[line - 1];
+        let column = self
+            .text
+            .get(line_start..offset)
+            .map_or(offset - line_start, |s| s.chars().count())
+            + 1;
+        (line, column)
+    }
+}
+
+struct Problem {
+    file: FileId,
+    offset: Option<usize>,
+    message: String,
+}
+
+/// A table decoded into its raw type, with what is needed to report on it afterwards.
+struct Decoded<T> {
+    value: T,
+    file: FileId,
+    /// Where the table starts (its `[header]` or `{`): where missing keys are reported.
+    start: usize,
+    /// How the table is named in messages, e.g. "[[device]] \"boiler\"".
+    what: String,
+    /// Keys already reported as wrong: later checks stay silent about them.
+    reported: BTreeSet<String>,
+}
+
+/// A point with where it was written, for duplicate and overlap messages.
+#[derive(Clone)]
+struct LocatedPoint {
+    point: Point,
+    file: FileId,
+    name_span: Option<Range<usize>>,
+    address_span: Option<Range<usize>>,
+    /// `Some(profile name)` when it came from a profile.
+    from_profile: Option<String>,
+}
+
+#[derive(Clone)]
+struct LoadedProfile {
+    interval: Option<Duration>,
+    points: Vec<LocatedPoint>,
+}
+
+struct KnownBus {
+    /// `None` when the bus was reported broken: devices on it are not checked against it.
+    kind: Option<BusFamily>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BusFamily {
+    Tcp,
+    Rtu,
+}
+
+#[derive(Default)]
+struct Checker {
+    files: Vec<SourceFile>,
+    problems: Vec<Problem>,
+    /// Profiles by name; `None` when missing or broken (already reported once).
+    profiles: HashMap<String, Option<LoadedProfile>>,
+    /// `bus` was not a list (already reported): "missing bus" would only repeat that.
+    bus_list_unreadable: bool,
+}
+
+fn span_of<T>(v: &Spanned<T>) -> Option<Range<usize>> {
+    Some(v.span())
+}
+
+impl Checker {
+    fn add_file(&mut self, path: PathBuf, text: String) -> FileId {
+        self.files.push(SourceFile::new(path, text));
+        self.files.len() - 1
+    }
+
+    fn fail(&mut self, file: FileId, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file,
+            offset: span.map(|s| s.start),
+            message: message.into(),
+        });
+    }
+
+    fn finish(mut self, config: Option<Config>) -> Result<Config, ConfigErrors> {
+        match config {
+            Some(config) if self.problems.is_empty() => Ok(config),
+            _ => {
+                if self.problems.is_empty() {
+                    // Unreachable by construction; keep the promise that an Err lists something.
+                    self.fail(0, Some(0..0), "the config is invalid");
+                }
+                self.problems
+                    .sort_by_key(|p| (p.file, p.offset.unwrap_or(0)));
+                let errors = self
+                    .problems
+                    .iter()
+                    .map(|p| {
+                        let source = &self.files[p.file];
+                        let (line, column) = source.position(p.offset.unwrap_or(0));
+                        ConfigError {
+                            file: source.path.clone(),
+                            line,
+                            column,
+                            message: p.message.clone(),
+                        }
+                    })
+                    .collect();
+                Err(ConfigErrors(errors))
+            }
+        }
+    }
+
+    fn parse(&mut self, file: FileId) -> Option<ImDocument<String>> {
+        let text = self.files[file].text.clone();
+        match ImDocument::parse(text) {
+            Ok(doc) => Some(doc),
+            Err(e) => {
+                let message = e.message().trim().replace('\n', "; ");
+                self.fail(file, e.span(), format!("this is not valid TOML: {message}"));
+                None
+            }
+        }
+    }
+
+    /// Decodes one table into `T`, reporting every key serde rejects. `children` are
+    /// sub-tables decoded separately by the caller.
+    fn decode<T: DeserializeOwned>(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        what: &str,
+        children: &[&str],
+    ) -> Option<Decoded<T>> {
+        let (mut table, start) = match item {
+            Item::Table(t) => (t.clone().into_inline_table(), t.span()),
+            Item::Value(Value::InlineTable(t)) => (t.clone(), t.span()),
+            other => {
+                self.fail(
+                    file,
+                    other.span(),
+                    format!(
+                        "{what} must be a table, but it is {}: write it as a [table] section",
+                        item_kind(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        let start = start.map_or(0, |s| s.start);
+        for child in children {
+            table.remove(child);
+        }
+        let mut reported = BTreeSet::new();
+        loop {
+            match T::deserialize(Value::InlineTable(table.clone()).into_deserializer()) {
+                Ok(value) => {
+                    return Some(Decoded {
+                        value,
+                        file,
+                        start,
+                        what: what.to_owned(),
+                        reported,
+                    })
+                }
+                Err(e) => {
+                    let offender = e.span().and_then(|span| key_at(&table, span.start));
+                    match offender {
+                        Some((key, key_span)) if !reported.contains(&key) => {
+                            let message = explain(e.message(), &key, what, children);
+                            let at = if e.message().starts_with("unknown field") {
+                                key_span
+                            } else {
+                                e.span().or(key_span)
+                            };
+                            self.fail(file, at, message);
+                            table.remove(&key);
+                            reported.insert(key);
+                        }
+                        _ => {
+                            self.fail(
+                                file,
+                                e.span().or(Some(start..start)),
+                                format!("{what}: {}", e.message()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A required key: reports it missing (unless already reported as wrong).
+    fn require<'v, V, T>(
+        &mut self,
+        d: &Decoded<T>,
+        value: &'v Option<Spanned<V>>,
+        key: &str,
+        example: &str,
+    ) -> Option<&'v Spanned<V>> {
+        if value.is_none() && !d.reported.contains(key) {
+            self.fail(
+                d.file,
+                Some(d.start..d.start),
+                format!("{} has no `{key}`: add {example}", d.what),
+            );
+        }
+        value.as_ref()
+    }
+
+    fn name(&mut self, file: FileId, v: &Spanned<String>, what: &str) -> Option<String> {
+        let name = v.get_ref();
+        if name.is_empty() {
+            self.fail(
+                file,
+                span_of(v),
+                format!(
+                    "the {what} name is empty: give it a name of letters, digits, `_`, `-` or `.`"
+                ),
+            );
+            return None;
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        {
+            self.fail(
+                file,
+                span_of(v),
+                format!(
+                    "the {what} name \"{name}\" contains {bad:?}: use only letters, digits, `_`, `-` and `.` (names become MQTT topic levels)"
+                ),
+            );
+            return None;
+        }
+        Some(name.clone())
+    }
+
+    fn int_in(
+        &mut self,
+        file: FileId,
+        v: &Spanned<i64>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        advice: &str,
+    ) -> Option<i64> {
+        let n = *v.get_ref();
+        if range.contains(&n) {
+            Some(n)
+        } else {
+            self.fail(
+                file,
+                span_of(v),
+                format!(
+                    "`{key}` = {n} is out of range: {}",
+                    advice.replace("{range}", &format!("{} to {}", range.start(), range.end()))
+                ),
+            );
+            None
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        file: FileId,
+        v: &Spanned<HumanDuration>,
+        key: &str,
+    ) -> Option<Duration> {
+        let d = v.get_ref().0;
+        if d.is_zero() {
+            self.fail(
+                file,
+                span_of(v),
+                format!("`{key}` is zero: give a positive duration such as \"1s\""),
+            );
+            None
+        } else {
+            Some(d)
+        }
+    }
+
+    fn duration_or(
+        &mut self,
+        file: FileId,
+        v: &Option<Spanned<HumanDuration>>,
+        key: &str,
+        default: Duration,
+    ) -> Option<Duration> {
+        match v {
+            Some(v) => self.positive_duration(file, v, key),
+            None => Some(default),
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        file: FileId,
+        v: &Spanned<String>,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let text = v.get_ref();
+        if let Some((_, value)) = options.iter().find(|(name, _)| *name == text.as_str()) {
+            return Some(*value);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let hint = options
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(text))
+            .map(|(name, _)| format!(" (write it as \"{name}\")"))
+            .unwrap_or_default();
+        self.fail(
+            file,
+            span_of(v),
+            format!(
+                "`{key}` = \"{text}\" is not one of {}{hint}",
+                quoted_list(&names)
+            ),
+        );
+        None
+    }
+
+    // ---------------------------------------------------------------- the main file
+
+    fn config(&mut self, file: FileId) -> Option<Config> {
+        let doc = self.parse(file)?;
+        let root = Item::Table(doc.as_table().clone());
+        let sections = ["gateway", "mqtt", "log", "bus", "device"];
+        let scalars = self.decode::<RawRootScalars>(file, &root, "the top of the file", &sections);
+        let profile_dirs = scalars.and_then(|s| self.profile_dirs(file, &s.value));
+
+        let gateway = match doc.as_table().get("gateway") {
+            Some(item) => self.gateway(file, item),
+            None => {
+                self.fail(file, Some(0..0), "there is no [gateway] table: add [gateway] with id = \"gw-0001\" (letters, digits, `_`, `-`)");
+                None
+            }
+        };
+        let mqtt = match doc.as_table().get("mqtt") {
+            Some(item) => self.mqtt(file, item, gateway.as_ref()),
+            None => {
+                self.fail(file, Some(0..0), "there is no [mqtt] table: add [mqtt] with url = \"mqtt://localhost:1883\" (or host = and port =)");
+                None
+            }
+        };
+        let log = match doc.as_table().get("log") {
+            Some(item) => self.log(file, item),
+            None => Some(Log {
+                level: "info".into(),
+            }),
+        };
+
+        let mut known_buses = HashMap::new();
+        let mut buses = Some(Vec::new());
+        for item in self.list_of_tables(file, &doc, "bus") {
+            match self.bus(file, &item, &mut known_buses) {
+                Some(bus) => {
+                    if let Some(list) = buses.as_mut() {
+                        list.push(bus)
+                    }
+                }
+                None => buses = None,
+            }
+        }
+
+        let search = self.profile_search_path(file, profile_dirs.unwrap_or_default());
+        let mut device_names: HashMap<String, Range<usize>> = HashMap::new();
+        let mut devices = Some(Vec::new());
+        for item in self.list_of_tables(file, &doc, "device") {
+            match self.device(file, &item, &known_buses, &mut device_names, &search) {
+                Some(device) => {
+                    if let Some(list) = devices.as_mut() {
+                        list.push(device)
+                    }
+                }
+                None => devices = None,
+            }
+        }
+
+        Some(Config {
+            source: self.files[file].path.clone(),
+            gateway: gateway?,
+            mqtt: mqtt?,
+            log: log?,
+            buses: buses?,
+            devices: devices?,
+        })
+    }
+
+    /// The elements of a `[[key]]` array (also accepted: `key = [{...}, ...]`).
+    fn list_of_tables(&mut self, file: FileId, doc: &ImDocument<String>, key: &str) -> Vec<Item> {
+        match doc.as_table().get(key) {
+            None => Vec::new(),
+            Some(item) => self.elements(file, item, &format!("[[{key}]]"), key),
+        }
+    }
+
+    fn elements(&mut self, file: FileId, item: &Item, header: &str, key: &str) -> Vec<Item> {
+        match item {
+            Item::ArrayOfTables(list) => list.iter().map(|t| Item::Table(t.clone())).collect(),
+            Item::Value(Value::Array(list)) => {
+                let mut out = Vec::new();
+                for value in list.iter() {
+                    match value {
+                        Value::InlineTable(_) => out.push(Item::Value(value.clone())),
+                        other => self.fail(
+                            file,
+                            other.span(),
+                            format!(
+                                "each entry of `{key}` must be a table {{ ... }}, but this is {}",
+                                value_kind(other)
+                            ),
+                        ),
+                    }
+                }
+                out
+            }
+            other => {
+                self.fail(
+                    file,
+                    other.span(),
+                    format!("`{key}` must be a list of tables: write each entry under its own {header} header (double brackets)"),
+                );
+                if key == "bus" && header == "[[bus]]" {
+                    self.bus_list_unreadable = true;
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn profile_dirs(&mut self, file: FileId, raw: &RawRootScalars) -> Option<Vec<PathBuf>> {
+        let dirs = raw.profile_dirs.as_ref()?;
+        let mut out = Vec::new();
+        for dir in dirs.get_ref() {
+            if dir.get_ref().trim().is_empty() {
+                self.fail(
+                    file,
+                    span_of(dir),
+                    "an entry of `profile_dirs` is empty: give a folder path or remove the entry",
+                );
+            } else {
+                out.push(PathBuf::from(dir.get_ref()));
+            }
+        }
+        Some(out)
+    }
+
+    fn profile_search_path(&self, file: FileId, extra: Vec<PathBuf>) -> Vec<PathBuf> {
+        let dir = self.files[file]
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut search: Vec<PathBuf> = extra.into_iter().map(|d| dir.join(d)).collect();
+        search.push(dir.join("profiles"));
+        search.extend(SYSTEM_PROFILE_DIRS.iter().map(PathBuf::from));
+        search
+    }
+
+    fn gateway(&mut self, file: FileId, item: &Item) -> Option<Gateway> {
+        let d = self.decode::<RawGateway>(file, item, "[gateway]", &[])?;
+        let id = self.require(&d, &d.value.id, "id", "id = \"gw-0001\"")?;
+        let text = id.get_ref();
+        if text.is_empty()
+            || !text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            self.fail(
+                file,
+                span_of(id),
+                format!("gateway id \"{text}\" must be letters, digits, `_` or `-` only (it becomes part of MQTT topics and the client id), e.g. \"gw-0001\""),
+            );
+            return None;
+        }
+        Some(Gateway { id: text.clone() })
+    }
+
+    fn log(&mut self, file: FileId, item: &Item) -> Option<Log> {
+        let d = self.decode::<RawLog>(file, item, "[log]", &[])?;
+        let Some(level) = &d.value.level else {
+            return Some(Log {
+                level: "info".into(),
+            });
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level.get_ref()) {
+            self.fail(
+                file,
+                span_of(level),
+                format!("log level \"{}\" is not understood ({e}): use error, warn, info, debug or trace, or a directive such as \"fieldlink=debug,info\"", level.get_ref()),
+            );
+            return None;
+        }
+        Some(Log {
+            level: level.get_ref().clone(),
+        })
+    }
+
+    fn mqtt(&mut self, file: FileId, item: &Item, gateway: Option<&Gateway>) -> Option<Mqtt> {
+        let d = self.decode::<RawMqtt>(file, item, "[mqtt]", &["tls"])?;
+        let raw = &d.value;
+        let mut ok = true;
+
+        let tls_item = item_child(item, "tls");
+        let tls = match &tls_item {
+            Some(child) => match self.tls(file, child) {
+                Some(tls) => Some(tls),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+
+        let (host, url_tls, url_port) = match (&raw.url, &raw.host) {
+            (Some(_), Some(host)) => {
+                self.fail(file, span_of(host), "[mqtt] has both `url` and `host`: keep one (url = \"mqtts://broker:8883\", or host = with port =)");
+                return None;
+            }
+            (Some(url), None) => {
+                if let Some(port) = &raw.port {
+                    self.fail(file, span_of(port), "[mqtt] has both `url` and `port`: put the port in the url (\"mqtt://broker:1884\") and remove `port`");
+                    ok = false;
+                }
+                match parse_broker_url(url.get_ref()) {
+                    Ok((secure, host, port)) => {
+                        if !secure && tls_item.is_some() {
+                            self.fail(file, span_of(url), "the url says mqtt:// (no TLS) but [mqtt.tls] is present: write mqtts:// or remove [mqtt.tls]");
+                            ok = false;
+                        }
+                        (host, secure, port)
+                    }
+                    Err(message) => {
+                        self.fail(file, span_of(url), message);
+                        return None;
+                    }
+                }
+            }
+            (None, Some(host)) => {
+                let h = host.get_ref().trim();
+                if h.is_empty() || h.contains(['/', ' ', '@']) || h.contains("://") {
+                    self.fail(file, span_of(host), format!("`host` = \"{}\" is not a host name or IP address: write e.g. host = \"broker.example.com\" (or use url = \"mqtts://...\")", host.get_ref()));
+                    return None;
+                }
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                    false,
+                    None,
+                )
+            }
+            (None, None) => {
+                if !d.reported.contains("url") && !d.reported.contains("host") {
+                    self.fail(file, Some(d.start..d.start), "[mqtt] names no broker: add url = \"mqtt://localhost:1883\" (or host = \"...\" and port = ...)");
+                }
+                return None;
+            }
+        };
+        let secure = url_tls || tls_item.is_some();
+        let tls = if secure {
+            Some(tls.unwrap_or_default())
+        } else {
+            None
+        };
+        let default_port = if secure {
+            DEFAULT_MQTTS_PORT
+        } else {
+            DEFAULT_MQTT_PORT
+        };
+        let port = match (url_port, &raw.port) {
+            (Some(p), _) => p,
+            (None, Some(p)) if raw.url.is_none() => {
+                match self.int_in(file, p, "port", 1..=65535, "a TCP port is {range}") {
+                    Some(p) => p as u16,
+                    None => {
+                        ok = false;
+                        default_port
+                    }
+                }
+            }
+            _ => default_port,
+        };
+
+        let gateway_id = gateway.map(|g| g.id.as_str());
+        let client_id = match &raw.client_id {
+            Some(c) if c.get_ref().is_empty() => {
+                self.fail(file, span_of(c), "`client_id` is empty: remove it to use \"fieldlink-<gateway id>\", or give a unique id");
+                ok = false;
+                String::new()
+            }
+            Some(c) => c.get_ref().clone(),
+            None => format!("fieldlink-{}", gateway_id.unwrap_or("")),
+        };
+
+        let keep_alive = match &raw.keep_alive {
+            None => Some(Duration::from_secs(15)),
+            Some(ka) => {
+                let value = ka.get_ref().0;
+                if value < Duration::from_secs(1) || value.as_secs() > MAX_KEEP_ALIVE_SECS {
+                    self.fail(file, span_of(ka), format!("`keep_alive` = \"{}\" is out of range: MQTT allows 1s to 65535s (18h 12m 15s); 15s to 60s suits cellular links", format_duration(value)));
+                    None
+                } else if value.subsec_nanos() != 0 {
+                    self.fail(file, span_of(ka), format!("`keep_alive` = \"{}\" is not a whole number of seconds: MQTT counts keep-alive in seconds, e.g. \"15s\"", format_duration(value)));
+                    None
+                } else {
+                    Some(value)
+                }
+            }
+        };
+
+        let qos = match &raw.qos {
+            None => Some(1),
+            Some(q) => match *q.get_ref() {
+                0 | 1 => Some(*q.get_ref() as u8),
+                2 => {
+                    self.fail(file, span_of(q), "`qos` = 2 is not supported: use 1 (at least once; readings carry a sequence number) or 0");
+                    None
+                }
+                n => {
+                    self.fail(file, span_of(q), format!("`qos` = {n} is not an MQTT QoS level: use 1 (at least once) or 0 (at most once)"));
+                    None
+                }
+            },
+        };
+
+        let prefix = match &raw.prefix {
+            None => Some(format!("fieldlink/{}", gateway_id.unwrap_or(""))),
+            Some(p) => {
+                let text = p.get_ref();
+                let problem = if text.is_empty() {
+                    Some("is empty")
+                } else if text.contains(['+', '#']) {
+                    Some("contains a wildcard (`+` or `#`), which is not allowed in a topic you publish to")
+                } else if text.ends_with('/') {
+                    Some("ends with `/`, which would make empty topic levels")
+                } else if text.starts_with('$') {
+                    Some("starts with `$`, which brokers reserve for their own topics")
+                } else if text.contains('\0') {
+                    Some("contains a NUL character")
+                } else {
+                    None
+                };
+                match problem {
+                    Some(why) => {
+                        self.fail(file, span_of(p), format!("`prefix` = \"{text}\" {why}: write something like \"fieldlink/site-7/gw-0001\" (no trailing slash)"));
+                        None
+                    }
+                    None => Some(text.clone()),
+                }
+            }
+        };
+
+        let username = raw.username.as_ref().map(|u| u.get_ref().clone());
+        if let Some(u) = &raw.username {
+            if u.get_ref().is_empty() {
+                self.fail(
+                    file,
+                    span_of(u),
+                    "`username` is empty: remove it, or give the user name the broker expects",
+                );
+                ok = false;
+            }
+        }
+        let password_file = raw
+            .password_file
+            .as_ref()
+            .map(|p| PathBuf::from(p.get_ref()));
+        if let Some(p) = &raw.password_file {
+            if p.get_ref().is_empty() {
+                self.fail(file, span_of(p), "`password_file` is empty: give the path of a file holding the password, or remove it");
+                ok = false;
+            } else if raw.username.is_none() && !d.reported.contains("username") {
+                self.fail(file, span_of(p), "`password_file` is set without `username`: MQTT 3.1.1 sends a password only with a user name, so add username = \"...\"");
+                ok = false;
+            }
+        }
+
+        let connect_timeout = self.duration_or(
+            file,
+            &raw.connect_timeout,
+            "connect_timeout",
+            Duration::from_secs(20),
+        );
+        let backoff_initial = self.duration_or(
+            file,
+            &raw.backoff_initial,
+            "backoff_initial",
+            Duration::from_secs(1),
+        );
+        let backoff_max = self.duration_or(
+            file,
+            &raw.backoff_max,
+            "backoff_max",
+            Duration::from_secs(60),
+        );
+        if let (Some(initial), Some(max), Some(raw_max)) =
+            (backoff_initial, backoff_max, &raw.backoff_max)
+        {
+            if max < initial {
+                self.fail(file, span_of(raw_max), format!("`backoff_max` (\"{}\") is shorter than `backoff_initial` (\"{}\"): make backoff_max at least as long", format_duration(max), format_duration(initial)));
+                ok = false;
+            }
+        }
+        let payload = match &raw.payload {
+            None => Some(PayloadMode::Json),
+            Some(p) => self.choice(
+                file,
+                p,
+                "payload",
+                &[("json", PayloadMode::Json), ("plain", PayloadMode::Plain)],
+            ),
+        };
+        let queue_capacity = match &raw.queue_capacity {
+            None => Some(100_000),
+            Some(q) => self
+                .int_in(
+                    file,
+                    q,
+                    "queue_capacity",
+                    1..=100_000_000,
+                    "the number of readings held while the link is down must be {range}",
+                )
+                .map(|n| n as usize),
+        };
+
+        if !ok {
+            return None;
+        }
+        Some(Mqtt {
+            host,
+            port,
+            client_id,
+            keep_alive: keep_alive?,
+            qos: qos?,
+            prefix: prefix?,
+            username,
+            password_file,
+            tls,
+            connect_timeout: connect_timeout?,
+            backoff_initial: backoff_initial?,
+            backoff_max: backoff_max?,
+            payload: payload?,
+            queue_capacity: queue_capacity?,
+        })
+    }
+
+    fn tls(&mut self, file: FileId, item: &Item) -> Option<Tls> {
+        let d = self.decode::<RawTls>(file, item, "[mqtt.tls]", &[])?;
+        let raw = &d.value;
+        let mut ok = true;
+        let mut path =
+            |checker: &mut Self, v: &Option<Spanned<String>>, key: &str| -> Option<PathBuf> {
+                let v = v.as_ref()?;
+                if v.get_ref().trim().is_empty() {
+                    checker.fail(
+                        file,
+                        span_of(v),
+                        format!("`{key}` is empty: give a PEM file path, or remove the key"),
+                    );
+                    ok = false;
+                    return None;
+                }
+                Some(PathBuf::from(v.get_ref()))
+            };
+        let ca_file = path(self, &raw.ca_file, "ca_file");
+        let client_cert = path(self, &raw.client_cert, "client_cert");
+        let client_key = path(self, &raw.client_key, "client_key");
+        match (&raw.client_cert, &raw.client_key) {
+            (Some(cert), None) if !d.reported.contains("client_key") => {
+                self.fail(file, span_of(cert), "`client_cert` is set without `client_key`: mutual TLS needs both, so add client_key = \"/path/key.pem\" or remove client_cert");
+                ok = false;
+            }
+            (None, Some(key)) if !d.reported.contains("client_cert") => {
+                self.fail(file, span_of(key), "`client_key` is set without `client_cert`: mutual TLS needs both, so add client_cert = \"/path/cert.pem\" or remove client_key");
+                ok = false;
+            }
+            _ => {}
+        }
+        if !ok {
+            return None;
+        }
+        Some(Tls {
+            ca_file,
+            client_cert,
+            client_key,
+        })
+    }
+
+    // ---------------------------------------------------------------- buses
+
+    fn bus(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        known: &mut HashMap<String, KnownBus>,
+    ) -> Option<Bus> {
+        let start = item.span().map(|s| s.start..s.start);
+        // Read `name` and `type` before decoding, so a broken bus still counts as existing
+        // (its devices then get no "missing bus" error on top).
+        let name_hint = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
+        let what = match &name_hint {
+            Some(n) => format!("[[bus]] \"{n}\""),
+            None => "[[bus]]".to_owned(),
+        };
+        let kind = match item_child(item, "type") {
+            None => {
+                self.fail(
+                    file,
+                    start,
+                    format!(
+                        "{what} has no `type`: add type = \"modbus_tcp\" or type = \"modbus_rtu\""
+                    ),
+                );
+                None
+            }
+            Some(t) => match t.as_str() {
+                Some("modbus_tcp") => Some(BusFamily::Tcp),
+                Some("modbus_rtu") => Some(BusFamily::Rtu),
+                _ => {
+                    let shown = t.as_value().map(|v| v.to_string()).unwrap_or_default();
+                    self.fail(file, t.span(), format!("bus `type` = {} is not known: use \"modbus_tcp\" (Modbus over TCP) or \"modbus_rtu\" (Modbus over a serial line)", shown.trim()));
+                    None
+                }
+            },
+        };
+        let register = |known: &mut HashMap<String, KnownBus>, kind| {
+            if let Some(n) = &name_hint {
+                known.entry(n.clone()).or_insert(KnownBus { kind });
+            }
+        };
+        let Some(family) = kind else {
+            register(known, None);
+            return None;
+        };
+        let bus = match family {
+            BusFamily::Tcp => self.tcp_bus(file, item, &what),
+            BusFamily::Rtu => self.rtu_bus(file, item, &what),
+        };
+        let Some((name_span, bus)) = bus else {
+            register(known, None);
+            return None;
+        };
+        if known.contains_key(&bus.name) {
+            self.fail(
+                file,
+                name_span,
+                format!(
+                    "a bus named \"{}\" is already defined: give each [[bus]] its own name",
+                    bus.name
+                ),
+            );
+            return None;
+        }
+        known.insert(bus.name.clone(), KnownBus { kind: Some(family) });
+        Some(bus)
+    }
+
+    fn tcp_bus(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        what: &str,
+    ) -> Option<(Option<Range<usize>>, Bus)> {
+        let d = self.decode::<RawTcpBus>(file, item, what, &[])?;
+        let raw = &d.value;
+        let name = self.require(&d, &raw.name, "name", "name = \"plant-lan\"");
+        let name = name.and_then(|n| self.name(file, n, "bus").map(|s| (span_of(n), s)));
+        let address = self
+            .require(&d, &raw.address, "address", "address = \"10.0.0.5:502\"")
+            .and_then(|a| match split_host_port(a.get_ref()) {
+                Ok((host, port)) => Some(join_host_port(&host, port.unwrap_or(DEFAULT_MODBUS_TCP_PORT))),
+                Err(why) => {
+                    self.fail(file, span_of(a), format!("bus address \"{}\" {why}: write \"host:port\", e.g. \"10.0.0.5:502\" (the port defaults to 502)", a.get_ref()));
+                    None
+                }
+            });
+        let timeout = self.duration_or(file, &raw.timeout, "timeout", Duration::from_secs(1));
+        let (name_span, name) = name?;
+        Some((
+            name_span,
+            Bus {
+                name,
+                kind: BusKind::ModbusTcp(ModbusTcp {
+                    address: address?,
+                    timeout: timeout?,
+                }),
+            },
+        ))
+    }
+
+    fn rtu_bus(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        what: &str,
+    ) -> Option<(Option<Range<usize>>, Bus)> {
+        let d = self.decode::<RawRtuBus>(file, item, what, &[])?;
+        let raw = &d.value;
+        let name = self.require(&d, &raw.name, "name", "name = \"rs485-1\"");
+        let name = name.and_then(|n| self.name(file, n, "bus").map(|s| (span_of(n), s)));
+        let path = self
+            .require(&d, &raw.path, "path", "path = \"/dev/serial/by-id/...\" (or /dev/ttyUSB0)")
+            .and_then(|p| {
+                if p.get_ref().trim().is_empty() {
+                    self.fail(file, span_of(p), "the serial `path` is empty: give the device, preferably a stable /dev/serial/by-id/... path");
+                    None
+                } else {
+                    Some(PathBuf::from(p.get_ref()))
+                }
+            });
+        let baud = match &raw.baud {
+            None => Some(9600),
+            Some(b) => self
+                .int_in(
+                    file,
+                    b,
+                    "baud",
+                    50..=4_000_000,
+                    "the baud rate must be {range}",
+                )
+                .map(|b| b as u32),
+        };
+        let data_bits = match &raw.data_bits {
+            None => Some(8),
+            Some(b) => self
+                .int_in(
+                    file,
+                    b,
+                    "data_bits",
+                    5..=8,
+                    "a serial character has {range} data bits",
+                )
+                .map(|b| b as u8),
+        };
+        let parity = match &raw.parity {
+            None => Some(Parity::None),
+            Some(p) => self.choice(
+                file,
+                p,
+                "parity",
+                &[
+                    ("none", Parity::None),
+                    ("even", Parity::Even),
+                    ("odd", Parity::Odd),
+                ],
+            ),
+        };
+        let stop_bits = match &raw.stop_bits {
+            None => Some(1),
+            Some(b) => self
+                .int_in(file, b, "stop_bits", 1..=2, "use {range} stop bits")
+                .map(|b| b as u8),
+        };
+        let response_timeout = self.duration_or(
+            file,
+            &raw.response_timeout,
+            "response_timeout",
+            Duration::from_millis(500),
+        );
+        let inter_request_delay = match (baud, data_bits, parity, stop_bits) {
+            (Some(baud), Some(data_bits), Some(parity), Some(stop_bits)) => {
+                let minimum = rtu_min_silence(baud, data_bits, parity != Parity::None, stop_bits);
+                match &raw.inter_request_delay {
+                    // The default must itself respect t3.5 at slow baud rates.
+                    None => Some(Duration::from_millis(20).max(round_up_to_ms(minimum))),
+                    Some(delay) if delay.get_ref().0 < minimum => {
+                        self.fail(file, span_of(delay), format!(
+                            "`inter_request_delay` = \"{}\" is shorter than 3.5 character times at {baud} baud ({:.2} ms), which Modbus RTU needs between frames: use at least \"{}\"",
+                            format_duration(delay.get_ref().0),
+                            minimum.as_secs_f64() * 1000.0,
+                            format_duration(round_up_to_ms(minimum)),
+                        ));
+                        None
+                    }
+                    Some(delay) => Some(delay.get_ref().0),
+                }
+            }
+            _ => None,
+        };
+        let (name_span, name) = name?;
+        Some((
+            name_span,
+            Bus {
+                name,
+                kind: BusKind::ModbusRtu(ModbusRtu {
+                    serial: SerialSettings {
+                        path: path?,
+                        baud: baud?,
+                        data_bits: data_bits?,
+                        parity: parity?,
+                        stop_bits: stop_bits?,
+                    },
+                    response_timeout: response_timeout?,
+                    inter_request_delay: inter_request_delay?,
+                }),
+            },
+        ))
+    }
+
+    // ---------------------------------------------------------------- devices
+
+    fn device(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        buses: &HashMap<String, KnownBus>,
+        names: &mut HashMap<String, Range<usize>>,
+        search: &[PathBuf],
+    ) -> Option<Device> {
+        let name_hint = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
+        let what = match &name_hint {
+            Some(n) => format!("[[device]] \"{n}\""),
+            None => "[[device]]".to_owned(),
+        };
+        let d = self.decode::<RawDevice>(file, item, &what, &["point"]);
+        // Points are checked even when the device table itself is broken.
+        let problems_before_points = self.problems.len();
+        let own_points: Vec<Option<LocatedPoint>> = match item_child(item, "point") {
+            Some(points) => self
+                .elements(file, &points, "[[device.point]]", "point")
+                .iter()
+                .map(|p| self.point(file, p, &what, None))
+                .collect(),
+            None => Vec::new(),
+        };
+        let d = d?;
+        let raw = &d.value;
+        // Any problem with the points (a malformed list included) fails the device, and
+        // keeps the "no points" error below from repeating it.
+        let mut ok = self.problems.len() == problems_before_points;
+
+        let name = self
+            .require(&d, &raw.name, "name", "name = \"boiler\"")
+            .and_then(|n| {
+                let name = self.name(file, n, "device")?;
+                if let Some(first) = names.get(&name) {
+                    let (line, _) = self.files[file].position(first.start);
+                    self.fail(file, span_of(n), format!("a device named \"{name}\" is already defined on line {line}: device names must be unique (they are MQTT topic levels)"));
+                    return None;
+                }
+                names.insert(name.clone(), n.span());
+                Some(name)
+            });
+
+        let bus = self
+            .require(&d, &raw.bus, "bus", "bus = \"<name of a [[bus]]>\"")
+            .and_then(|b| match buses.get(b.get_ref()) {
+                Some(known) => Some((b.get_ref().clone(), known.kind)),
+                None if self.bus_list_unreadable => None,
+                None => {
+                    let mut names: Vec<&str> = buses.keys().map(String::as_str).collect();
+                    names.sort_unstable();
+                    let choices = if names.is_empty() {
+                        "there is no [[bus]] at all: add one".to_owned()
+                    } else {
+                        format!("use one of {}", quoted_list(&names))
+                    };
+                    self.fail(
+                        file,
+                        span_of(b),
+                        format!(
+                            "device is on bus \"{}\", which is not defined: {choices}",
+                            b.get_ref()
+                        ),
+                    );
+                    None
+                }
+            });
+
+        let unit = self
+            .require(&d, &raw.unit, "unit", "unit = 1 (the Modbus slave id, 1 to 247)")
+            .and_then(|u| {
+                let n = *u.get_ref();
+                let tcp = matches!(bus, Some((_, Some(BusFamily::Tcp))));
+                match n {
+                    1..=247 => Some(n as u8),
+                    255 if tcp => Some(255),
+                    0 => {
+                        self.fail(file, span_of(u), "`unit` = 0 is the Modbus broadcast address, which never answers a read: use the device's own id (1 to 247)");
+                        None
+                    }
+                    _ => {
+                        let tcp_note = if tcp { " (or 255 for a Modbus TCP device that ignores the unit id)" } else { "" };
+                        self.fail(file, span_of(u), format!("`unit` = {n} is out of range: a Modbus unit id is 1 to 247{tcp_note}"));
+                        None
+                    }
+                }
+            });
+
+        let max_gap = match &raw.max_gap {
+            None => Some(8),
+            Some(g) => self
+                .int_in(file, g, "max_gap", 0..=MAX_GAP_LIMIT, "the largest run of unwanted registers or bits read to merge two requests must be {range}")
+                .map(|g| g as u16),
+        };
+
+        let profile = match &raw.profile {
+            None => Some(None),
+            Some(p) => self.profile(file, p, search).map(Some),
+        };
+
+        let default_interval = profile
+            .as_ref()
+            .and_then(|p| p.as_ref().and_then(|p| p.interval))
+            .unwrap_or(Duration::from_secs(5));
+        let interval = self.duration_or(file, &raw.interval, "interval", default_interval);
+
+        // Merge the profile's points with the device's own, then check them as one set.
+        let mut points: Vec<LocatedPoint> = profile
+            .as_ref()
+            .and_then(|p| p.as_ref())
+            .map(|p| p.points.clone())
+            .unwrap_or_default();
+        points.extend(own_points.into_iter().flatten());
+        if profile.is_some() && points.is_empty() && ok && !d.reported.contains("profile") {
+            self.fail(file, Some(d.start..d.start), format!("{what} has no points: add [[device.point]] entries, or a profile = \"...\" that brings them"));
+            ok = false;
+        }
+        ok &= self.points_are_distinct(&points);
+        profile?;
+
+        if !ok {
+            return None;
+        }
+        Some(Device {
+            name: name?,
+            bus: bus?.0,
+            unit: unit?,
+            interval: interval?,
+            max_gap: max_gap?,
+            points: points.into_iter().map(|p| p.point).collect(),
+        })
+    }
+
+    /// Duplicate names and overlapping addresses within one device. Reported on whichever
+    /// of the two points was written later.
+    fn points_are_distinct(&mut self, points: &[LocatedPoint]) -> bool {
+        let mut ok = true;
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (index, p) in points.iter().enumerate() {
+            if let Some(&first) = seen.get(p.point.name.as_str()) {
+                let earlier = &points[first];
+                let origin = match &earlier.from_profile {
+                    Some(profile) => format!("by profile \"{profile}\""),
+                    None => format!(
+                        "on line {}",
+                        self.files[earlier.file]
+                            .position(earlier.name_span.clone().map_or(0, |s| s.start))
+                            .0
+                    ),
+                };
+                self.fail(p.file, p.name_span.clone(), format!("a point named \"{}\" is already defined {origin}: point names must be unique within a device; rename one", p.point.name));
+                ok = false;
+            } else {
+                seen.insert(&p.point.name, index);
+            }
+        }
+
+        let mut order: Vec<usize> = (0..points.len()).collect();
+        order.sort_by_key(|&i| (points[i].point.table, points[i].point.address, i));
+        // The point reaching furthest so far in the current table: (end exclusive, index).
+        let mut reach: Option<(Table, u32, usize)> = None;
+        for &i in &order {
+            let p = &points[i].point;
+            let start = u32::from(p.address);
+            let end = start + u32::from(p.data_type.width());
+            if let Some((table, far_end, j)) = reach {
+                if table == p.table && start < far_end {
+                    let (later, earlier) = if i > j { (i, j) } else { (j, i) };
+                    let (a, b) = (&points[later], &points[earlier]);
+                    let where_b = match &b.from_profile {
+                        Some(profile) => format!("from profile \"{profile}\""),
+                        None => format!(
+                            "on line {}",
+                            self.files[b.file]
+                                .position(b.name_span.clone().map_or(0, |s| s.start))
+                                .0
+                        ),
+                    };
+                    self.fail(a.file, a.address_span.clone().or(a.name_span.clone()), format!(
+                        "point \"{}\" ({}) overlaps point \"{}\" ({}) {where_b}: two points may not share {} addresses; fix the address or the type",
+                        a.point.name, describe_range(&a.point), b.point.name, describe_range(&b.point),
+                        if p.table.is_bits() { "bit" } else { "register" },
+                    ));
+                    ok = false;
+                }
+            }
+            match reach {
+                Some((table, far_end, _)) if table == p.table && far_end >= end => {}
+                _ => reach = Some((p.table, end, i)),
+            }
+        }
+        ok
+    }
+
+    fn profile(
+        &mut self,
+        file: FileId,
+        name: &Spanned<String>,
+        search: &[PathBuf],
+    ) -> Option<LoadedProfile> {
+        let text = name.get_ref();
+        let valid = !text.is_empty()
+            && !text.starts_with('.')
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            self.fail(file, span_of(name), format!("profile name \"{text}\" must be letters, digits, `_`, `-` or `.` (the file NAME.toml in a profiles folder), e.g. \"eastron-sdm120\""));
+            return None;
+        }
+        if let Some(cached) = self.profiles.get(text).cloned() {
+            if cached.is_none()
+                && !search
+                    .iter()
+                    .any(|dir| dir.join(format!("{text}.toml")).is_file())
+            {
+                self.fail(file, span_of(name), missing_profile(text, search));
+            }
+            return cached;
+        }
+        let Some(path) = search
+            .iter()
+            .map(|dir| dir.join(format!("{text}.toml")))
+            .find(|p| p.is_file())
+        else {
+            self.fail(file, span_of(name), missing_profile(text, search));
+            self.profiles.insert(text.clone(), None);
+            return None;
+        };
+        let loaded = match std::fs::read_to_string(&path) {
+            Ok(content) => {
+                let profile_file = self.add_file(path.clone(), content);
+                self.profile_file(profile_file, text)
+            }
+            Err(e) => {
+                self.fail(file, span_of(name), format!("profile \"{text}\" was found at {} but cannot be read ({e}): check its permissions", path.display()));
+                None
+            }
+        };
+        self.profiles.insert(text.clone(), loaded.clone());
+        loaded
+    }
+
+    fn profile_file(&mut self, file: FileId, name: &str) -> Option<LoadedProfile> {
+        let doc = self.parse(file)?;
+        let root = Item::Table(doc.as_table().clone());
+        let what = format!("profile \"{name}\"");
+        let d = self.decode::<RawProfile>(file, &root, &what, &["point"]);
+        let problems_before_points = self.problems.len();
+        let points: Vec<Option<LocatedPoint>> = match doc.as_table().get("point") {
+            Some(points) => self
+                .elements(file, points, "[[point]]", "point")
+                .iter()
+                .map(|p| self.point(file, p, &what, Some(name)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let d = d?;
+        let mut ok = self.problems.len() == problems_before_points;
+        let points: Vec<LocatedPoint> = points.into_iter().flatten().collect();
+        if let Some(desc) = self.require(
+            &d,
+            &d.value.description,
+            "description",
+            "description = \"what device this maps\"",
+        ) {
+            if desc.get_ref().trim().is_empty() {
+                self.fail(
+                    file,
+                    span_of(desc),
+                    "the profile `description` is empty: say which device this register map is for",
+                );
+                ok = false;
+            }
+        } else {
+            ok = false;
+        }
+        if ok && points.is_empty() {
+            self.fail(
+                file,
+                Some(0..0),
+                format!("{what} has no [[point]] entries: add the registers the device exposes"),
+            );
+            ok = false;
+        }
+        let interval = match &d.value.interval {
+            Some(i) => {
+                let interval = self.positive_duration(file, i, "interval");
+                ok &= interval.is_some();
+                interval
+            }
+            None => None,
+        };
+        ok &= self.points_are_distinct(&points);
+        ok.then_some(LoadedProfile { interval, points })
+    }
+
+    // ---------------------------------------------------------------- points
+
+    fn point(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        owner: &str,
+        profile: Option<&str>,
+    ) -> Option<LocatedPoint> {
+        let name_hint = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
+        let what = match &name_hint {
+            Some(n) => format!("point \"{n}\" of {owner}"),
+            None => format!("a point of {owner}"),
+        };
+        let d = self.decode::<RawPoint>(file, item, &what, &[])?;
+        let raw = &d.value;
+        let mut ok = true;
+
+        let name = self
+            .require(&d, &raw.name, "name", "name = \"voltage\"")
+            .and_then(|n| {
+                let name = self.name(file, n, "point")?;
+                if name == "status" {
+                    self.fail(file, span_of(n), "a point may not be named \"status\": <prefix>/<device>/status is the device's availability topic; rename the point");
+                    return None;
+                }
+                Some(name)
+            });
+
+        let declared_table = match &raw.table {
+            None => Some(None),
+            Some(t) => self
+                .choice(
+                    file,
+                    t,
+                    "table",
+                    &[
+                        ("holding", Table::Holding),
+                        ("input", Table::Input),
+                        ("coil", Table::Coil),
+                        ("discrete", Table::Discrete),
+                    ],
+                )
+                .map(Some),
+        };
+
+        let location = match (
+            self.require(
+                &d,
+                &raw.address,
+                "address",
+                "address = 0 (0-based) or address = \"40001\" (classic notation)",
+            ),
+            declared_table,
+        ) {
+            (Some(address), Some(declared)) => match address.get_ref() {
+                AddressText::Protocol(n) => {
+                    let n = *n;
+                    match declared {
+                        None if !d.reported.contains("table") => {
+                            self.fail(file, span_of(address), format!(
+                                "address {n} is a 0-based protocol address, so the point needs a `table`: add table = \"holding\" (or input, coil, discrete), or write the classic notation as a string, e.g. address = \"{}\"",
+                                u16::try_from(n).map(|a| notation_of(Table::Holding, a)).unwrap_or_else(|_| "40001".into())
+                            ));
+                            None
+                        }
+                        None => None,
+                        Some(table) => match u16::try_from(n) {
+                            Ok(a) => Some((table, a)),
+                            Err(_) => {
+                                self.fail(file, span_of(address), format!("address {n} is out of range: 0-based Modbus addresses go from 0 to 65535"));
+                                None
+                            }
+                        },
+                    }
+                }
+                AddressText::Notation(text) => match parse_notation(text, declared) {
+                    Ok(found) => Some(found),
+                    Err(message) => {
+                        self.fail(file, span_of(address), message);
+                        None
+                    }
+                },
+            },
+            _ => None,
+        };
+
+        let string_registers = match &raw.registers {
+            None => None,
+            Some(r) => self
+                .int_in(
+                    file,
+                    r,
+                    "registers",
+                    1..=MAX_STRING_REGISTERS,
+                    "a string point must fit one read request, so {range} registers",
+                )
+                .map(|r| r as u16)
+                .or_else(|| {
+                    ok = false;
+                    None
+                }),
+        };
+        let data_type = match &raw.data_type {
+            None => match location {
+                Some((table, _)) if table.is_bits() => Some(DataType::Bool),
+                // A bad address already reported: whether `type` may be left out is unknown.
+                None if raw.address.is_some() => None,
+                _ if d.reported.contains("type") => None,
+                _ => {
+                    self.fail(file, Some(d.start..d.start), format!("{what} has no `type`: add type = \"u16\" (or bool, i16, u32, i32, u64, i64, f32, f64, string)"));
+                    None
+                }
+            },
+            Some(t) => {
+                let parsed = self.choice(
+                    file,
+                    t,
+                    "type",
+                    &[
+                        ("bool", DataType::Bool),
+                        ("u16", DataType::U16),
+                        ("i16", DataType::I16),
+                        ("u32", DataType::U32),
+                        ("i32", DataType::I32),
+                        ("u64", DataType::U64),
+                        ("i64", DataType::I64),
+                        ("f32", DataType::F32),
+                        ("f64", DataType::F64),
+                        ("string", DataType::String { registers: 0 }),
+                    ],
+                );
+                match parsed {
+                    Some(DataType::String { .. }) => match (&raw.registers, string_registers) {
+                        (_, Some(registers)) => Some(DataType::String { registers }),
+                        (None, _) if !d.reported.contains("registers") => {
+                            self.fail(file, span_of(t), "a string point needs `registers`: add registers = N (two characters per register)");
+                            None
+                        }
+                        _ => None,
+                    },
+                    other => other,
+                }
+            }
+        };
+        if let (Some(r), Some(dt)) = (&raw.registers, data_type) {
+            if !matches!(dt, DataType::String { .. }) {
+                self.fail(file, span_of(r), "`registers` applies only to type = \"string\": remove it (the other types have a fixed width)");
+                ok = false;
+            }
+        }
+        if let (Some((table, _)), Some(dt)) = (location, data_type) {
+            if table.is_bits() && dt != DataType::Bool {
+                let at = raw.data_type.as_ref().and_then(span_of);
+                self.fail(file, at, format!(
+                    "a {} holds single bits, so the point must be type = \"bool\": for a numeric value use a holding or input register",
+                    if table == Table::Coil { "coil" } else { "discrete input" }
+                ));
+                ok = false;
+            }
+        }
+
+        let order = match &raw.order {
+            None => Some(WordOrder::Abcd),
+            Some(o) => self.choice(
+                file,
+                o,
+                "order",
+                &[
+                    ("ABCD", WordOrder::Abcd),
+                    ("CDAB", WordOrder::Cdab),
+                    ("BADC", WordOrder::Badc),
+                    ("DCBA", WordOrder::Dcba),
+                ],
+            ),
+        };
+        let scale = match &raw.scale {
+            None => Some(1.0),
+            Some(s) if !s.get_ref().is_finite() || *s.get_ref() == 0.0 => {
+                self.fail(file, span_of(s), format!("`scale` = {} would make every reading meaningless: give a finite, non-zero factor such as 0.1", s.get_ref()));
+                None
+            }
+            Some(s) => Some(*s.get_ref()),
+        };
+        let offset = match &raw.offset {
+            None => Some(0.0),
+            Some(o) if !o.get_ref().is_finite() => {
+                self.fail(
+                    file,
+                    span_of(o),
+                    format!(
+                        "`offset` = {} is not a finite number: give a number such as -40.0",
+                        o.get_ref()
+                    ),
+                );
+                None
+            }
+            Some(o) => Some(*o.get_ref()),
+        };
+        if data_type == Some(DataType::Bool) {
+            for (key, span) in [
+                ("scale", raw.scale.as_ref().map(|s| s.span())),
+                ("offset", raw.offset.as_ref().map(|s| s.span())),
+                ("order", raw.order.as_ref().map(|s| s.span())),
+            ] {
+                if let Some(span) = span {
+                    self.fail(
+                        file,
+                        Some(span),
+                        format!("`{key}` has no effect on a bool point: remove it"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if matches!(data_type, Some(DataType::String { .. })) {
+            for (key, span) in [
+                ("scale", raw.scale.as_ref().map(|s| s.span())),
+                ("offset", raw.offset.as_ref().map(|s| s.span())),
+            ] {
+                if let Some(span) = span {
+                    self.fail(
+                        file,
+                        Some(span),
+                        format!("`{key}` has no effect on a string point: remove it"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let unit = match &raw.unit {
+            Some(u) if u.get_ref().trim().is_empty() => {
+                self.fail(
+                    file,
+                    span_of(u),
+                    "`unit` is empty: give the unit of measure (e.g. \"V\") or remove the key",
+                );
+                ok = false;
+                None
+            }
+            other => other.as_ref().map(|u| u.get_ref().clone()),
+        };
+        let interval = match &raw.interval {
+            None => Some(None),
+            Some(i) => self.positive_duration(file, i, "interval").map(Some),
+        };
+
+        if let (Some((_, address)), Some(dt)) = (location, data_type) {
+            let last = u32::from(address) + u32::from(dt.width()) - 1;
+            if last > u32::from(u16::MAX) {
+                let at = raw.address.as_ref().and_then(span_of);
+                self.fail(file, at, format!(
+                    "the point starts at address {address} and is {} wide, so it runs past the last address 65535: move it down or use a narrower type",
+                    plural(dt.width(), "register")
+                ));
+                ok = false;
+            }
+        }
+
+        if !ok {
+            return None;
+        }
+        let (table, address) = location?;
+        Some(LocatedPoint {
+            point: Point {
+                name: name?,
+                table,
+                address,
+                data_type: data_type?,
+                order: order?,
+                scale: scale?,
+                offset: offset?,
+                unit,
+                interval: interval?,
+            },
+            file,
+            name_span: raw.name.as_ref().map(|n| n.span()),
+            address_span: raw.address.as_ref().map(|a| a.span()),
+            from_profile: profile.map(str::to_owned),
+        })
+    }
+}
+
+// -------------------------------------------------------------------- helpers
+
+/// A child of a table item, whether written as a `[section]` or inline.
+fn item_child(item: &Item, key: &str) -> Option<Item> {
+    match item {
+        Item::Table(t) => t.get(key).cloned(),
+        Item::Value(Value::InlineTable(t)) => t.get(key).map(|v| Item::Value(v.clone())),
+        _ => None,
+    }
+}
+
+/// The key of `table` whose key or value covers byte `offset`, with the key's span.
+fn key_at(table: &InlineTable, offset: usize) -> Option<(String, Option<Range<usize>>)> {
+    let keys: Vec<String> = table.iter().map(|(k, _)| k.to_owned()).collect();
+    keys.into_iter().find_map(|name| {
+        let (key, value) = table.get_key_value(&name)?;
+        let covers = |span: Option<Range<usize>>| {
+            span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
+        };
+        (covers(key.span()) || covers(value.span())).then(|| (name.clone(), key.span()))
+    })
+}
+
+fn item_kind(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Value(v) => value_kind(v),
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "a list of tables ([[...]])",
+    }
+}
+
+fn value_kind(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "a list",
+        Value::InlineTable(_) => "a table",
+    }
+}
+
+/// Rewrites serde's message for a rejected key into a sentence saying what to do.
+fn explain(message: &str, key: &str, what: &str, children: &[&str]) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field") {
+        let mut allowed: Vec<String> = backticked(rest).into_iter().skip(1).collect();
+        allowed.extend(children.iter().map(|c| (*c).to_owned()));
+        if what == "the top of the file" {
+            allowed = ROOT_KEYS.iter().map(|k| (*k).to_owned()).collect();
+        }
+        let suggestion = allowed
+            .iter()
+            .filter(|k| edit_distance(k, key) <= 2)
+            .min_by_key(|k| edit_distance(k, key))
+            .map(|k| format!("did you mean `{k}`? "))
+            .unwrap_or_default();
+        let misplaced = if what != "the top of the file" && ROOT_KEYS.contains(&key) {
+            " (a top-level key written after a [table] header belongs to that table: move it above the first header)"
+        } else {
+            ""
+        };
+        let names: Vec<&str> = allowed.iter().map(String::as_str).collect();
+        return format!(
+            "unknown key `{key}` in {what}{misplaced}: {suggestion}the keys allowed here are {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            let expected = match expected {
+                "i64" | "u64" | "i32" | "u32" | "u16" | "u8" => "a whole number (no quotes)",
+                "f64" | "f32" => "a number (no quotes)",
+                "a string" => "a string in quotes",
+                "a sequence" => "a list [ ... ]",
+                "a boolean" => "true or false",
+                other => other,
+            };
+            return format!("`{key}` must be {expected}, but it is {found}");
+        }
+    }
+    format!("`{key}`: {message}")
+}
+
+/// The `quoted` words of a serde message, in order.
+fn backticked(text: &str) -> Vec<String> {
+    text.split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s.to_owned())
+        .collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+fn quoted_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn plural(n: u16, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn describe_range(p: &Point) -> String {
+    let width = p.data_type.width();
+    let table = table_name(p.table);
+    if width == 1 {
+        format!("{table} {}", p.address)
+    } else {
+        format!(
+            "{table} {} to {}",
+            p.address,
+            u32::from(p.address) + u32::from(width) - 1
+        )
+    }
+}
+
+fn missing_profile(name: &str, search: &[PathBuf]) -> String {
+    let places: Vec<String> = search.iter().map(|d| d.display().to_string()).collect();
+    format!(
+        "profile \"{name}\" not found: looked for {name}.toml in {}; check the name, or put the file in one of those folders",
+        places.join(", ")
+    )
+}
+
+fn round_up_to_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_micros().div_ceil(1000) as u64)
+}
+
+/// Splits "host", "host:port", "[v6]" or "[v6]:port".
+fn split_host_port(text: &str) -> Result<(String, Option<u16>), &'static str> {
+    let text = text.trim();
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("has an unclosed `[`")?;
+        match after {
+            "" => (host, None),
+            p => (
+                host,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or("has text after `]` that is not `:port`")?,
+                ),
+            ),
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err("looks like an IPv6 address without brackets (write \"[fd00::5]:502\")")
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if host.contains(['/', ' ', '@']) {
+        return Err("is not a host name or IP address");
+    }
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => return Err("has a port that is not a number from 1 to 65535"),
+        },
+    };
+    Ok((host.to_owned(), port))
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]` -> (TLS?, host, port).
+fn parse_broker_url(url: &str) -> Result<(bool, String, Option<u16>), String> {
+    let advice = "write url = \"mqtt://host:1883\" or \"mqtts://host:8883\"";
+    let (secure, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(format!(
+            "broker url \"{url}\" must start with mqtt:// or mqtts://: {advice}"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('@') {
+        return Err(format!("broker url \"{url}\" carries credentials: put the user in `username` and the password in a file named by `password_file`"));
+    }
+    if rest.contains('/') {
+        return Err(format!(
+            "broker url \"{url}\" has a path, which MQTT does not use: {advice}"
+        ));
+    }
+    let (host, port) =
+        split_host_port(rest).map_err(|why| format!("broker url \"{url}\" {why}: {advice}"))?;
+    Ok((secure, host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_lines_and_character_columns() {
+        let file = SourceFile::new("x".into(), "ab\n\u{e9}cd\n".into());
+        assert_eq!(file.position(0), (1, 1));
+        assert_eq!(file.position(1), (1, 2));
+        assert_eq!(file.position(3), (2, 1));
+        // 'é' is two bytes but one column.
+        assert_eq!(file.position(5), (2, 2));
+    }
+
+    #[test]
+    fn host_and_port_split_including_ipv6() {
+        assert_eq!(
+            split_host_port("10.0.0.5:502"),
+            Ok(("10.0.0.5".into(), Some(502)))
+        );
+        assert_eq!(split_host_port("plc"), Ok(("plc".into(), None)));
+        assert_eq!(
+            split_host_port("[fd00::5]:1502"),
+            Ok(("fd00::5".into(), Some(1502)))
+        );
+        assert!(split_host_port("fd00::5").is_err());
+        assert!(split_host_port("plc:0").is_err());
+        assert!(split_host_port(":502").is_err());
+    }
+
+    #[test]
+    fn broker_urls_give_tls_host_and_port() {
+        assert_eq!(
+            parse_broker_url("mqtts://b.example:8883"),
+            Ok((true, "b.example".into(), Some(8883)))
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://localhost"),
+            Ok((false, "localhost".into(), None))
+        );
+        assert!(parse_broker_url("http://x").is_err());
+        assert!(parse_broker_url("mqtt://u:p@x").is_err());
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("adress", "address"), 1);
+        assert_eq!(edit_distance("qos", "qos"), 0);
+        assert_eq!(edit_distance("baud", "bus"), 2);
+    }
 }

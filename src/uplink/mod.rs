@@ -35,3 +35,10 @@ pub async fn run(
     shutdown.cancelled().await;
     Ok(())
 }
+
+impl Publisher {
+    pub fn new(mqtt: &Mqtt, outbox: Arc<Outbox>) -> Self {
+        let _ = mqtt;
+        Publisher { outbox }
+    }
+}

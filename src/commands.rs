@@ -1,0 +1,255 @@
+//! What each subcommand does, in terms of the library: load the config, then run the agent,
+//! print a check report, poll once, or start the demo. Printing for humans lives here.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::config::{self, BusKind, Config};
+
+/// Exit code for a config that does not validate (distinct from runtime failures).
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // One thread: every task is I/O-bound, and on a Pi a single-threaded runtime keeps RSS
+    // and wake-ups low. Blocking work (disk) goes through spawn_blocking.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        eprint!("{errors}");
+        eprintln!(
+            "fieldlink: {} problem(s) in the configuration; nothing was started",
+            errors.0.len()
+        );
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    crate::logging::init(&config.log.level)?;
+    runtime()?.block_on(async {
+        let stop = crate::app::stop_on_signals()?;
+        crate::app::run(config, stop).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    print!("{}", describe(&config));
+    println!("{}: OK", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human summary `fieldlink check` prints: what will be polled, and how.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    let m = &config.mqtt;
+    let _ = writeln!(
+        out,
+        "gateway {}: broker {}:{}{} as {:?}, prefix {:?}, keep-alive {:?}, qos {}",
+        config.gateway.id,
+        m.host,
+        m.port,
+        if m.tls.is_some() { " (TLS)" } else { "" },
+        m.client_id,
+        m.prefix,
+        m.keep_alive,
+        m.qos
+    );
+    for bus in &config.buses {
+        let what = match &bus.kind {
+            BusKind::ModbusTcp(t) => format!("Modbus TCP {} (timeout {:?})", t.address, t.timeout),
+            BusKind::ModbusRtu(r) => format!(
+                "Modbus RTU {} {} {}{}{} (response timeout {:?}, inter-request delay {:?})",
+                r.serial.path.display(),
+                r.serial.baud,
+                r.serial.data_bits,
+                match r.serial.parity {
+                    config::Parity::None => 'N',
+                    config::Parity::Even => 'E',
+                    config::Parity::Odd => 'O',
+                },
+                r.serial.stop_bits,
+                r.response_timeout,
+                r.inter_request_delay
+            ),
+        };
+        let _ = writeln!(out, "bus {}: {what}", bus.name);
+        for device in config.devices_on(&bus.name) {
+            let _ = writeln!(
+                out,
+                "  device {} (unit {}, every {:?}, {} points)",
+                device.name,
+                device.unit,
+                device.interval,
+                device.points.len()
+            );
+            for p in &device.points {
+                let _ = writeln!(
+                    out,
+                    "    point {:<24} {:?} {:>5} {:?} {:?}{}{}{}",
+                    p.name,
+                    p.table,
+                    p.address,
+                    p.data_type,
+                    p.order,
+                    if p.scale != 1.0 || p.offset != 0.0 {
+                        format!(" x{} +{}", p.scale, p.offset)
+                    } else {
+                        String::new()
+                    },
+                    p.unit
+                        .as_deref()
+                        .map(|u| format!(" [{u}]"))
+                        .unwrap_or_default(),
+                    p.interval
+                        .map(|i| format!(" every {i:?}"))
+                        .unwrap_or_default()
+                );
+            }
+            for r in crate::poll::modbus::plan::plan(&device.points, device.max_gap) {
+                let _ = writeln!(
+                    out,
+                    "    read {:?} {}..{} ({} {}) for {} point(s)",
+                    r.table,
+                    r.start,
+                    u32::from(r.start) + u32::from(r.count) - 1,
+                    r.count,
+                    if r.table.is_bits() {
+                        "bits"
+                    } else {
+                        "registers"
+                    },
+                    r.points.len()
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn read(path: &Path, device_name: &str) -> anyhow::Result<ExitCode> {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    crate::logging::init(&config.log.level)?;
+    let Some(device) = config.device(device_name) else {
+        let names: Vec<_> = config.devices.iter().map(|d| d.name.as_str()).collect();
+        anyhow::bail!(
+            "no device {device_name:?} in {}; devices: {}",
+            path.display(),
+            names.join(", ")
+        );
+    };
+    let bus = config
+        .bus(&device.bus)
+        .context("validated config names a missing bus")?;
+    let report = runtime()?.block_on(crate::poll::read_once(bus, device))?;
+    print!("{}", format_read_report(device, &report));
+    let all_good = report.points.iter().all(|p| p.value.is_ok());
+    Ok(if all_good {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The commissioning table: raw words per request, then each point decoded, so an integrator
+/// can compare against the device's manual (byte order, scale) at a glance.
+fn format_read_report(device: &config::Device, report: &crate::poll::ReadReport) -> String {
+    use crate::poll::RawData;
+    let mut out = String::new();
+    let _ = writeln!(out, "device {}:", report.device);
+    for (i, r) in report.requests.iter().enumerate() {
+        let q = &r.request;
+        let _ = write!(
+            out,
+            "  request {i}: {:?} {}..{} ({} ms): ",
+            q.table,
+            q.start,
+            u32::from(q.start) + u32::from(q.count) - 1,
+            r.elapsed.as_millis()
+        );
+        match &r.outcome {
+            Ok(RawData::Registers(words)) => {
+                let hex: Vec<String> = words.iter().map(|w| format!("{w:04X}")).collect();
+                let _ = writeln!(out, "{}", hex.join(" "));
+            }
+            Ok(RawData::Bits(bits)) => {
+                let b: String = bits.iter().map(|&b| if b { '1' } else { '0' }).collect();
+                let _ = writeln!(out, "{b}");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "FAILED: {e}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  {:<24} {:>24}  {:<8} request",
+        "point", "value", "unit"
+    );
+    for p in &report.points {
+        let point = &device.points[p.index];
+        let value = match &p.value {
+            Ok(v) => format_value(v),
+            Err(e) => format!("BAD: {e}"),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>24}  {:<8} {}",
+            p.name,
+            value,
+            point.unit.as_deref().unwrap_or(""),
+            p.request
+        );
+    }
+    out
+}
+
+fn format_value(v: &crate::model::Value) -> String {
+    use crate::model::Value;
+    match v {
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => format!("{f}"),
+        Value::Text(t) => format!("{t:?}"),
+    }
+}
+
+#[cfg(feature = "demo")]
+pub fn demo(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
+    // The demo prints messages itself; keep the agent's log to warnings so they stand out.
+    crate::logging::init("warn")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(crate::demo::run(seconds))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "demo"))]
+pub fn demo(_seconds: Option<u64>) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this build of fieldlink leaves the demo out (cargo feature `demo`); \
+         run `cargo run --release -- demo` from the source tree"
+    )
+}

@@ -1,0 +1,164 @@
+//! The seam between the poller and one Modbus wire: one read at a time, errors classified.
+//!
+//! Owns the error vocabulary and the check that a response answers the request that was
+//! sent (function and exact quantity). Knows nothing about scheduling or devices' state.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_modbus::{ExceptionCode, Request, Response};
+
+use crate::config::Table;
+
+use super::plan::ReadRequest;
+
+/// The data of one answered read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawData {
+    Registers(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
+/// An outer error: the wire, not the device's logic, failed. Resets the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting or opening the port failed; the link retries it on its own schedule.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// A reply that does not answer the request (wrong unit, function or quantity, or a
+    /// frame the codec rejected): likely a late reply to an earlier request or line noise.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl LinkError {
+    /// A short, stable name for logs and reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LinkError::Timeout(_) => "timeout",
+            LinkError::Unreachable(_) => "unreachable",
+            LinkError::Transport(_) => "transport",
+            LinkError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// What one read produced: outer error, or the device's answer (data or exception).
+pub type ReadResult = Result<Result<RawData, ExceptionCode>, LinkError>;
+
+/// One Modbus wire. Implementations wrap every call in a timeout and reset themselves after
+/// an outer error, so the next call starts clean.
+pub trait ModbusLink: Send {
+    fn read(&mut self, unit: u8, request: &ReadRequest) -> impl Future<Output = ReadResult> + Send;
+
+    /// When the link cannot even try (e.g. the serial port is missing and its reopen is
+    /// backed off), the instant it will try again; the poller waits instead of failing
+    /// every device.
+    fn not_before(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+}
+
+pub(crate) fn to_request(r: &ReadRequest) -> Request<'static> {
+    match r.table {
+        Table::Coil => Request::ReadCoils(r.start, r.count),
+        Table::Discrete => Request::ReadDiscreteInputs(r.start, r.count),
+        Table::Input => Request::ReadInputRegisters(r.start, r.count),
+        Table::Holding => Request::ReadHoldingRegisters(r.start, r.count),
+    }
+}
+
+/// Checks that `response` answers `r` with exactly the quantity asked. Bits arrive packed in
+/// bytes, so a bit response is `ceil(count / 8) * 8` long and is truncated to `count`.
+pub(crate) fn check_response(r: &ReadRequest, response: Response) -> Result<RawData, LinkError> {
+    let count = usize::from(r.count);
+    let mismatch = |got: usize| {
+        LinkError::Protocol(format!(
+            "asked {count} {} from {}, got {got}",
+            if r.table.is_bits() {
+                "bits"
+            } else {
+                "registers"
+            },
+            r.start
+        ))
+    };
+    match (r.table, response) {
+        (Table::Coil, Response::ReadCoils(mut bits))
+        | (Table::Discrete, Response::ReadDiscreteInputs(mut bits)) => {
+            if bits.len() != count.div_ceil(8) * 8 {
+                return Err(mismatch(bits.len()));
+            }
+            bits.truncate(count);
+            Ok(RawData::Bits(bits))
+        }
+        (Table::Input, Response::ReadInputRegisters(words))
+        | (Table::Holding, Response::ReadHoldingRegisters(words)) => {
+            if words.len() != count {
+                return Err(mismatch(words.len()));
+            }
+            Ok(RawData::Registers(words))
+        }
+        (_, other) => Err(LinkError::Protocol(format!(
+            "answer {other:?} does not match a read of {:?}",
+            r.table
+        ))),
+    }
+}
+
+/// Sorts tokio-modbus' outer error into ours.
+pub(crate) fn classify(err: tokio_modbus::Error) -> LinkError {
+    match err {
+        tokio_modbus::Error::Protocol(p) => LinkError::Protocol(p.to_string()),
+        tokio_modbus::Error::Transport(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            LinkError::Protocol(io.to_string())
+        }
+        tokio_modbus::Error::Transport(io) => LinkError::Transport(io.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(table: Table, count: u16) -> ReadRequest {
+        ReadRequest {
+            table,
+            start: 3,
+            count,
+            points: vec![],
+        }
+    }
+
+    #[test]
+    fn a_register_answer_of_another_length_is_refused() {
+        let r = req(Table::Holding, 3);
+        assert!(check_response(&r, Response::ReadHoldingRegisters(vec![1, 2])).is_err());
+        assert_eq!(
+            check_response(&r, Response::ReadHoldingRegisters(vec![1, 2, 3])).unwrap(),
+            RawData::Registers(vec![1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn an_answer_for_another_table_is_refused() {
+        let r = req(Table::Input, 1);
+        assert!(check_response(&r, Response::ReadHoldingRegisters(vec![1])).is_err());
+    }
+
+    #[test]
+    fn bit_answers_are_checked_by_packed_bytes_and_truncated() {
+        let r = req(Table::Coil, 10);
+        let sixteen = vec![true; 16];
+        assert_eq!(
+            check_response(&r, Response::ReadCoils(sixteen)).unwrap(),
+            RawData::Bits(vec![true; 10])
+        );
+        assert!(check_response(&r, Response::ReadCoils(vec![true; 8])).is_err());
+        assert!(check_response(&r, Response::ReadCoils(vec![true; 24])).is_err());
+    }
+}

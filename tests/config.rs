@@ -1,0 +1,343 @@
+//! The config loader against files: every shipped config and profile loads, every good
+//! fixture loads, and every bad fixture fails with exactly the errors it announces.
+//!
+//! A bad fixture (tests/fixtures/config/err/*.toml) announces each expected error in a
+//! comment of its own:
+//!     # expect: LINE:COL: part of the message
+//!     # expect: profiles/broken.toml:LINE:COL: part of the message
+//! The second form locates an error in another file (a profile), relative to the fixture's
+//! folder. The load must fail with exactly these errors: no more, no fewer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fieldlink::config::{self, BusKind, DataType, Parity, PayloadMode, Table, WordOrder};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tomls_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .toml files in {}", dir.display());
+    files
+}
+
+fn load_ok(path: &Path) -> config::Config {
+    config::load(path).unwrap_or_else(|e| panic!("{} should load, but:\n{e}", path.display()))
+}
+
+#[derive(Debug)]
+struct Expected {
+    file: PathBuf,
+    line: usize,
+    column: usize,
+    text: String,
+}
+
+fn expectations(fixture: &Path) -> Vec<Expected> {
+    let text = std::fs::read_to_string(fixture).unwrap();
+    let dir = fixture.parent().unwrap();
+    text.lines()
+        .filter_map(|line| line.trim_start().strip_prefix("# expect:"))
+        .map(|spec| {
+            let mut parts: Vec<&str> = spec.trim().splitn(4, ':').collect();
+            let file = if parts[0].trim().parse::<usize>().is_ok() {
+                fixture.to_path_buf()
+            } else {
+                dir.join(parts.remove(0).trim())
+            };
+            let bad = || format!("malformed expectation in {}: {spec}", fixture.display());
+            let line = parts[0]
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{}", bad()));
+            let column = parts
+                .get(1)
+                .and_then(|c| c.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{}", bad()));
+            let text = parts
+                .get(2..)
+                .map(|rest| rest.join(":").trim().to_owned())
+                .unwrap_or_else(|| panic!("{}", bad()));
+            Expected {
+                file,
+                line,
+                column,
+                text,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_bad_fixture_fails_with_exactly_the_errors_it_announces() {
+    let mut failures = Vec::new();
+    let fixtures = tomls_in(&repo().join("tests/fixtures/config/err"));
+    assert!(fixtures.len() >= 15, "only {} bad fixtures", fixtures.len());
+    for fixture in fixtures {
+        let expected = expectations(&fixture);
+        assert!(
+            !expected.is_empty(),
+            "{} announces no `# expect:` error",
+            fixture.display()
+        );
+        let errors = match config::load(&fixture) {
+            Ok(_) => {
+                failures.push(format!("{}: loaded, but should fail", fixture.display()));
+                continue;
+            }
+            Err(errors) => errors,
+        };
+        let mut unmatched: Vec<_> = errors.0.iter().collect();
+        for want in &expected {
+            let found = unmatched.iter().position(|e| {
+                e.file == want.file
+                    && e.line == want.line
+                    && e.column == want.column
+                    && e.message.contains(&want.text)
+            });
+            match found {
+                Some(i) => {
+                    unmatched.remove(i);
+                }
+                None => failures.push(format!(
+                    "{}: expected {}:{}:{}: {:?}, not among:\n{errors}",
+                    fixture.display(),
+                    want.file.display(),
+                    want.line,
+                    want.column,
+                    want.text
+                )),
+            }
+        }
+        for extra in unmatched {
+            failures.push(format!(
+                "{}: unexpected error {}:{}:{}: {}",
+                fixture.display(),
+                extra.file.display(),
+                extra.line,
+                extra.column,
+                extra.message
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_good_fixture_loads() {
+    for fixture in tomls_in(&repo().join("tests/fixtures/config/ok")) {
+        load_ok(&fixture);
+    }
+}
+
+#[test]
+fn every_shipped_config_loads() {
+    let mut files = tomls_in(&repo().join("config"));
+    files.extend(tomls_in(&repo().join("config/examples")));
+    for file in files {
+        let config = load_ok(&file);
+        assert!(
+            !config.devices.is_empty(),
+            "{} has no device",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn every_shipped_profile_loads_in_a_device() {
+    let profiles = repo().join("config/profiles");
+    let dir = tempfile::tempdir().unwrap();
+    for profile in tomls_in(&profiles) {
+        let name = profile.file_stem().unwrap().to_str().unwrap();
+        let path = dir.path().join(format!("uses-{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "profile_dirs = [{dirs:?}]\n\
+                 [gateway]\nid = \"t\"\n[mqtt]\nurl = \"mqtt://localhost\"\n\
+                 [[bus]]\nname = \"line\"\ntype = \"modbus_rtu\"\npath = \"/dev/ttyUSB0\"\n\
+                 [[device]]\nname = \"d\"\nbus = \"line\"\nunit = 1\nprofile = \"{name}\"\n",
+                dirs = profiles.display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = load_ok(&path);
+        assert!(
+            !config.devices[0].points.is_empty(),
+            "profile {name} brought no points"
+        );
+    }
+}
+
+#[test]
+fn the_demo_config_has_the_points_the_demo_serves() {
+    let config = load_ok(&repo().join("config/demo.toml"));
+    assert_eq!(config.gateway.id, "demo");
+    assert_eq!(config.mqtt.prefix, "fieldlink/demo");
+    assert_eq!(config.mqtt.client_id, "fieldlink-demo");
+    let BusKind::ModbusTcp(tcp) = &config.buses[0].kind else {
+        panic!("the demo bus should be Modbus TCP");
+    };
+    assert_eq!(tcp.address, "127.0.0.1:1502");
+    let boiler = config.device("boiler").unwrap();
+    let point = |name: &str| boiler.points.iter().find(|p| p.name == name).unwrap();
+    assert_eq!(point("pressure").order, WordOrder::Cdab);
+    assert_eq!(point("pressure").data_type, DataType::F32);
+    assert_eq!(point("temperature").scale, 0.1);
+    assert_eq!(point("running").table, Table::Coil);
+    assert_eq!(point("serial").data_type, DataType::String { registers: 8 });
+}
+
+#[test]
+fn defaults_fill_every_optional_key() {
+    let config = config::load_str(
+        Path::new("/nowhere/min.toml"),
+        "[gateway]\nid = \"gw-7\"\n[mqtt]\nhost = \"broker\"\n\
+         [[bus]]\nname = \"rtu\"\ntype = \"modbus_rtu\"\npath = \"/dev/ttyS0\"\n\
+         [[device]]\nname = \"m\"\nbus = \"rtu\"\nunit = 3\n\
+         [[device.point]]\nname = \"v\"\naddress = \"40001\"\ntype = \"u16\"\n",
+    )
+    .unwrap();
+    let mqtt = &config.mqtt;
+    assert_eq!((mqtt.host.as_str(), mqtt.port), ("broker", 1883));
+    assert_eq!(mqtt.client_id, "fieldlink-gw-7");
+    assert_eq!(mqtt.keep_alive, Duration::from_secs(15));
+    assert_eq!(mqtt.qos, 1);
+    assert_eq!(mqtt.prefix, "fieldlink/gw-7");
+    assert!(mqtt.tls.is_none());
+    assert_eq!(mqtt.connect_timeout, Duration::from_secs(20));
+    assert_eq!(mqtt.backoff_initial, Duration::from_secs(1));
+    assert_eq!(mqtt.backoff_max, Duration::from_secs(60));
+    assert_eq!(mqtt.payload, PayloadMode::Json);
+    assert_eq!(mqtt.queue_capacity, 100_000);
+    assert_eq!(config.log.level, "info");
+    let BusKind::ModbusRtu(rtu) = &config.buses[0].kind else {
+        panic!("expected an RTU bus");
+    };
+    assert_eq!(rtu.serial.baud, 9600);
+    assert_eq!(rtu.serial.data_bits, 8);
+    assert_eq!(rtu.serial.parity, Parity::None);
+    assert_eq!(rtu.serial.stop_bits, 1);
+    assert_eq!(rtu.response_timeout, Duration::from_millis(500));
+    assert_eq!(rtu.inter_request_delay, Duration::from_millis(20));
+    let device = &config.devices[0];
+    assert_eq!(device.interval, Duration::from_secs(5));
+    assert_eq!(device.max_gap, 8);
+    let point = &device.points[0];
+    assert_eq!((point.table, point.address), (Table::Holding, 0));
+    assert_eq!(point.order, WordOrder::Abcd);
+    assert_eq!((point.scale, point.offset), (1.0, 0.0));
+    assert_eq!((point.unit.as_ref(), point.interval), (None, None));
+}
+
+#[test]
+fn the_default_rtu_delay_stretches_to_t3_5_at_slow_baud_rates() {
+    let config = config::load_str(
+        Path::new("/nowhere/slow.toml"),
+        "[gateway]\nid = \"g\"\n[mqtt]\nhost = \"b\"\n\
+         [[bus]]\nname = \"slow\"\ntype = \"modbus_rtu\"\npath = \"/dev/ttyS0\"\nbaud = 1200\nparity = \"even\"\n",
+    )
+    .unwrap();
+    let BusKind::ModbusRtu(rtu) = &config.buses[0].kind else {
+        panic!("expected an RTU bus");
+    };
+    // 1200 baud 8E1: 11 bits per character, 3.5 characters = 32.08 ms.
+    assert_eq!(rtu.inter_request_delay, Duration::from_millis(33));
+}
+
+#[test]
+fn mqtts_urls_turn_tls_on_with_the_tls_port() {
+    let config = config::load_str(
+        Path::new("/nowhere/tls.toml"),
+        "[gateway]\nid = \"g\"\n[mqtt]\nurl = \"mqtts://broker.example.com\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.mqtt.port, 8883);
+    let tls = config.mqtt.tls.expect("TLS should be on");
+    assert!(tls.ca_file.is_none() && tls.client_cert.is_none());
+}
+
+#[test]
+fn the_sdm120_profile_maps_the_manufacturers_registers() {
+    let config = load_ok(&repo().join("config/examples/rs485-meters.toml"));
+    let meter = config.device("main-meter").unwrap();
+    let point = |name: &str| meter.points.iter().find(|p| p.name == name).unwrap();
+    assert_eq!(
+        (point("voltage").table, point("voltage").address),
+        (Table::Input, 0)
+    );
+    assert_eq!(point("frequency").address, 70);
+    assert_eq!(point("total_active_energy").address, 342);
+    assert!(meter.points.iter().all(|p| p.data_type == DataType::F32));
+    assert_eq!(
+        meter.interval,
+        Duration::from_secs(10),
+        "the profile's interval"
+    );
+    let climate = config.device("cabinet-climate").unwrap();
+    assert_eq!(
+        climate.interval,
+        Duration::from_secs(30),
+        "the device's own interval wins"
+    );
+    assert_eq!(climate.points[0].address, 1);
+    assert_eq!(climate.points[0].data_type, DataType::I16);
+}
+
+#[test]
+fn device_points_are_added_after_the_profile_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("extra.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "profile_dirs = [{:?}]\n[gateway]\nid = \"g\"\n[mqtt]\nhost = \"b\"\n\
+             [[bus]]\nname = \"l\"\ntype = \"modbus_rtu\"\npath = \"/dev/ttyS0\"\n\
+             [[device]]\nname = \"th\"\nbus = \"l\"\nunit = 1\nprofile = \"xy-md02\"\n\
+             [[device.point]]\nname = \"address_setting\"\naddress = \"400258\"\ntype = \"u16\"\n",
+            repo().join("config/profiles").display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = load_ok(&path);
+    let names: Vec<&str> = config.devices[0]
+        .points
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["temperature", "humidity", "address_setting"]);
+    assert_eq!(config.devices[0].points[2].address, 0x0101);
+}
+
+#[test]
+fn errors_display_one_file_line_column_sentence_per_line() {
+    let errors = config::load_str(
+        Path::new("site.toml"),
+        "[gateway]\nid = \"g\"\n[mqtt]\nhost = \"b\"\nqos = 2\nkeep_alive = 15\n",
+    )
+    .unwrap_err();
+    let shown = errors.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(lines[0].starts_with("site.toml:5:7: `qos` = 2"), "{shown}");
+    assert!(lines[1].starts_with("site.toml:6:14: "), "{shown}");
+    assert!(lines[1].contains("\"15s\""), "{shown}");
+}
+
+#[test]
+fn an_unreadable_file_is_reported_without_a_position() {
+    let errors = config::load(Path::new("/nonexistent/fieldlink.toml")).unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    assert_eq!(errors.0[0].line, 0);
+    assert!(errors
+        .to_string()
+        .starts_with("/nonexistent/fieldlink.toml: cannot read"));
+}
