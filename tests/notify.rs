@@ -186,7 +186,6 @@ fn a_notifier_without_notify_socket_is_a_no_op() {
 /// The real binary, as systemd would start it: READY without a broker, STATUS, periodic
 /// WATCHDOG, and STOPPING after SIGTERM.
 #[test]
-#[ignore = "needs `fieldlink run` wired by app.rs (lead); un-ignore once main has it"]
 fn the_agent_reports_ready_status_watchdog_and_stopping_to_systemd() {
     let systemd = FakeSystemd::bind();
     let dir = tempfile::tempdir().unwrap();
