@@ -43,8 +43,10 @@ pub async fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     let stop = crate::app::stop_on_signals()?;
     if let Some(s) = seconds {
         let timer = stop.clone();
+        let filter = format!("{prefix}/#");
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(s)).await;
+            print_retained(broker_port, filter).await;
             timer.cancel();
         });
     }
@@ -96,6 +98,26 @@ fn start_broker() -> anyhow::Result<u16> {
         })
         .context("cannot start the demo broker thread")?;
     Ok(port)
+}
+
+/// What a subscriber connecting now gets: the broker's retained value of every topic.
+async fn print_retained(port: u16, filter: String) {
+    println!("demo: a late subscriber connects and receives the retained values:");
+    let mut opts = MqttOptions::new("fieldlink-demo-late", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
+    // Retained messages follow the SUBACK at once; a quiet half second means they are all in.
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(500), events.poll()).await
+    {
+        if let Event::Incoming(Packet::Publish(p)) = event {
+            if p.retain {
+                println!("R {} {}", p.topic, String::from_utf8_lossy(&p.payload));
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    println!("demo: stopping the agent");
 }
 
 async fn print_messages(port: u16, filter: String) {

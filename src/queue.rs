@@ -154,6 +154,11 @@ impl Outbox {
             .is_none_or(|&s| s <= record.seq)
     }
 
+    /// The sequence number the next `push` will get.
+    pub fn next_seq(&self) -> u64 {
+        self.state.lock().unwrap().next_seq
+    }
+
     pub fn depth(&self) -> usize {
         let st = self.state.lock().unwrap();
         st.queued.len() + st.inflight.len()

@@ -6,6 +6,7 @@
 pub mod bin;
 pub mod broker;
 pub use broker::Broker;
+pub mod proxy;
 pub mod watch;
 
 use std::net::TcpListener;

@@ -74,10 +74,20 @@ pub fn raw_from_registers(
             }
         }
         DataType::I64 => Value::Int(i64::from_be_bytes(ordered::<8>(words, order))),
-        DataType::F32 => Value::Float(f64::from(f32::from_be_bytes(ordered::<4>(words, order)))),
+        DataType::F32 => Value::Float(widen_f32(f32::from_be_bytes(ordered::<4>(words, order)))),
         DataType::F64 => Value::Float(f64::from_be_bytes(ordered::<8>(words, order))),
         DataType::String { .. } => Value::Text(text(words, order)),
     })
+}
+
+/// The f64 whose shortest decimal form is the f32's own: a meter's 230.1f32 is published as
+/// 230.1, not as 230.10000610351562 (plain widening), and narrows back to the same f32.
+pub fn widen_f32(v: f32) -> f64 {
+    if v.is_finite() {
+        v.to_string().parse().unwrap_or(f64::from(v))
+    } else {
+        f64::from(v)
+    }
 }
 
 /// Applies `raw * scale + offset`; integers and text untouched when the scale is neutral.
@@ -253,10 +263,12 @@ mod tests {
             for (s, o) in SCALES {
                 for v in [0.0f32, -0.0, 1.5, -273.15, f32::MAX, f32::MIN_POSITIVE] {
                     let got = decode(DataType::F32, order, &v.to_be_bytes(), s, o);
+                    let widened: f64 = v.to_string().parse().unwrap();
+                    assert_eq!(widened as f32, v, "widening keeps the f32");
                     let want = if s == 1.0 && o == 0.0 {
-                        f64::from(v)
+                        widened
                     } else {
-                        f64::from(v) * s + o
+                        widened * s + o
                     };
                     assert_eq!(got, Value::Float(want), "f32 {v} {order:?}");
                 }

@@ -1,0 +1,283 @@
+//! The link state machine: keep-alive verdict, reconnect backoff and connection counting.
+//!
+//! Owns the timing decisions of the uplink and nothing else: no sockets, no rumqttc, no
+//! clock reads. Every method takes `now`, so tests drive it with tokio's paused clock.
+//!
+//! - Keep-alive verdict: the link is dead when nothing at all arrived from the broker for
+//!   1.5 x keep-alive (MQTT 3.1.1 §3.1.2.10 applied on our side). Any inbound packet counts.
+//! - Backoff: exponential with full jitter. The n-th consecutive failure draws uniformly from
+//!   `[initial/2, min(max, initial * 2^n)]`; the floor of `initial/2` keeps an unlucky draw
+//!   from turning into a reconnect storm against a broker that refuses us.
+//! - The failure count resets once a connection has stayed up for `healthy_after`
+//!   (`min(2 x backoff_max, 60 s)`), so a link that flaps (up, then dead at once) keeps
+//!   backing off instead of hammering the broker.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Nothing heard for this many keep-alives means dead.
+const DEAD_AFTER_KEEP_ALIVES: f64 = 1.5;
+/// Upper bound on the healthy period after which the backoff starts again from `initial`.
+const HEALTHY_AFTER_MAX: Duration = Duration::from_secs(60);
+
+/// When the broker was last heard from, and so when the link must be declared dead.
+#[derive(Debug, Clone)]
+pub struct KeepAliveWatch {
+    allowance: Duration,
+    last_inbound: Instant,
+}
+
+impl KeepAliveWatch {
+    /// Starts the watch at `now` (the CONNACK counts as the first inbound packet).
+    pub fn new(keep_alive: Duration, now: Instant) -> Self {
+        KeepAliveWatch {
+            allowance: keep_alive.mul_f64(DEAD_AFTER_KEEP_ALIVES),
+            last_inbound: now,
+        }
+    }
+
+    pub fn on_inbound(&mut self, now: Instant) {
+        self.last_inbound = self.last_inbound.max(now);
+    }
+
+    pub fn last_inbound(&self) -> Instant {
+        self.last_inbound
+    }
+
+    /// The moment the link is dead unless something arrives before.
+    pub fn deadline(&self) -> Instant {
+        self.last_inbound + self.allowance
+    }
+
+    pub fn is_dead(&self, now: Instant) -> bool {
+        now >= self.deadline()
+    }
+
+    pub fn allowance(&self) -> Duration {
+        self.allowance
+    }
+}
+
+/// Exponential backoff with full jitter and an injectable random source.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+    rng: fastrand::Rng,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration, rng: fastrand::Rng) -> Self {
+        let initial = initial.max(Duration::from_millis(1));
+        Backoff {
+            initial,
+            max: max.max(initial),
+            failures: 0,
+            rng,
+        }
+    }
+
+    /// The upper bound of the next draw: `min(max, initial * 2^failures)`.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    pub fn floor(&self) -> Duration {
+        self.initial / 2
+    }
+
+    /// Draws the delay before the next attempt and counts one more failure.
+    pub fn next_delay(&mut self) -> Duration {
+        let lo = self.floor().as_millis() as u64;
+        let hi = (self.ceiling().as_millis() as u64).max(lo);
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_millis(self.rng.u64(lo..=hi))
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// Connection bookkeeping across the life of the agent.
+#[derive(Debug)]
+pub struct Link {
+    backoff: Backoff,
+    healthy_after: Duration,
+    up_since: Option<Instant>,
+    connections: u64,
+}
+
+impl Link {
+    pub fn new(initial: Duration, max: Duration, rng: fastrand::Rng) -> Self {
+        Link {
+            healthy_after: (max * 2).min(HEALTHY_AFTER_MAX),
+            backoff: Backoff::new(initial, max, rng),
+            up_since: None,
+            connections: 0,
+        }
+    }
+
+    /// A CONNACK arrived.
+    pub fn on_connected(&mut self, now: Instant) {
+        self.up_since = Some(now);
+        self.connections += 1;
+    }
+
+    /// The link was lost (or an attempt failed): returns the delay before the next attempt.
+    pub fn on_down(&mut self, now: Instant) -> Duration {
+        if let Some(since) = self.up_since.take() {
+            if now.saturating_duration_since(since) >= self.healthy_after {
+                self.backoff.reset();
+            }
+        }
+        self.backoff.next_delay()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up_since.is_some()
+    }
+
+    /// Connections established so far.
+    pub fn connections(&self) -> u64 {
+        self.connections
+    }
+
+    /// Connections established after the first one.
+    pub fn reconnects(&self) -> u64 {
+        self.connections.saturating_sub(1)
+    }
+
+    pub fn healthy_after(&self) -> Duration {
+        self.healthy_after
+    }
+
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KA: Duration = Duration::from_secs(2);
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_link_is_dead_one_and_a_half_keep_alives_after_the_last_inbound_packet() {
+        let mut watch = KeepAliveWatch::new(KA, Instant::now());
+        tokio::time::advance(secs(1.0)).await;
+        watch.on_inbound(Instant::now());
+        let last = Instant::now();
+        tokio::time::advance(secs(2.999)).await;
+        assert!(!watch.is_dead(Instant::now()));
+        tokio::time::advance(secs(0.001)).await;
+        assert!(watch.is_dead(Instant::now()));
+        assert_eq!(watch.deadline() - last, secs(3.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleeping_until_the_deadline_wakes_exactly_at_the_verdict() {
+        let start = Instant::now();
+        let watch = KeepAliveWatch::new(KA, start);
+        tokio::time::sleep_until(watch.deadline()).await;
+        assert!(watch.is_dead(Instant::now()));
+        assert_eq!(Instant::now() - start, secs(3.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_timestamp_never_moves_the_deadline_back() {
+        let early = Instant::now();
+        tokio::time::advance(secs(2.0)).await;
+        let mut watch = KeepAliveWatch::new(KA, Instant::now());
+        watch.on_inbound(early);
+        assert_eq!(watch.deadline(), early + secs(5.0));
+    }
+
+    #[test]
+    fn backoff_draws_stay_between_the_floor_and_a_doubling_ceiling_capped_at_max() {
+        for seed in 0..200 {
+            let mut b = Backoff::new(secs(1.0), secs(60.0), fastrand::Rng::with_seed(seed));
+            let mut expected_ceiling = 1.0f64;
+            for _ in 0..12 {
+                let ceiling = b.ceiling();
+                assert_eq!(ceiling, secs(expected_ceiling.min(60.0)));
+                let d = b.next_delay();
+                assert!(
+                    d >= secs(0.5) && d <= ceiling,
+                    "{d:?} outside [0.5s, {ceiling:?}]"
+                );
+                expected_ceiling *= 2.0;
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_jitter_spreads_a_fleet_out() {
+        let draws: Vec<Duration> = (0..100)
+            .map(|seed| {
+                let mut b = Backoff::new(secs(1.0), secs(60.0), fastrand::Rng::with_seed(seed));
+                for _ in 0..5 {
+                    b.next_delay();
+                }
+                b.next_delay()
+            })
+            .collect();
+        let min = draws.iter().min().unwrap();
+        let max = draws.iter().max().unwrap();
+        assert!(
+            *max - *min > secs(20.0),
+            "draws too close: {min:?}..{max:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_survives_absurd_failure_counts() {
+        let mut b = Backoff::new(secs(1.0), secs(60.0), fastrand::Rng::with_seed(1));
+        for _ in 0..1000 {
+            assert!(b.next_delay() <= secs(60.0));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_resets_only_after_the_connection_stayed_healthy() {
+        let mut link = Link::new(secs(1.0), secs(8.0), fastrand::Rng::with_seed(3));
+        assert_eq!(link.healthy_after(), secs(16.0));
+        for _ in 0..4 {
+            link.on_down(Instant::now());
+        }
+        assert_eq!(link.backoff().ceiling(), secs(8.0));
+
+        // Up, but dead again before the healthy period: keep backing off.
+        link.on_connected(Instant::now());
+        tokio::time::advance(secs(15.9)).await;
+        link.on_down(Instant::now());
+        assert_eq!(link.backoff().failures(), 5);
+
+        // Up for the whole healthy period: the next delay starts from `initial` again.
+        link.on_connected(Instant::now());
+        tokio::time::advance(secs(16.0)).await;
+        let d = link.on_down(Instant::now());
+        assert!(d <= secs(1.0), "{d:?}");
+        assert_eq!(link.backoff().failures(), 1);
+        assert_eq!(link.connections(), 2);
+        assert_eq!(link.reconnects(), 1);
+    }
+
+    #[test]
+    fn the_healthy_period_is_capped_at_a_minute() {
+        let link = Link::new(secs(1.0), secs(300.0), fastrand::Rng::with_seed(0));
+        assert_eq!(link.healthy_after(), secs(60.0));
+    }
+}

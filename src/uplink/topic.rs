@@ -1,0 +1,242 @@
+//! Topics and payloads: pure functions from readings and link facts to MQTT topic strings and
+//! payload bytes. Owns the wire format consumers depend on; touches no I/O and no rumqttc.
+//!
+//! Reading payload (`payload = "json"`): `{"value":…,"unit":"V","ts":<unix ms>,"seq":<n>}`.
+//! `unit` is omitted when the point has none. A float that is NaN or infinite cannot be a JSON
+//! number, so it is sent as `"value":null` plus `"quality":"nan"`, `"inf"` or `"-inf"`; every
+//! other reading carries no `quality` key (consumers treat its absence as good).
+//! With `payload = "plain"` the payload is the value alone as text (`true`, `42`, `230.5`,
+//! `NaN`, `inf`, `-inf`, or the string as is); plain payloads carry no `seq`.
+
+use serde_json::{Map, Value as Json};
+
+use crate::config::PayloadMode;
+use crate::health::LinkReport;
+use crate::model::{Reading, Value};
+
+/// `<prefix>/<device>/<point>`: one retained reading per point.
+pub fn reading_topic(prefix: &str, device: &str, point: &str) -> String {
+    format!("{prefix}/{device}/{point}")
+}
+
+/// `<prefix>/<device>/status`: `online` / `offline`, retained.
+pub fn device_status_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{device}/status")
+}
+
+/// `<prefix>/status`: the gateway's birth (`online`) and last will (`offline`), retained.
+pub fn gateway_status_topic(prefix: &str) -> String {
+    format!("{prefix}/status")
+}
+
+/// `<prefix>/health`: retained JSON about the link and the outbox.
+pub fn health_topic(prefix: &str) -> String {
+    format!("{prefix}/health")
+}
+
+pub const ONLINE: &str = "online";
+pub const OFFLINE: &str = "offline";
+
+pub fn availability_payload(online: bool) -> &'static [u8] {
+    if online {
+        ONLINE.as_bytes()
+    } else {
+        OFFLINE.as_bytes()
+    }
+}
+
+/// The payload of one reading; `seq` is the outbox's sequence number for it.
+pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8> {
+    match mode {
+        PayloadMode::Plain => plain_value(&reading.value).into_bytes(),
+        PayloadMode::Json => {
+            let mut obj = Map::new();
+            let (value, quality) = json_value(&reading.value);
+            obj.insert("value".into(), value);
+            if let Some(unit) = &reading.unit {
+                obj.insert("unit".into(), Json::from(unit.as_ref()));
+            }
+            obj.insert("ts".into(), Json::from(reading.ts_ms));
+            obj.insert("seq".into(), Json::from(seq));
+            if let Some(q) = quality {
+                obj.insert("quality".into(), Json::from(q));
+            }
+            // Serializing a map of plain JSON values cannot fail.
+            serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
+        }
+    }
+}
+
+fn json_value(value: &Value) -> (Json, Option<&'static str>) {
+    match value {
+        Value::Bool(b) => (Json::from(*b), None),
+        Value::Int(i) => (Json::from(*i), None),
+        Value::UInt(u) => (Json::from(*u), None),
+        Value::Float(f) if f.is_nan() => (Json::Null, Some("nan")),
+        Value::Float(f) if f.is_infinite() => {
+            (Json::Null, Some(if *f > 0.0 { "inf" } else { "-inf" }))
+        }
+        Value::Float(f) => (Json::from(*f), None),
+        Value::Text(s) => (Json::from(s.as_str()), None),
+    }
+}
+
+fn plain_value(value: &Value) -> String {
+    match value {
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Text(s) => s.clone(),
+    }
+}
+
+/// Outbox facts the health payload reports next to the link report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxFacts {
+    pub depth: usize,
+    pub dropped: u64,
+}
+
+/// `{"link":"up","last_error":null,"reconnects":0,"outbox_depth":0,"dropped":0,"ts":…}`
+pub fn health_payload(link: &LinkReport, outbox: OutboxFacts, ts_ms: u64) -> Vec<u8> {
+    let body = serde_json::json!({
+        "link": link.state,
+        "last_error": link.last_error,
+        "reconnects": link.reconnects,
+        "outbox_depth": outbox.depth,
+        "dropped": outbox.dropped,
+        "ts": ts_ms,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::health::LinkState;
+
+    fn reading(value: Value, unit: Option<&str>) -> Reading {
+        Reading {
+            device: Arc::from("meter1"),
+            point: Arc::from("voltage"),
+            value,
+            unit: unit.map(Arc::from),
+            ts_ms: 1_700_000_000_123,
+        }
+    }
+
+    fn json(bytes: Vec<u8>) -> Json {
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn topics_hang_under_the_prefix() {
+        assert_eq!(reading_topic("fl/gw1", "m1", "v"), "fl/gw1/m1/v");
+        assert_eq!(device_status_topic("fl/gw1", "m1"), "fl/gw1/m1/status");
+        assert_eq!(gateway_status_topic("fl/gw1"), "fl/gw1/status");
+        assert_eq!(health_topic("fl/gw1"), "fl/gw1/health");
+    }
+
+    #[test]
+    fn json_reading_carries_value_unit_ts_and_seq() {
+        let p = reading_payload(
+            PayloadMode::Json,
+            &reading(Value::Float(230.5), Some("V")),
+            7,
+        );
+        assert_eq!(
+            json(p),
+            serde_json::json!({"value":230.5,"unit":"V","ts":1_700_000_000_123u64,"seq":7})
+        );
+    }
+
+    #[test]
+    fn json_reading_without_unit_omits_the_key() {
+        let p = reading_payload(PayloadMode::Json, &reading(Value::Int(-3), None), 1);
+        let v = json(p);
+        assert_eq!(v["value"], -3);
+        assert!(v.get("unit").is_none());
+        assert!(v.get("quality").is_none());
+    }
+
+    #[test]
+    fn non_finite_floats_become_null_with_a_quality() {
+        for (f, q) in [
+            (f64::NAN, "nan"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+        ] {
+            let v = json(reading_payload(
+                PayloadMode::Json,
+                &reading(Value::Float(f), None),
+                1,
+            ));
+            assert_eq!(v["value"], Json::Null);
+            assert_eq!(v["quality"], q);
+        }
+    }
+
+    #[test]
+    fn big_unsigned_bools_and_text_keep_their_json_types() {
+        let v = json(reading_payload(
+            PayloadMode::Json,
+            &reading(Value::UInt(u64::MAX), None),
+            1,
+        ));
+        assert_eq!(v["value"], u64::MAX);
+        let v = json(reading_payload(
+            PayloadMode::Json,
+            &reading(Value::Bool(true), None),
+            1,
+        ));
+        assert_eq!(v["value"], true);
+        let v = json(reading_payload(
+            PayloadMode::Json,
+            &reading(Value::Text("a\"b".into()), None),
+            1,
+        ));
+        assert_eq!(v["value"], "a\"b");
+    }
+
+    #[test]
+    fn plain_payload_is_just_the_value() {
+        let p = |v| {
+            String::from_utf8(reading_payload(
+                PayloadMode::Plain,
+                &reading(v, Some("V")),
+                9,
+            ))
+            .unwrap()
+        };
+        assert_eq!(p(Value::Float(230.5)), "230.5");
+        assert_eq!(p(Value::Int(-4)), "-4");
+        assert_eq!(p(Value::Bool(false)), "false");
+        assert_eq!(p(Value::Float(f64::NAN)), "NaN");
+        assert_eq!(p(Value::Text("SDM120".into())), "SDM120");
+    }
+
+    #[test]
+    fn health_payload_reports_link_and_outbox() {
+        let link = LinkReport {
+            state: LinkState::Down,
+            last_error: Some("keep-alive: nothing from the broker for 3s".into()),
+            reconnects: 2,
+        };
+        let v = json(health_payload(
+            &link,
+            OutboxFacts {
+                depth: 5,
+                dropped: 1,
+            },
+            42,
+        ));
+        assert_eq!(v["link"], "down");
+        assert_eq!(v["reconnects"], 2);
+        assert_eq!(v["outbox_depth"], 5);
+        assert_eq!(v["dropped"], 1);
+        assert_eq!(v["ts"], 42);
+    }
+}

@@ -1,0 +1,369 @@
+//! The uplink against a real mosquitto: readings arrive retained with their seq, the gateway
+//! status follows the link, the health topic reports it, and shutdown says goodbye.
+mod support;
+#[path = "uplink_agent/mod.rs"]
+mod uplink_agent;
+
+use std::time::Duration;
+
+use fieldlink::config::PayloadMode;
+use support::watch::Watch;
+use support::{unique, wait_until, Broker};
+use uplink_agent::{missing, mqtt, newest_per_topic, seqs, Agent};
+
+const KA: Duration = Duration::from_secs(5);
+const DEADLINE: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_arrive_with_their_seq_and_a_late_subscriber_gets_the_newest_retained() {
+    let broker = Broker::start();
+    let prefix = unique("fl/up");
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let agent = Agent::start(mqtt(broker.port, &prefix, KA));
+    watch
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
+            m.payload == "online"
+        })
+        .await;
+
+    for i in 0..30 {
+        agent.reading(&format!("p{}", i % 3), i as f64);
+    }
+    let last = agent.last_seq();
+    assert_eq!(last, 30);
+    wait_until("all 30 readings upstream", DEADLINE, || {
+        missing(&seqs(&watch.snapshot()), last)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let m = watch.last_on(&format!("{prefix}/dev/p0")).unwrap();
+    let json = m.json();
+    assert_eq!(json["unit"], "V");
+    assert!(json["ts"].as_u64().unwrap() > 1_600_000_000_000);
+
+    wait_until("the outbox drained", DEADLINE, || {
+        (agent.outbox.depth() == 0).then_some(())
+    })
+    .await;
+    let late = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let retained = wait_until("retained readings of 3 points", DEADLINE, || {
+        let r: Vec<_> = late
+            .snapshot()
+            .into_iter()
+            .filter(|m| m.retain && m.topic.starts_with(&format!("{prefix}/dev/")))
+            .collect();
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        newest_per_topic(&retained),
+        newest_per_topic(&watch.snapshot())
+    );
+    let status = late
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| m.retain)
+        .await;
+    assert_eq!(status.payload, "online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_availability_is_published_retained_as_plain_text() {
+    let broker = Broker::start();
+    let prefix = unique("fl/avail");
+    let agent = Agent::start(mqtt(broker.port, &prefix, KA));
+    agent.publisher_send_availability("dev", false);
+    wait_until("the outbox drained", DEADLINE, || {
+        (agent.is_up() && agent.outbox.depth() == 0).then_some(())
+    })
+    .await;
+    let late = Watch::start(broker.port, &format!("{prefix}/dev/status")).await;
+    let m = late
+        .wait_for(&format!("{prefix}/dev/status"), DEADLINE, |m| m.retain)
+        .await;
+    assert_eq!(m.payload, "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_payload_mode_sends_only_the_value() {
+    let broker = Broker::start();
+    let prefix = unique("fl/plain");
+    let watch = Watch::start(broker.port, &format!("{prefix}/dev/#")).await;
+    let mut cfg = mqtt(broker.port, &prefix, KA);
+    cfg.payload = PayloadMode::Plain;
+    let agent = Agent::start(cfg);
+    agent.reading("v", 230.5);
+    let m = watch
+        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
+        .await;
+    assert_eq!(m.payload, "230.5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_readings_leave_the_outbox_once_written() {
+    let broker = Broker::start();
+    let prefix = unique("fl/q0");
+    let watch = Watch::start(broker.port, &format!("{prefix}/dev/#")).await;
+    let mut cfg = mqtt(broker.port, &prefix, KA);
+    cfg.qos = 0;
+    let agent = Agent::start(cfg);
+    for i in 0..20 {
+        agent.reading("v", i as f64);
+    }
+    wait_until("20 QoS 0 readings upstream", DEADLINE, || {
+        missing(&seqs(&watch.snapshot()), 20)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    wait_until("the outbox drained", DEADLINE, || {
+        (agent.outbox.depth() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_topic_reports_the_link_retained() {
+    let broker = Broker::start();
+    let prefix = unique("fl/health");
+    let watch = Watch::start(broker.port, &format!("{prefix}/health")).await;
+    let _agent = Agent::start(mqtt(broker.port, &prefix, KA));
+    watch
+        .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
+        .await;
+    let late = Watch::start(broker.port, &format!("{prefix}/health")).await;
+    let m = late
+        .wait_for(&format!("{prefix}/health"), DEADLINE, |m| m.retain)
+        .await;
+    let json = m.json();
+    assert_eq!(json["link"], "up");
+    assert_eq!(json["reconnects"], 0);
+    assert_eq!(json["dropped"], 0);
+    assert!(json.get("outbox_depth").is_some());
+    assert!(json.get("last_error").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_publishes_what_is_queued_then_offline_and_returns() {
+    let broker = Broker::start();
+    let prefix = unique("fl/bye");
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let agent = Agent::start(mqtt(broker.port, &prefix, KA));
+    watch
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
+            m.payload == "online"
+        })
+        .await;
+    for i in 0..500 {
+        agent.reading(&format!("p{}", i % 5), i as f64);
+    }
+    agent.shutdown.cancel();
+    let started = std::time::Instant::now();
+    wait_until("uplink::run returned", Duration::from_secs(5), || {
+        agent.task.is_finished().then_some(())
+    })
+    .await;
+    eprintln!("uplink returned {:?} after cancel", started.elapsed());
+    let status = watch
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
+            m.payload == "offline"
+        })
+        .await;
+    assert_eq!(status.payload, "offline");
+    let all = watch.snapshot();
+    assert_eq!(missing(&seqs(&all), 500), Vec::<u64>::new());
+    // The goodbye comes after the last reading.
+    let offline_at = all.iter().position(|m| m.payload == "offline").unwrap();
+    assert!(all[offline_at..].iter().all(|m| !m.topic.contains("/dev/")));
+    let late = Watch::start(broker.port, &format!("{prefix}/status")).await;
+    let retained = late
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| m.retain)
+        .await;
+    assert_eq!(retained.payload, "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_the_broker_is_unreachable_returns_at_once() {
+    let prefix = unique("fl/nobroker");
+    let agent = Agent::start(mqtt(support::free_port(), &prefix, KA));
+    wait_until("a failed connect", DEADLINE, || agent.link().last_error).await;
+    agent.shutdown.cancel();
+    wait_until("uplink::run returned", Duration::from_secs(1), || {
+        agent.task.is_finished().then_some(())
+    })
+    .await;
+}
+
+/// mosquitto with a TLS listener that wants a client certificate and a password, plus a
+/// plain anonymous listener for the test's own subscriber. Needs `openssl` and
+/// `mosquitto_passwd` (from the mosquitto package).
+struct SecureBroker {
+    tls_port: u16,
+    plain_port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl SecureBroker {
+    fn start() -> SecureBroker {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(d)
+                .output()
+                .unwrap_or_else(|e| panic!("{} is needed for the TLS test: {e}", args[0]));
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["openssl", "req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fieldlink test CA",
+        ]);
+        run(&ca);
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, cn) in [("server", "/CN=localhost"), ("client", "/CN=gw1")] {
+            let (key, csr, pem, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            let mut req = vec!["openssl", "req"];
+            req.extend(ec);
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", cn]);
+            run(&req);
+            run(&[
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        run(&["mosquitto_passwd", "-b", "-c", "passwd", "gw1", "s3cret"]);
+        std::fs::write(d.join("password"), "s3cret\n").unwrap();
+        std::fs::write(d.join("wrong-password"), "nope\n").unwrap();
+
+        // mosquitto started as root drops to its own user: let it read the test's files.
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let tls_port = support::free_port();
+        let plain_port = support::free_port();
+        let conf = format!(
+            "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type error\n\
+             listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+             keyfile {d}/server.key\nrequire_certificate true\nallow_anonymous false\n\
+             password_file {d}/passwd\n\
+             listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("mosquitto.conf"), conf).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(d.join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        support::wait_until_blocking("mosquitto listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", plain_port)).ok()
+        });
+        SecureBroker {
+            tls_port,
+            plain_port,
+            dir,
+            child,
+        }
+    }
+
+    fn mqtt(&self, prefix: &str, password_file: &str) -> fieldlink::config::Mqtt {
+        let d = self.dir.path();
+        let mut cfg = mqtt(self.tls_port, prefix, KA);
+        cfg.host = "localhost".into();
+        cfg.username = Some("gw1".into());
+        cfg.password_file = Some(d.join(password_file));
+        cfg.tls = Some(fieldlink::config::Tls {
+            ca_file: Some(d.join("ca.pem")),
+            client_cert: Some(d.join("client.pem")),
+            client_key: Some(d.join("client.key")),
+        });
+        cfg
+    }
+}
+
+impl Drop for SecureBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_go_over_mutual_tls_with_a_password_read_from_a_file() {
+    let broker = SecureBroker::start();
+    let prefix = unique("fl/tls");
+    let watch = Watch::start(broker.plain_port, &format!("{prefix}/#")).await;
+    let agent = Agent::start(broker.mqtt(&prefix, "password"));
+    watch
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
+            m.payload == "online"
+        })
+        .await;
+    agent.reading("v", 1.0);
+    let m = watch
+        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
+        .await;
+    assert_eq!(m.json()["seq"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_reported_with_the_settings_to_check() {
+    let broker = SecureBroker::start();
+    let agent = Agent::start(broker.mqtt(&unique("fl/badpw"), "wrong-password"));
+    let error = wait_until("a refused connection", DEADLINE, || agent.link().last_error).await;
+    assert!(
+        error.contains("refused") && error.contains("mqtt.password_file"),
+        "{error}"
+    );
+    assert!(!agent.is_up());
+}

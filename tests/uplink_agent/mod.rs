@@ -1,0 +1,160 @@
+//! Drives the real `uplink::run` against a broker (directly or through the fault proxy), fed
+//! by a test producer of readings with sequence numbers. No Modbus involved.
+//!
+//! Used by tests/uplink.rs, tests/link.rs and benches/link_detection.rs via `#[path]`.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldlink::config::{Mqtt, PayloadMode};
+use fieldlink::health::{Health, LinkReport, LinkState};
+use fieldlink::model::{Reading, Sample, SampleSink, Value};
+use fieldlink::queue::Outbox;
+use fieldlink::uplink::{self, Publisher};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::watch::Message;
+
+pub fn mqtt(port: u16, prefix: &str, keep_alive: Duration) -> Mqtt {
+    Mqtt {
+        host: "127.0.0.1".into(),
+        port,
+        client_id: format!("{prefix}-agent").replace('/', "-"),
+        keep_alive,
+        qos: 1,
+        prefix: prefix.into(),
+        username: None,
+        password_file: None,
+        tls: None,
+        connect_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(4),
+        payload: PayloadMode::Json,
+        queue_capacity: 100_000,
+    }
+}
+
+pub struct Agent {
+    pub cfg: Mqtt,
+    pub outbox: Arc<Outbox>,
+    pub health: Arc<Health>,
+    pub publisher: Arc<Publisher>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+    producer: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    pub fn start(cfg: Mqtt) -> Agent {
+        let outbox = Arc::new(Outbox::new(cfg.queue_capacity, 1));
+        let health = Health::new();
+        let publisher = Arc::new(Publisher::new(&cfg, outbox.clone()));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(uplink::run(
+            cfg.clone(),
+            outbox.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        Agent {
+            cfg,
+            outbox,
+            health,
+            publisher,
+            shutdown,
+            task,
+            producer: None,
+        }
+    }
+
+    pub fn link(&self) -> LinkReport {
+        self.health.link()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.link().state == LinkState::Up
+    }
+
+    /// Pushes one reading of `point` on device `dev`.
+    pub fn reading(&self, point: &str, value: f64) {
+        self.publisher.send(Sample::Reading(Reading {
+            device: Arc::from("dev"),
+            point: Arc::from(point),
+            value: Value::Float(value),
+            unit: Some(Arc::from("V")),
+            ts_ms: fieldlink::model::unix_ms_now(),
+        }));
+    }
+
+    pub fn publisher_send_availability(&self, device: &str, online: bool) {
+        self.publisher.send(Sample::DeviceAvailability {
+            device: Arc::from(device),
+            online,
+        });
+    }
+
+    /// Produces a reading every `every`, cycling over `points` points, until stopped.
+    pub fn produce(&mut self, points: usize, every: Duration) {
+        let publisher = self.publisher.clone();
+        self.producer = Some(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                publisher.send(Sample::Reading(Reading {
+                    device: Arc::from("dev"),
+                    point: Arc::from(format!("p{}", n % points as u64)),
+                    value: Value::Float(n as f64),
+                    unit: Some(Arc::from("V")),
+                    ts_ms: fieldlink::model::unix_ms_now(),
+                }));
+                n += 1;
+            }
+        }));
+    }
+
+    pub fn stop_producing(&mut self) {
+        if let Some(p) = self.producer.take() {
+            p.abort();
+        }
+    }
+
+    /// Sequence numbers handed out so far are `1..=last_seq()`.
+    pub fn last_seq(&self) -> u64 {
+        self.outbox.next_seq().saturating_sub(1)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_producing();
+        self.task.abort();
+    }
+}
+
+/// Every `seq` seen in reading payloads under `prefix`.
+pub fn seqs(messages: &[Message]) -> BTreeSet<u64> {
+    messages
+        .iter()
+        .filter_map(|m| m.json().get("seq").and_then(|s| s.as_u64()))
+        .collect()
+}
+
+/// The highest seq per reading topic.
+pub fn newest_per_topic(messages: &[Message]) -> BTreeMap<String, u64> {
+    let mut newest = BTreeMap::new();
+    for m in messages {
+        if let Some(seq) = m.json().get("seq").and_then(|s| s.as_u64()) {
+            let e = newest.entry(m.topic.clone()).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+    newest
+}
+
+pub fn missing(seen: &BTreeSet<u64>, upto: u64) -> Vec<u64> {
+    (1..=upto).filter(|s| !seen.contains(s)).collect()
+}
