@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::{self, Durable};
 use crate::config::Config;
 use crate::health::Health;
 use crate::model::SampleSink;
@@ -26,7 +27,12 @@ const UPLINK_STOP_GRACE: Duration = Duration::from_millis(4000);
 /// Runs the agent until `stop` fires (a signal, or the demo's timer).
 pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
     let health = Health::new();
-    let outbox = Arc::new(Outbox::new(config.mqtt.queue_capacity, 1));
+    let durable = Durable::open(
+        buffer::Settings::new(&config.buffer, config.mqtt.queue_capacity),
+        1,
+        buffer::IoDriver::Thread,
+    );
+    let outbox = Arc::new(Outbox::with_buffer(durable));
     let publisher: Arc<dyn SampleSink> = Arc::new(Publisher::new(&config.mqtt, outbox.clone()));
 
     let polling = CancellationToken::new();
@@ -109,6 +115,16 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
             }
         }
     };
+    // Whatever the broker did not acknowledge goes to disk before we exit.
+    if let Some(durable) = outbox.buffer() {
+        if let Err(e) = durable.shutdown() {
+            tracing::error!(
+                error = %e,
+                queued = outbox.depth(),
+                "could not save the unacknowledged readings to the buffer on shutdown"
+            );
+        }
+    }
     watchdog_stop.cancel();
     let _ = watchdog.await;
     outcome

@@ -37,11 +37,25 @@ pub enum Command {
         #[arg(long, short)]
         device: String,
     },
+    /// Inspect the store-and-forward buffer (works while the agent runs).
+    Buffer {
+        #[command(subcommand)]
+        action: BufferAction,
+    },
     /// Run the agent end to end against an in-process simulated device and broker, printing
     /// every message that arrives upstream. Needs no outside service.
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BufferAction {
+    /// Depth, age of the oldest reading, bytes on disk and dropped count.
+    Stats {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
 }

@@ -253,6 +253,17 @@ fn format_value(v: &crate::model::Value) -> String {
     }
 }
 
+pub fn buffer_stats(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let stats = crate::buffer::stats(&config.buffer.path)?;
+    println!("buffer {}:", config.buffer.path.display());
+    println!("{stats}");
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(feature = "demo")]
 pub fn demo(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
     // The demo prints messages itself; keep the agent's log to warnings so they stand out.

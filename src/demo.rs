@@ -32,6 +32,9 @@ pub async fn run(seconds: Option<u64>) -> anyhow::Result<()> {
             tcp.address = modbus_addr.to_string();
         }
     }
+    // The demo's buffer lives and dies with the demo, never in the real state directory.
+    let state_dir = std::env::temp_dir().join(format!("fieldlink-demo-{}", std::process::id()));
+    config.buffer.path = state_dir.clone();
     let prefix = config.mqtt.prefix.clone();
     println!(
         "demo: broker on 127.0.0.1:{broker_port}, simulated Modbus TCP device on {modbus_addr}"
@@ -54,6 +57,7 @@ pub async fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     // Let the subscriber print the final `offline` before leaving.
     tokio::time::sleep(Duration::from_millis(300)).await;
     printer.abort();
+    let _ = std::fs::remove_dir_all(&state_dir);
     result
 }
 

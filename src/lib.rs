@@ -2,6 +2,7 @@
 //! library so that integration tests, benches and the demo drive the very same code.
 
 pub mod app;
+pub mod buffer;
 pub mod cli;
 pub mod commands;
 pub mod config;

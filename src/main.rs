@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fieldlink::cli::{Cli, Command};
+use fieldlink::cli::{BufferAction, Cli, Command};
 use fieldlink::commands;
 
 fn main() -> ExitCode {
@@ -12,6 +12,9 @@ fn main() -> ExitCode {
         Command::Run { config } => commands::run(&config),
         Command::Check { config } => commands::check(&config),
         Command::Read { config, device } => commands::read(&config, &device),
+        Command::Buffer {
+            action: BufferAction::Stats { config },
+        } => commands::buffer_stats(&config),
         Command::Demo { seconds } => commands::demo(seconds),
     };
     match outcome {

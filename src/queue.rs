@@ -2,6 +2,8 @@
 //!
 //! Owns ordering, sequence numbers and the bound on what is held. It is the seam the
 //! durable buffer replaces: the uplink only ever sees `take` / `ack` / `requeue_inflight`.
+//! Built with [`Outbox::with_buffer`], every call is delegated to `buffer::Durable`, which
+//! keeps the same contract and adds the disk (see `buffer` for what that adds).
 //!
 //! Invariants:
 //! - `seq` is assigned at `push`, strictly increasing per gateway.
@@ -16,6 +18,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
+
+use crate::buffer::Durable;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -41,6 +45,8 @@ pub struct Outbox {
     state: Mutex<State>,
     capacity: usize,
     notify: Notify,
+    /// When set, every call goes to the durable buffer and `state` stays unused.
+    durable: Option<Durable>,
 }
 
 impl Outbox {
@@ -53,12 +59,29 @@ impl Outbox {
             }),
             capacity: capacity.max(1),
             notify: Notify::new(),
+            durable: None,
         }
+    }
+
+    /// An outbox backed by the durable store-and-forward buffer (same contract).
+    pub fn with_buffer(durable: Durable) -> Self {
+        Outbox {
+            durable: Some(durable),
+            ..Outbox::new(1, 1)
+        }
+    }
+
+    /// The durable buffer behind this outbox, for `spill`, `shutdown` and `status`.
+    pub fn buffer(&self) -> Option<&Durable> {
+        self.durable.as_ref()
     }
 
     /// Queues a record; `payload` is built with the record's sequence number. Never blocks:
     /// when full, the oldest queued record is dropped and counted.
     pub fn push(&self, topic: String, ts_ms: u64, payload: impl FnOnce(u64) -> Vec<u8>) -> u64 {
+        if let Some(d) = &self.durable {
+            return d.push(topic, ts_ms, payload);
+        }
         let mut st = self.state.lock().unwrap();
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -95,6 +118,9 @@ impl Outbox {
 
     /// Hands out up to `max` queued records, oldest first, and marks them in flight.
     pub fn take(&self, max: usize) -> Vec<Record> {
+        if let Some(d) = &self.durable {
+            return d.take(max);
+        }
         let mut st = self.state.lock().unwrap();
         let n = max.min(st.queued.len());
         let batch: Vec<Record> = st.queued.drain(..n).collect();
@@ -104,6 +130,9 @@ impl Outbox {
 
     /// Resolves once at least one record is queued.
     pub async fn wait_queued(&self) {
+        if let Some(d) = &self.durable {
+            return d.wait_queued().await;
+        }
         loop {
             let notified = self.notify.notified();
             if !self.state.lock().unwrap().queued.is_empty() {
@@ -116,6 +145,9 @@ impl Outbox {
     /// The broker acknowledged `seq`: forget it. Unknown sequence numbers are ignored
     /// (a duplicate ack after a resend).
     pub fn ack(&self, seq: u64) -> bool {
+        if let Some(d) = &self.durable {
+            return d.ack(seq);
+        }
         let mut st = self.state.lock().unwrap();
         if st.inflight.front().is_some_and(|r| r.seq == seq) {
             st.inflight.pop_front();
@@ -132,6 +164,9 @@ impl Outbox {
 
     /// The link died: every unacknowledged record goes back to the head of the queue.
     pub fn requeue_inflight(&self) -> usize {
+        if let Some(d) = &self.durable {
+            return d.requeue_inflight();
+        }
         let mut st = self.state.lock().unwrap();
         let inflight = std::mem::take(&mut st.inflight);
         let n = inflight.len();
@@ -148,6 +183,9 @@ impl Outbox {
     /// True when no newer record for the same topic has been pushed: only such a record may
     /// be published retained, so a replayed older reading never overwrites a newer one.
     pub fn is_newest(&self, record: &Record) -> bool {
+        if let Some(d) = &self.durable {
+            return d.is_newest(record);
+        }
         let st = self.state.lock().unwrap();
         st.newest_seq_by_topic
             .get(&record.topic)
@@ -156,19 +194,31 @@ impl Outbox {
 
     /// The sequence number the next `push` will get.
     pub fn next_seq(&self) -> u64 {
+        if let Some(d) = &self.durable {
+            return d.next_seq();
+        }
         self.state.lock().unwrap().next_seq
     }
 
     pub fn depth(&self) -> usize {
+        if let Some(d) = &self.durable {
+            return d.depth();
+        }
         let st = self.state.lock().unwrap();
         st.queued.len() + st.inflight.len()
     }
 
     pub fn inflight(&self) -> usize {
+        if let Some(d) = &self.durable {
+            return d.inflight();
+        }
         self.state.lock().unwrap().inflight.len()
     }
 
     pub fn dropped(&self) -> u64 {
+        if let Some(d) = &self.durable {
+            return d.dropped();
+        }
         self.state.lock().unwrap().dropped
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub log: Log,
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
+    /// `[buffer]`: the durable store-and-forward buffer (all keys optional).
+    pub buffer: Buffer,
 }
 
 impl Config {
@@ -303,4 +305,138 @@ pub enum WordOrder {
     Cdab,
     Badc,
     Dcba,
+}
+
+/// `[buffer]`: where and how readings survive outages, restarts and power cuts. Every field
+/// is checked by [`Buffer::check`]; the loader reports its messages against the `[buffer]`
+/// keys named in them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buffer {
+    /// `path`: the state directory holding `buffer.db` (default `$STATE_DIRECTORY`, first
+    /// entry, else `/var/lib/fieldlink`).
+    pub path: PathBuf,
+    /// `durability`.
+    pub durability: Durability,
+    /// `commit_interval` (`durability = "always"` only): how often queued readings are
+    /// committed; a power cut loses at most this much. Default 1 s.
+    pub commit_interval: Duration,
+    /// `max_size`: bound on the stored readings (topic + payload + a fixed per-row overhead,
+    /// see `buffer::store`). Default 64 MiB.
+    pub max_size: u64,
+    /// `max_age`: stored readings older than this are dropped and counted. Default 7 days.
+    pub max_age: Duration,
+    /// `when_full`.
+    pub when_full: WhenFull,
+    /// `replay`.
+    pub replay: Replay,
+    /// `replay_rate`: readings per second replayed from disk; `None` = unlimited (default).
+    /// Live readings are never rate limited.
+    pub replay_rate: Option<u32>,
+    /// `spill_threshold`: readings held in memory (queued + in flight) beyond which they
+    /// spill to disk even while the link is up (`durability = "outage"`). Default 1000.
+    pub spill_threshold: usize,
+}
+
+/// `durability = "outage" | "always"`: SD-card wear against what a power cut can lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing is written per reading while the link is healthy; queued and unacknowledged
+    /// readings are written when the link dies, when the backlog passes `spill_threshold`,
+    /// and on shutdown. A power cut while the link is up loses what was not yet acknowledged.
+    Outage,
+    /// Every reading is committed (batched every `commit_interval`) before it is published.
+    /// A power cut loses at most the last `commit_interval`; costs one fsync per interval.
+    Always,
+}
+
+/// `when_full = "drop_oldest" | "drop_newest"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Keep the most recent history (default).
+    DropOldest,
+    /// Keep the start of the outage; new readings are dropped until the buffer drains.
+    DropNewest,
+}
+
+/// `replay = "all" | "latest"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Every stored reading, oldest first (default).
+    All,
+    /// Only the newest stored reading per topic, for expensive links.
+    Latest,
+}
+
+impl Buffer {
+    pub const DEFAULT_DIR: &'static str = "/var/lib/fieldlink";
+    pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_MAX_SIZE: u64 = 64 * 1024 * 1024;
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const DEFAULT_SPILL_THRESHOLD: usize = 1000;
+
+    /// systemd's `StateDirectory=` (first entry of `$STATE_DIRECTORY`), else
+    /// `/var/lib/fieldlink`.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').find(|p| !p.is_empty()).map(PathBuf::from))
+            })
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_DIR))
+    }
+
+    /// Every problem with these settings, as `(key, message)` pairs the loader can locate.
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            problems.push((
+                "path",
+                "must name a directory, e.g. \"/var/lib/fieldlink\"".to_string(),
+            ));
+        }
+        if self.commit_interval < Duration::from_millis(10)
+            || self.commit_interval > Duration::from_secs(60)
+        {
+            problems.push((
+                "commit_interval",
+                "must be between 10ms and 60s (it bounds what a power cut loses in \"always\" mode)"
+                    .to_string(),
+            ));
+        }
+        if self.max_size < 1024 * 1024 {
+            problems.push((
+                "max_size",
+                "must be at least 1MiB (SQLite needs room for its own pages)".to_string(),
+            ));
+        }
+        if self.max_age < Duration::from_secs(60) {
+            problems.push(("max_age", "must be at least 1m".to_string()));
+        }
+        if self.replay_rate == Some(0) {
+            problems.push((
+                "replay_rate",
+                "must be at least 1 reading/s; leave it out for no limit".to_string(),
+            ));
+        }
+        if self.spill_threshold == 0 {
+            problems.push(("spill_threshold", "must be at least 1".to_string()));
+        }
+        problems
+    }
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Buffer {
+            path: Buffer::default_dir(),
+            durability: Durability::Outage,
+            commit_interval: Buffer::DEFAULT_COMMIT_INTERVAL,
+            max_size: Buffer::DEFAULT_MAX_SIZE,
+            max_age: Buffer::DEFAULT_MAX_AGE,
+            when_full: WhenFull::DropOldest,
+            replay: Replay::All,
+            replay_rate: None,
+            spill_threshold: Buffer::DEFAULT_SPILL_THRESHOLD,
+        }
+    }
 }

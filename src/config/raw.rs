@@ -10,10 +10,18 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{AddressText, HumanDuration};
+use super::units::{AddressText, HumanDuration, HumanSize};
 
 /// Keys allowed at the top of the file, beside the tables below.
-pub const ROOT_KEYS: &[&str] = &["gateway", "mqtt", "log", "bus", "device", "profile_dirs"];
+pub const ROOT_KEYS: &[&str] = &[
+    "gateway",
+    "mqtt",
+    "log",
+    "buffer",
+    "bus",
+    "device",
+    "profile_dirs",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +63,21 @@ pub struct RawTls {
     pub ca_file: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<String>>,
+}
+
+/// `[buffer]`: the durable store-and-forward buffer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    pub path: Option<Spanned<String>>,
+    pub durability: Option<Spanned<String>>,
+    pub commit_interval: Option<Spanned<HumanDuration>>,
+    pub max_size: Option<Spanned<HumanSize>>,
+    pub max_age: Option<Spanned<HumanDuration>>,
+    pub when_full: Option<Spanned<String>>,
+    pub replay: Option<Spanned<String>>,
+    pub replay_rate: Option<Spanned<i64>>,
+    pub spill_threshold: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

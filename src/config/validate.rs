@@ -22,15 +22,15 @@ use toml::Spanned;
 use toml_edit::{ImDocument, InlineTable, Item, Value};
 
 use super::raw::{
-    RawDevice, RawGateway, RawLineBus, RawLineDevice, RawLinePoint, RawLog, RawMqtt, RawPoint,
-    RawProfile, RawRootScalars, RawRtuBus, RawTcpBus, RawTls, ROOT_KEYS,
+    RawBuffer, RawDevice, RawGateway, RawLineBus, RawLineDevice, RawLinePoint, RawLog, RawMqtt,
+    RawPoint, RawProfile, RawRootScalars, RawRtuBus, RawTcpBus, RawTls, ROOT_KEYS,
 };
 use super::units::{format_duration, notation_of, parse_notation, rtu_min_silence, table_name};
 use super::units::{AddressText, HumanDuration};
 use super::{
-    Bus, BusKind, ChecksumKind, Config, DataType, Device, Extract, Gateway, LineQuery,
-    LineValueKind, Log, ModbusRtu, ModbusTcp, Mqtt, Parity, PayloadMode, Point, SerialLine,
-    SerialLineDevice, SerialLinePoint, SerialSettings, Table, Tls, WordOrder,
+    Buffer, Bus, BusKind, ChecksumKind, Config, DataType, Device, Durability, Extract, Gateway,
+    LineQuery, LineValueKind, Log, ModbusRtu, ModbusTcp, Mqtt, Parity, PayloadMode, Point, Replay,
+    SerialLine, SerialLineDevice, SerialLinePoint, SerialSettings, Table, Tls, WhenFull, WordOrder,
 };
 
 /// Folders searched for `profile = "NAME"` after the config file's own `profiles/` folder.
@@ -483,7 +483,7 @@ impl Checker {
     fn config(&mut self, file: FileId) -> Option<Config> {
         let doc = self.parse(file)?;
         let root = Item::Table(doc.as_table().clone());
-        let sections = ["gateway", "mqtt", "log", "bus", "device"];
+        let sections = ["gateway", "mqtt", "log", "buffer", "bus", "device"];
         let scalars = self.decode::<RawRootScalars>(file, &root, "the top of the file", &sections);
         let profile_dirs = scalars.and_then(|s| self.profile_dirs(file, &s.value));
 
@@ -506,6 +506,10 @@ impl Checker {
             None => Some(Log {
                 level: "info".into(),
             }),
+        };
+        let buffer = match doc.as_table().get("buffer") {
+            Some(item) => self.buffer(file, item),
+            None => Some(Buffer::default()),
         };
 
         let mut known_buses = HashMap::new();
@@ -540,6 +544,7 @@ impl Checker {
             gateway: gateway?,
             mqtt: mqtt?,
             log: log?,
+            buffer: buffer?,
             buses: buses?,
             devices: devices?,
         })
@@ -653,6 +658,112 @@ impl Checker {
         Some(Log {
             level: level.get_ref().clone(),
         })
+    }
+
+    fn buffer(&mut self, file: FileId, item: &Item) -> Option<Buffer> {
+        let d = self.decode::<RawBuffer>(file, item, "[buffer]", &[])?;
+        let raw = &d.value;
+        let mut ok = true;
+        let mut buffer = Buffer::default();
+        if let Some(path) = &raw.path {
+            let p = PathBuf::from(path.get_ref());
+            // A relative state directory follows the config file, not the service's cwd.
+            buffer.path = if p.is_relative() && !p.as_os_str().is_empty() {
+                self.files[file]
+                    .path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(p)
+            } else {
+                p
+            };
+        }
+        if let Some(v) = &raw.durability {
+            match self.choice(
+                file,
+                v,
+                "durability",
+                &[
+                    ("outage", Durability::Outage),
+                    ("always", Durability::Always),
+                ],
+            ) {
+                Some(x) => buffer.durability = x,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = &raw.when_full {
+            match self.choice(
+                file,
+                v,
+                "when_full",
+                &[
+                    ("drop_oldest", WhenFull::DropOldest),
+                    ("drop_newest", WhenFull::DropNewest),
+                ],
+            ) {
+                Some(x) => buffer.when_full = x,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = &raw.replay {
+            match self.choice(
+                file,
+                v,
+                "replay",
+                &[("all", Replay::All), ("latest", Replay::Latest)],
+            ) {
+                Some(x) => buffer.replay = x,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = &raw.commit_interval {
+            buffer.commit_interval = v.get_ref().0;
+        }
+        if let Some(v) = &raw.max_age {
+            buffer.max_age = v.get_ref().0;
+        }
+        if let Some(v) = &raw.max_size {
+            buffer.max_size = v.get_ref().0;
+        }
+        if let Some(v) = &raw.replay_rate {
+            match self.int_in(
+                file,
+                v,
+                "replay_rate",
+                1..=1_000_000,
+                "give readings per second, {range}, or leave it out for no limit",
+            ) {
+                Some(n) => buffer.replay_rate = Some(n as u32),
+                None => ok = false,
+            }
+        }
+        if let Some(v) = &raw.spill_threshold {
+            match self.int_in(
+                file,
+                v,
+                "spill_threshold",
+                1..=10_000_000,
+                "give a number of readings, {range}",
+            ) {
+                Some(n) => buffer.spill_threshold = n as usize,
+                None => ok = false,
+            }
+        }
+        for (key, message) in buffer.check() {
+            let span = match key {
+                "path" => raw.path.as_ref().and_then(span_of),
+                "commit_interval" => raw.commit_interval.as_ref().and_then(span_of),
+                "max_size" => raw.max_size.as_ref().and_then(span_of),
+                "max_age" => raw.max_age.as_ref().and_then(span_of),
+                "replay_rate" => raw.replay_rate.as_ref().and_then(span_of),
+                "spill_threshold" => raw.spill_threshold.as_ref().and_then(span_of),
+                _ => None,
+            };
+            self.fail(file, span, format!("[buffer] `{key}` {message}"));
+            ok = false;
+        }
+        ok.then_some(buffer)
     }
 
     fn mqtt(&mut self, file: FileId, item: &Item, gateway: Option<&Gateway>) -> Option<Mqtt> {

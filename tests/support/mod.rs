@@ -1,8 +1,9 @@
 //! Shared test harness: real peers on ports the kernel picks, and waits with deadlines.
 //!
 //! Each test binary does `mod support;` and uses what it needs, hence the `dead_code` allow.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+pub mod bin;
 pub mod broker;
 pub use broker::Broker;
 pub mod agent;

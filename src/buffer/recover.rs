@@ -1,0 +1,208 @@
+//! Salvage of a damaged `buffer.db`: move it aside, copy every row that still reads into a
+//! fresh database. Touches only the damaged file (read) and the fresh one (write).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::error::{BufferError, Result};
+use super::store::{read_record, row_sum, unix_now_secs, SCHEMA_SQL};
+use crate::queue::Record;
+
+/// Consecutive read failures after which the rest of the file is given up.
+const MAX_FAILED_SEEKS: u32 = 64;
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Renames `path` (and its WAL) to `<path>.corrupt-<unix time>`, salvages its rows into a
+/// fresh file at `path`, and says what it did. The fresh file is created by the caller's
+/// next open; this only fills it.
+pub(crate) fn salvage(path: &Path, reason: &str) -> Result<Recovery> {
+    let mut moved_to = with_suffix(path, &format!(".corrupt-{}", unix_now_secs()));
+    let mut n = 1;
+    while moved_to.exists() {
+        moved_to = with_suffix(path, &format!(".corrupt-{}-{n}", unix_now_secs()));
+        n += 1;
+    }
+    std::fs::rename(path, &moved_to).map_err(|e| BufferError::from_io(path, e))?;
+    // The WAL must move with its database (SQLite finds it by name) or its frames would be
+    // applied to the fresh file. The shared-memory index is rebuilt from the WAL.
+    let wal = with_suffix(path, "-wal");
+    if wal.exists() {
+        std::fs::rename(&wal, with_suffix(&moved_to, "-wal"))
+            .map_err(|e| BufferError::from_io(&wal, e))?;
+    }
+    let _ = std::fs::remove_file(with_suffix(path, "-shm"));
+
+    let (rows, meta, read_errors) = read_what_survives(&moved_to);
+    let rows_recovered = rows.len() as u64;
+    write_fresh(path, &rows, meta)?;
+    Ok(Recovery {
+        reason: reason.to_string(),
+        moved_to,
+        rows_recovered,
+        read_errors,
+    })
+}
+
+pub use super::store::Recovery;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct SurvivingMeta {
+    next_seq: Option<u64>,
+    dropped_full: Option<u64>,
+    dropped_age: Option<u64>,
+}
+
+fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
+    let mut errors = 0;
+    let conn = match Connection::open_with_flags(
+        damaged,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(c) => c,
+        Err(_) => return (Vec::new(), SurvivingMeta::default(), 1),
+    };
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    // A file shorter than its header says fails every statement unless the schema is
+    // "writable", which makes SQLite trust the file size instead (read-only use here).
+    let _ = conn.execute_batch("PRAGMA writable_schema = ON");
+    let meta_value = |key: &str| -> Option<u64> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+    };
+    let meta = SurvivingMeta {
+        next_seq: meta_value("next_seq"),
+        dropped_full: meta_value("dropped_full"),
+        dropped_age: meta_value("dropped_age"),
+    };
+
+    // Seek by primary key from the last good row. A damaged leaf fails the seek into it;
+    // skipping ahead by a doubling stride finds the next readable leaf through the
+    // interior pages, so one bad page costs its rows, not the rest of the file.
+    let mut rows = Vec::new();
+    let mut from: i64 = i64::MIN;
+    let mut stride: i64 = 1;
+    let mut failed_seeks = 0;
+    let Ok(mut stmt) = conn.prepare(
+        "SELECT seq, topic, payload, ts_ms, sum FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 512",
+    ) else {
+        return (rows, meta, errors + 1);
+    };
+    loop {
+        let mut got = 0;
+        let mut failed = false;
+        match stmt.query(params![from]) {
+            Ok(mut cursor) => loop {
+                match cursor.next() {
+                    Ok(Some(row)) => match read_record(row) {
+                        Ok(record) => {
+                            from = i64::try_from(record.seq)
+                                .unwrap_or(i64::MAX)
+                                .saturating_add(1);
+                            rows.push(record);
+                            got += 1;
+                        }
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            },
+            Err(_) => failed = true,
+        }
+        if got > 0 {
+            stride = 1;
+            failed_seeks = 0;
+        }
+        if failed {
+            errors += 1;
+            failed_seeks += 1;
+            if failed_seeks > MAX_FAILED_SEEKS || from == i64::MAX {
+                break;
+            }
+            if from == i64::MIN {
+                from = 0;
+            }
+            from = from.saturating_add(stride);
+            stride = stride.saturating_mul(2);
+            continue;
+        }
+        if got == 0 {
+            break;
+        }
+    }
+    // A damaged page can yield rows out of place; keep each seq once, in order.
+    rows.sort_by_key(|r| r.seq);
+    rows.dedup_by_key(|r| r.seq);
+    (rows, meta, errors)
+}
+
+fn write_fresh(path: &Path, rows: &[Record], meta: SurvivingMeta) -> Result<()> {
+    let sql = |e| BufferError::from_sqlite(path, e);
+    let mut conn = Connection::open(path).map_err(sql)?;
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;")
+        .map_err(sql)?;
+    conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
+    let max_seq = rows.last().map_or(0, |r| r.seq);
+    // Without a trustworthy next_seq, numbers already published might be handed out again
+    // and de-duplicating consumers would discard new readings: jump to a clock-derived
+    // floor that grows faster than any gateway consumes numbers.
+    let floor = crate::model::unix_ms_now().saturating_mul(1000);
+    let next_seq = match meta.next_seq {
+        Some(n) => n.max(max_seq + 1),
+        None => floor.max(max_seq + 1),
+    };
+    let tx = conn.transaction().map_err(sql)?;
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT OR IGNORE INTO records (seq, topic, payload, ts_ms, sum)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(sql)?;
+        for r in rows {
+            insert
+                .execute(params![
+                    i64::try_from(r.seq).unwrap_or(i64::MAX),
+                    r.topic,
+                    r.payload,
+                    i64::try_from(r.ts_ms).unwrap_or(i64::MAX),
+                    row_sum(r)
+                ])
+                .map_err(sql)?;
+        }
+        let mut set = tx
+            .prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+            .map_err(sql)?;
+        for (key, value) in [
+            ("schema_version", Some(super::store::SCHEMA_VERSION as u64)),
+            ("next_seq", Some(next_seq)),
+            ("dropped_full", meta.dropped_full),
+            ("dropped_age", meta.dropped_age),
+        ] {
+            if let Some(v) = value {
+                set.execute(params![key, i64::try_from(v).unwrap_or(i64::MAX)])
+                    .map_err(sql)?;
+            }
+        }
+    }
+    tx.commit().map_err(sql)?;
+    Ok(())
+}
