@@ -1,7 +1,6 @@
 //! The Modbus peers of the end-to-end suites behave as those suites assume, checked with
 //! tokio-modbus' client (no agent involved): values, refusals, silence, late replies, pty
 //! pairs and the pymodbus server.
-#[allow(unused_imports)]
 mod support;
 
 use std::time::Duration;

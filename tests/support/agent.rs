@@ -2,7 +2,8 @@
 //! captured line by line for assertions, signals sent with libc, exits awaited with a deadline.
 //!
 //! `FIELDLINK_TEST_RUNNER` (e.g. `qemu-aarch64-static -L /usr/aarch64-linux-gnu`) is put in
-//! front of the binary, so the same suites run a cross-built agent under emulation.
+//! front of the binary (by `support::bin`), so the same suites run a cross-built agent under
+//! emulation.
 //! Owns nothing but the child process and its tempdir; never touches the peers.
 
 use std::io::{BufRead, BufReader};
@@ -13,21 +14,13 @@ use std::time::{Duration, Instant};
 
 /// The agent binary cargo built for this test run.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fieldlink"))
+    PathBuf::from(super::bin::AGENT_BIN)
 }
 
-/// A command for the agent with `args`, behind `FIELDLINK_TEST_RUNNER` when it is set.
+/// A command for the agent with `args`, behind the cross runner when there is one
+/// (`FIELDLINK_TEST_RUNNER`, see [`super::bin::agent_command`]).
 pub fn command(args: &[&str]) -> Command {
-    let runner = std::env::var("FIELDLINK_TEST_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(program) => {
-            let mut c = Command::new(program);
-            c.args(words).arg(binary());
-            c
-        }
-        None => Command::new(binary()),
-    };
+    let mut cmd = super::bin::agent_command();
     cmd.args(args);
     // Debug logs make a failed test's dump useful; a test may override.
     if std::env::var_os("RUST_LOG").is_none() {
