@@ -790,10 +790,11 @@ async fn demo_prints_online_and_retained_readings() {
             .any(|l| l.contains("/status") && l.contains("online")),
         "demo printed no `online` status:\n{text}"
     );
+    // The demo marks retained messages with a leading `R`.
     assert!(
         out.stdout
             .lines()
-            .any(|l| l.contains("\"value\"") || l.to_lowercase().contains("retain")),
-        "demo printed no readings:\n{text}"
+            .any(|l| l.starts_with("R ") && l.contains("\"value\"")),
+        "demo printed no retained readings:\n{text}"
     );
 }
