@@ -111,6 +111,7 @@ impl Agent {
         let mut args = vec!["run", "--config", config.path_str()];
         args.extend_from_slice(extra_args);
         let mut child = command(&args)
+            .env("STATE_DIRECTORY", config.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
