@@ -91,6 +91,25 @@ pub struct Agent {
     pub stdout: Lines,
     exit: Option<ExitStatus>,
     pub config: ConfigDir,
+    extra_args: Vec<String>,
+    earlier_stderr: Vec<String>,
+}
+
+/// Spawns `fieldlink run --config <config> <extra_args>` with the config's folder as its
+/// state directory; returns the child and its captured stdout and stderr.
+fn spawn_run(config: &ConfigDir, extra_args: &[String]) -> (Child, Lines, Lines) {
+    let mut args = vec!["run", "--config", config.path_str()];
+    args.extend(extra_args.iter().map(String::as_str));
+    let mut child = command(&args)
+        .env("STATE_DIRECTORY", config.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary().display()));
+    let stderr = Lines::capture(child.stderr.take().unwrap(), "agent stderr");
+    let stdout = Lines::capture(child.stdout.take().unwrap(), "agent stdout");
+    (child, stdout, stderr)
 }
 
 impl Agent {
@@ -108,24 +127,51 @@ impl Agent {
                 std::fs::read_to_string(&config.path).unwrap_or_default()
             );
         }
-        let mut args = vec!["run", "--config", config.path_str()];
-        args.extend_from_slice(extra_args);
-        let mut child = command(&args)
-            .env("STATE_DIRECTORY", config.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary().display()));
-        let stderr = Lines::capture(child.stderr.take().unwrap(), "agent stderr");
-        let stdout = Lines::capture(child.stdout.take().unwrap(), "agent stdout");
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let (child, stdout, stderr) = spawn_run(&config, &extra_args);
         Agent {
             child,
             stderr,
             stdout,
             exit: None,
             config,
+            extra_args,
+            earlier_stderr: Vec::new(),
         }
+    }
+
+    /// Starts the agent again on the same config and state directory (its buffer), after it
+    /// exited or was killed: what a supervisor does after a crash or a power cut. The
+    /// previous run's stderr moves to [`Agent::earlier_stderr`].
+    pub fn restart(&mut self) {
+        assert!(
+            self.try_exit().is_some(),
+            "restart() needs the previous agent to have exited (sigkill or wait_exit first)"
+        );
+        let (child, stdout, stderr) = spawn_run(&self.config, &self.extra_args);
+        self.earlier_stderr.extend(self.stderr.snapshot());
+        self.child = child;
+        self.stdout = stdout;
+        self.stderr = stderr;
+        self.exit = None;
+    }
+
+    /// Stderr lines of the runs before the last [`Agent::restart`].
+    pub fn earlier_stderr(&self) -> &[String] {
+        &self.earlier_stderr
+    }
+
+    /// The state directory the agent runs with (`STATE_DIRECTORY`, holding `buffer.db`).
+    pub fn state_dir(&self) -> &Path {
+        self.config.dir.path()
+    }
+
+    /// `fieldlink buffer stats --config <this agent's config>` on this agent's state
+    /// directory (it may be running: the command only reads).
+    pub async fn buffer_stats(&self) -> Finished {
+        let mut cmd = command(&["buffer", "stats", "--config", self.config.path_str()]);
+        cmd.env("STATE_DIRECTORY", self.state_dir());
+        run_command_to_end(cmd, "buffer stats", Duration::from_secs(20)).await
     }
 
     pub fn pid(&self) -> i32 {
@@ -214,6 +260,12 @@ impl Drop for Agent {
         }
         if std::thread::panicking() {
             // A failing test shows what the agent said; a passing one stays quiet.
+            if !self.earlier_stderr.is_empty() {
+                eprintln!(
+                    "---- agent stderr, earlier runs ----\n{}",
+                    self.earlier_stderr.join("\n")
+                );
+            }
             eprintln!(
                 "---- agent stderr ({}) ----\n{}\n---- end agent stderr ----",
                 self.config.path.display(),
@@ -238,7 +290,13 @@ impl Finished {
 
 /// Runs `fieldlink <args>` to completion, killing it and panicking after `deadline`.
 pub async fn run_to_end(args: &[&str], deadline: Duration) -> Finished {
-    let mut child = command(args)
+    run_command_to_end(command(args), &args.join(" "), deadline).await
+}
+
+/// Runs `cmd` (from [`command`], possibly with more environment) to completion, killing it
+/// and panicking after `deadline`; `what` names it in the panic.
+pub async fn run_command_to_end(mut cmd: Command, what: &str, deadline: Duration) -> Finished {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -255,8 +313,7 @@ pub async fn run_to_end(args: &[&str], deadline: Duration) -> Finished {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "`fieldlink {}` still running after {deadline:?}; stdout:\n{}\nstderr:\n{}",
-                args.join(" "),
+                "`fieldlink {what}` still running after {deadline:?}; stdout:\n{}\nstderr:\n{}",
                 stdout.text(),
                 stderr.text()
             );
