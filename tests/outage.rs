@@ -516,7 +516,8 @@ async fn kill_9_during_an_outage_then_restart(mode: Durability) {
         Durability::Always => {
             format!("durability = \"always\"\ncommit_interval = \"{COMMIT_INTERVAL_MS}ms\"")
         }
-        Durability::Outage => "durability = \"outage\"".to_string(),
+        // A low threshold makes the outage spill several times before the kill.
+        Durability::Outage => "durability = \"outage\"\nspill_threshold = 100".to_string(),
     };
     let mut rig = Rig::start(
         if mode == Durability::Always {
@@ -535,10 +536,9 @@ async fn kill_9_during_an_outage_then_restart(mode: Durability) {
     rig.wait_readings_per_point(5).await;
     rig.cut();
     rig.wait_link_down().await;
-    // Evidence that records are on disk: the spill when the link was declared dead
-    // (outage), or a couple of commits (always).
-    let want = if mode == Durability::Always { 300 } else { 1 };
-    wait_stats(&rig.agent, "records on disk", DEADLINE, |s| s.depth >= want).await;
+    // Evidence that records are on disk: the spill when the link was declared dead and
+    // those past the threshold (outage), or a couple of commits (always).
+    wait_stats(&rig.agent, "records on disk", DEADLINE, |s| s.depth >= 300).await;
     let (on_disk_before_kill, _) = stored(rig.agent.state_dir());
     let killed_ms = now_ms();
     rig.agent.sigkill();
@@ -904,4 +904,75 @@ async fn a_full_disk_under_the_state_directory_keeps_readings_flowing_and_says_s
     agent.sigterm();
     let status = agent.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "agent exited with {status}");
+}
+
+// ------------------------------------------------------------------------------ regressions
+// Library-level reproductions of what the agent-level tests above found.
+
+mod regressions {
+    use std::time::Duration;
+
+    use fieldlink::buffer::store::{Limits, ROW_OVERHEAD};
+    use fieldlink::buffer::{Durable, IoDriver, Settings};
+    use fieldlink::config::{Durability, Replay, WhenFull};
+
+    use super::now_ms;
+
+    /// Found by the full-buffer test: the dropped counter ended above the readings missing.
+    #[test]
+    fn acknowledged_records_awaiting_their_batched_delete_are_not_counted_as_dropped_for_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let row_bytes = 3 + 5 + ROW_OVERHEAD;
+        let d = Durable::open(
+            Settings {
+                dir: dir.path().to_path_buf(),
+                durability: Durability::Outage,
+                commit_interval: Duration::from_secs(1),
+                limits: Limits {
+                    max_size: 20 * row_bytes,
+                    max_age: Duration::from_secs(3600),
+                    when_full: WhenFull::DropOldest,
+                },
+                replay: Replay::All,
+                replay_rate: None,
+                spill_threshold: usize::MAX,
+                capacity: usize::MAX,
+            },
+            1,
+            IoDriver::Manual,
+        );
+        let push = |n: usize| {
+            for _ in 0..n {
+                d.push("t/a".into(), now_ms(), |_| b"12345".to_vec());
+            }
+        };
+        // An outage fills the buffer exactly.
+        push(20);
+        d.requeue_inflight();
+        d.io_step().unwrap();
+        assert_eq!(d.status().disk_depth, 20);
+        // The link is back: half the backlog is replayed and acknowledged; its delete waits
+        // for the next batch.
+        assert!(d.take(10).is_empty());
+        d.io_step().unwrap();
+        let replayed = d.take(10);
+        assert_eq!(replayed.len(), 10);
+        for r in &replayed {
+            assert!(d.ack(r.seq));
+        }
+        // New readings are written before that delete ran.
+        push(10);
+        d.spill();
+        d.io_step().unwrap();
+        assert_eq!(
+            d.depth(),
+            20,
+            "10 replayed-not-yet-sent + 10 new are all still held"
+        );
+        assert_eq!(
+            d.dropped(),
+            0,
+            "nothing unsent was dropped: the space came from records the broker already has"
+        );
+    }
 }

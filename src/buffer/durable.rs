@@ -788,6 +788,39 @@ fn io_step(shared: &Shared, final_flush: bool) -> Result<()> {
     }
 }
 
+/// Deletes the acknowledged records that are on disk, when a batch is due (or `force`).
+fn delete_acknowledged(
+    shared: &Shared,
+    store: &mut Store,
+    force: bool,
+    last_delete: &mut Instant,
+    now: Instant,
+) -> Result<()> {
+    let doomed: Vec<u64> = {
+        let mut st = lock(&shared.state);
+        let due = force
+            || st.to_delete.len() >= DELETE_BATCH
+            || now.saturating_duration_since(*last_delete) >= DELETE_EVERY;
+        if due {
+            *last_delete = now;
+        }
+        let doomed = if due {
+            std::mem::take(&mut st.to_delete)
+        } else {
+            Vec::new()
+        };
+        st.deleting.extend(doomed.iter().copied());
+        doomed
+    };
+    let deleted = store.delete(&doomed);
+    let mut st = lock(&shared.state);
+    st.deleting.clear();
+    if deleted.is_err() {
+        st.to_delete.extend(doomed);
+    }
+    deleted.map(|_| ())
+}
+
 struct Timers<'a> {
     last_commit: &'a mut Instant,
     last_expire: &'a mut Option<Instant>,
@@ -802,6 +835,29 @@ fn io_work(
 ) -> Result<()> {
     let settings = &shared.settings;
     let now = Instant::now();
+
+    // 0. A write that overflows `max_size` evicts the oldest rows. Acknowledged rows still
+    // waiting for their batched delete give their space up first: evicted, they would be
+    // counted as dropped although the broker has them.
+    let overflowing_write = {
+        let st = lock(&shared.state);
+        let commit_due = settings.durability == Durability::Always
+            && now.saturating_duration_since(*timers.last_commit) >= settings.commit_interval;
+        let write_due = st.spill_requested || final_flush || commit_due;
+        write_due && !st.to_delete.is_empty() && {
+            let incoming: u64 = st
+                .inflight
+                .iter()
+                .chain(st.queued.iter())
+                .filter(|e| !e.persisted)
+                .map(|e| super::store::row_bytes(&e.record.topic, &e.record.payload))
+                .sum();
+            store.stored_bytes() + incoming > settings.limits.max_size
+        }
+    };
+    if overflowing_write {
+        delete_acknowledged(shared, store, true, timers.last_delete, now)?;
+    }
 
     // 1. Write: a spill (everything not on disk, then drop queued copies from memory) or,
     // in `always` mode, the periodic commit.
@@ -899,32 +955,7 @@ fn io_work(
     shared.notify.notify_one();
 
     // 2. Deletes of acknowledged records.
-    let doomed: Vec<u64> = {
-        let mut st = lock(&shared.state);
-        let due = spill
-            || final_flush
-            || st.to_delete.len() >= DELETE_BATCH
-            || now.saturating_duration_since(*timers.last_delete) >= DELETE_EVERY;
-        if due {
-            *timers.last_delete = now;
-        }
-        let doomed = if due {
-            std::mem::take(&mut st.to_delete)
-        } else {
-            Vec::new()
-        };
-        st.deleting.extend(doomed.iter().copied());
-        doomed
-    };
-    let deleted = store.delete(&doomed);
-    {
-        let mut st = lock(&shared.state);
-        st.deleting.clear();
-        if deleted.is_err() {
-            st.to_delete.extend(doomed);
-        }
-    }
-    deleted?;
+    delete_acknowledged(shared, store, spill || final_flush, timers.last_delete, now)?;
 
     // 3. Age bound.
     let expire_due = timers

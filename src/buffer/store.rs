@@ -218,7 +218,7 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn row_bytes(topic: &str, payload: &[u8]) -> u64 {
+pub(crate) fn row_bytes(topic: &str, payload: &[u8]) -> u64 {
     (topic.len() + payload.len()) as u64 + ROW_OVERHEAD
 }
 
