@@ -793,6 +793,18 @@ async fn a_full_buffer_drops_the_oldest_counts_them_and_drains_when_the_broker_r
         missing,
         (delivered_before + 1..=newest_dropped).collect::<Vec<_>>()
     );
+    let warnings: Vec<String> = rig
+        .agent
+        .stderr
+        .snapshot()
+        .into_iter()
+        .filter(|l| l.contains("WARN") && l.contains("buffer full"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning per full episode: {warnings:#?}"
+    );
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped.
@@ -900,6 +912,15 @@ async fn a_full_disk_under_the_state_directory_keeps_readings_flowing_and_says_s
         .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
         .await;
     eprintln!("disk full: log: {line}\nhealth: {}", health.payload);
+    let buffer_error = health.json()["buffer_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        buffer_error.contains("is full"),
+        "the health topic says the disk is full: {}",
+        health.payload
+    );
 
     agent.sigterm();
     let status = agent.wait_exit(Duration::from_secs(10)).await;

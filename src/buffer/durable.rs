@@ -189,6 +189,9 @@ struct State {
     dropped_memory: u64,
     store_dropped: u64,
     overflowing: bool,
+    /// Set while appends find the store at `max_size`, so the warning is logged once per
+    /// episode; cleared by the first write that drops nothing.
+    store_full: bool,
     disk_error: Option<String>,
     store_ok: bool,
 }
@@ -282,6 +285,7 @@ impl Durable {
             dropped_memory: 0,
             store_dropped: 0,
             overflowing: false,
+            store_full: false,
             disk_error: None,
             store_ok: false,
         };
@@ -918,6 +922,24 @@ fn io_work(
         let stored: HashSet<u64> = appended.stored.iter().copied().collect();
         let rejected: HashSet<u64> = appended.rejected.iter().copied().collect();
         let st = &mut *st;
+        let dropped_now = appended.rejected.len() + appended.evicted.len();
+        if dropped_now > 0 && !st.store_full {
+            st.store_full = true;
+            tracing::warn!(
+                max_size = settings.limits.max_size,
+                when_full = ?settings.limits.when_full,
+                dropped = dropped_now,
+                "buffer full: dropping readings ({}) until the link drains it; raise [buffer] \
+                 max_size to hold a longer outage",
+                match settings.limits.when_full {
+                    crate::config::WhenFull::DropOldest => "the oldest",
+                    crate::config::WhenFull::DropNewest => "the newest",
+                }
+            );
+        } else if dropped_now == 0 && !batch.is_empty() && st.store_full {
+            st.store_full = false;
+            tracing::info!("buffer no longer full: readings are kept again");
+        }
         for e in st.inflight.iter_mut().chain(st.queued.iter_mut()) {
             if stored.contains(&e.record.seq) {
                 e.persisted = true;

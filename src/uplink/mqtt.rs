@@ -463,12 +463,14 @@ impl<'a> Session<'a> {
     }
 
     fn publish_health(&mut self) -> Result<(), String> {
-        let payload = topic::health_payload(
+        let buffer_error = self.outbox.buffer().and_then(|d| d.status().disk_error);
+        let payload = topic::health_payload_with_buffer(
             &self.health.link(),
             OutboxFacts {
                 depth: self.outbox.depth(),
                 dropped: self.outbox.dropped(),
             },
+            buffer_error.as_deref(),
             crate::model::unix_ms_now(),
         );
         let topic = self.settings.health_topic.clone();

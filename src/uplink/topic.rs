@@ -100,12 +100,24 @@ pub struct OutboxFacts {
 
 /// `{"link":"up","last_error":null,"reconnects":0,"outbox_depth":0,"dropped":0,"ts":…}`
 pub fn health_payload(link: &LinkReport, outbox: OutboxFacts, ts_ms: u64) -> Vec<u8> {
+    health_payload_with_buffer(link, outbox, None, ts_ms)
+}
+
+/// [`health_payload`] plus `"buffer_error"`: `null` while the disk buffer works, else why
+/// readings are held in memory only (disk full, read-only directory, …).
+pub fn health_payload_with_buffer(
+    link: &LinkReport,
+    outbox: OutboxFacts,
+    buffer_error: Option<&str>,
+    ts_ms: u64,
+) -> Vec<u8> {
     let body = serde_json::json!({
         "link": link.state,
         "last_error": link.last_error,
         "reconnects": link.reconnects,
         "outbox_depth": outbox.depth,
         "dropped": outbox.dropped,
+        "buffer_error": buffer_error,
         "ts": ts_ms,
     });
     serde_json::to_vec(&body).unwrap_or_default()
@@ -237,6 +249,30 @@ mod tests {
         assert_eq!(v["reconnects"], 2);
         assert_eq!(v["outbox_depth"], 5);
         assert_eq!(v["dropped"], 1);
+        assert_eq!(v["buffer_error"], Json::Null);
         assert_eq!(v["ts"], 42);
+    }
+
+    #[test]
+    fn health_payload_says_why_the_disk_buffer_is_not_used() {
+        let link = LinkReport {
+            state: LinkState::Up,
+            last_error: None,
+            reconnects: 0,
+        };
+        let facts = OutboxFacts {
+            depth: 0,
+            dropped: 0,
+        };
+        let v = json(health_payload_with_buffer(
+            &link,
+            facts,
+            Some("the disk holding /var/lib/fieldlink/buffer.db is full"),
+            1,
+        ));
+        assert_eq!(
+            v["buffer_error"],
+            "the disk holding /var/lib/fieldlink/buffer.db is full"
+        );
     }
 }
