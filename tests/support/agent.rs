@@ -95,13 +95,27 @@ pub struct Agent {
     earlier_stderr: Vec<String>,
 }
 
+/// Points `cmd` at `dir` as its state directory, removing the fresh (still empty) one that
+/// [`command`] made for it, so polling helpers do not litter the temp dir.
+fn use_state_dir(cmd: &mut Command, dir: &Path) {
+    let fresh = cmd
+        .get_envs()
+        .find(|(key, _)| *key == "STATE_DIRECTORY")
+        .and_then(|(_, value)| value.map(PathBuf::from));
+    if let Some(fresh) = fresh.filter(|f| f != dir) {
+        let _ = std::fs::remove_dir(fresh);
+    }
+    cmd.env("STATE_DIRECTORY", dir);
+}
+
 /// Spawns `fieldlink run --config <config> <extra_args>` with the config's folder as its
 /// state directory; returns the child and its captured stdout and stderr.
 fn spawn_run(config: &ConfigDir, extra_args: &[String]) -> (Child, Lines, Lines) {
     let mut args = vec!["run", "--config", config.path_str()];
     args.extend(extra_args.iter().map(String::as_str));
-    let mut child = command(&args)
-        .env("STATE_DIRECTORY", config.dir.path())
+    let mut cmd = command(&args);
+    use_state_dir(&mut cmd, config.dir.path());
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -170,7 +184,7 @@ impl Agent {
     /// directory (it may be running: the command only reads).
     pub async fn buffer_stats(&self) -> Finished {
         let mut cmd = command(&["buffer", "stats", "--config", self.config.path_str()]);
-        cmd.env("STATE_DIRECTORY", self.state_dir());
+        use_state_dir(&mut cmd, self.state_dir());
         run_command_to_end(cmd, "buffer stats", Duration::from_secs(20)).await
     }
 
