@@ -1,7 +1,6 @@
 //! The buffer on a disk that fills up or turns read-only, and behind the `Outbox` with its
 //! own I/O thread: typed errors, no panic, memory keeps the readings flowing.
 
-#[allow(unused_imports)] // the shared harness re-exports more than this suite uses
 mod support;
 
 use std::path::{Path, PathBuf};
