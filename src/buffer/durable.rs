@@ -202,6 +202,9 @@ struct State {
     overflowing: bool,
     disk_error: Option<String>,
     store_ok: bool,
+    /// Kept here, not with the store: `status` (the health topic, once a second) must never
+    /// wait behind the I/O thread, which holds the store for a whole disk write.
+    recovery: Option<Recovery>,
 }
 
 impl State {
@@ -236,7 +239,6 @@ struct StoreSlot {
     last_commit: Instant,
     last_expire: Option<Instant>,
     last_delete: Instant,
-    recovery: Option<Recovery>,
 }
 
 #[derive(Debug, Default)]
@@ -295,6 +297,7 @@ impl Durable {
             overflowing: false,
             disk_error: None,
             store_ok: false,
+            recovery: None,
         };
         let mut slot = StoreSlot {
             store: None,
@@ -302,7 +305,6 @@ impl Durable {
             last_commit: Instant::now(),
             last_expire: None,
             last_delete: Instant::now(),
-            recovery: None,
         };
         attach_store(&settings, &mut state, &mut slot);
         let shared = Arc::new(Shared {
@@ -592,8 +594,8 @@ impl Durable {
     }
 
     pub fn status(&self) -> Status {
-        let recovery = lock(&self.shared.store).recovery.clone();
         let st = lock(&self.shared.state);
+        let recovery = st.recovery.clone();
         Status {
             disk_error: st.disk_error.clone(),
             memory_depth: st.memory_depth(),
@@ -717,7 +719,7 @@ fn attach_store(settings: &Settings, st: &mut State, slot: &mut StoreSlot) {
             slot.store = Some(store);
             slot.retry_at = None;
             if recovery.is_some() {
-                slot.recovery = recovery;
+                st.recovery = recovery;
             }
         }
         Err(e) => {
