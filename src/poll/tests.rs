@@ -49,6 +49,23 @@ impl Recorder {
         self.samples.lock().unwrap().len()
     }
 
+    /// When `device` was reported offline, each time.
+    fn offline_at(&self, device: &str) -> Vec<Instant> {
+        let samples = self.samples.lock().unwrap();
+        let arrivals = self.arrivals.lock().unwrap();
+        samples
+            .iter()
+            .zip(arrivals.iter())
+            .filter_map(|(s, at)| match s {
+                Sample::DeviceAvailability {
+                    device: d,
+                    online: false,
+                } if &**d == device => Some(*at),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn values(&self, device: &str, point: &str) -> Vec<Value> {
         self.samples
             .lock()
@@ -843,6 +860,68 @@ async fn rtu_bus_idle_between_polls_drops_a_hung_up_port_and_polls_at_once_when_
         pickup <= Duration::from_secs(2),
         "readings resumed {pickup:?} after the path reappeared; the spec is 2 s"
     );
+}
+
+/// Every device on the line goes offline together when the port goes, not one by one as
+/// each gets its turn to fail (which would take a watch period per device).
+#[tokio::test]
+async fn rtu_bus_takes_every_device_offline_together_when_its_port_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir
+        .path()
+        .join("usb-FTDI_USB-RS485_Cable_FT0003-if00-port0");
+    let units: Vec<Arc<SimDevice>> = (1..=6)
+        .map(|unit| {
+            let d = SimDevice::new(unit);
+            d.with_banks(|b| b.set_holding(0, &[u16::from(unit)]));
+            d
+        })
+        .collect();
+    let adapter = Adapter::plug(&link, units);
+    let names: Vec<String> = (1..=6).map(|u| format!("m{u}")).collect();
+    let run = Running::start(
+        rtu_bus(link.clone()),
+        names
+            .iter()
+            .zip(1u8..)
+            .map(|(name, unit)| {
+                device(
+                    name,
+                    "rtu0",
+                    unit,
+                    100,
+                    vec![point("v", Table::Holding, 0, DataType::U16)],
+                )
+            })
+            .collect(),
+    );
+    wait_until("every device online", Duration::from_secs(10), || {
+        names
+            .iter()
+            .all(|n| run.sink.availability(n) == vec![true])
+            .then_some(())
+    })
+    .await;
+    let (_old_slave, _) = adapter.pull().await;
+    let offline = wait_until("every device offline", Duration::from_secs(10), || {
+        names
+            .iter()
+            .map(|n| run.sink.offline_at(n).first().copied())
+            .collect::<Option<Vec<Instant>>>()
+    })
+    .await;
+    let first = *offline.iter().min().unwrap();
+    let spread = offline
+        .iter()
+        .map(|t| t.duration_since(first))
+        .max()
+        .unwrap();
+    println!("6 devices offline within {spread:?} of each other");
+    assert!(
+        spread < crate::poll::serial_port::WATCH_PERIOD,
+        "devices went offline one by one over {spread:?}"
+    );
+    run.stop().await;
 }
 
 /// udev re-points a by-id link when an adapter is swapped: the path now names another node,

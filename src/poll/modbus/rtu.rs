@@ -65,6 +65,10 @@ pub struct RtuLink {
     /// Why the port is down, for every read refused while it stays down.
     down_reason: String,
     next_node_check: Instant,
+    /// The port just went down (the outage was not reported yet): the next
+    /// [`ModbusLink::watch`] hands it to the poller, so every device goes offline at once,
+    /// not one by one as each tries.
+    went_down: Option<String>,
 }
 
 impl RtuLink {
@@ -78,6 +82,7 @@ impl RtuLink {
             last_exchange_end: None,
             down_reason: String::new(),
             next_node_check: Instant::now(),
+            went_down: None,
         }
     }
 
@@ -126,6 +131,9 @@ impl RtuLink {
         self.dirty = false;
         if let Some(port) = self.port.take() {
             port.shared.release_exclusive();
+        }
+        if !self.watch.is_down() {
+            self.went_down = Some(why.clone());
         }
         self.watch.lost(&why);
         self.down_reason = why;
@@ -203,6 +211,9 @@ impl ModbusLink for RtuLink {
     }
 
     fn watch(&mut self) -> Option<LinkError> {
+        if let Some(why) = self.went_down.take() {
+            return Some(LinkError::Unreachable(why));
+        }
         let port = self.port.as_ref()?;
         let now = Instant::now();
         if now < self.next_node_check {
@@ -215,6 +226,7 @@ impl ModbusLink for RtuLink {
             self.watch.check_node().err()?
         };
         self.lose_port(why.clone());
+        self.went_down = None;
         Some(LinkError::Unreachable(why))
     }
 }
