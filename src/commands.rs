@@ -267,7 +267,7 @@ pub fn buffer_stats(path: &Path) -> anyhow::Result<ExitCode> {
 #[cfg(feature = "demo")]
 pub fn demo(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
     // The demo prints messages itself; keep the agent's log to warnings so they stand out.
-    crate::logging::init("warn")?;
+    crate::logging::init("warn,rumqttd=off")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

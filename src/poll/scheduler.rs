@@ -37,6 +37,7 @@ use super::backoff;
 use super::modbus::decode::{decode_bit, decode_registers};
 use super::modbus::link::{LinkError, ModbusLink, RawData};
 use super::modbus::plan::{plan_groups, ReadRequest};
+use super::modbus::ExceptionCode;
 
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -187,11 +188,37 @@ async fn poll_group<L: ModbusLink>(
     g: usize,
     sink: &dyn SampleSink,
 ) -> Cycle {
-    for r in 0..dev.groups[g].requests.len() {
+    let mut r = 0;
+    while r < dev.groups[g].requests.len() {
         let result = link.read(dev.unit, &dev.groups[g].requests[r]).await;
         let ts_ms = unix_ms_now();
         match result {
             Err(e) => return Cycle::Failed(e),
+            Ok(Err(ExceptionCode::IllegalDataAddress))
+                if dev.groups[g].requests[r].points.len() > 1 =>
+            {
+                // Many devices refuse a read that spans registers they do not map, which
+                // the planner merged across (max_gap). Read these points one by one from now
+                // on rather than losing all of them; a bad point then only costs itself.
+                let merged = dev.groups[g].requests.remove(r);
+                tracing::info!(
+                    bus,
+                    device = %dev.name,
+                    table = ?merged.table,
+                    start = merged.start,
+                    count = merged.count,
+                    "device refuses reads across unmapped addresses: reading these points \
+                     one by one (set max_gap = 0 on this device to plan it that way)"
+                );
+                let singles = merged.points.iter().map(|&p| ReadRequest {
+                    table: merged.table,
+                    start: dev.points[p].address,
+                    count: dev.points[p].data_type.width(),
+                    points: vec![p],
+                });
+                dev.groups[g].requests.splice(r..r, singles);
+                continue;
+            }
             Ok(Err(exception)) => {
                 let problem = format!("device refused the read: {exception:?}");
                 let request = &dev.groups[g].requests[r];
@@ -244,6 +271,7 @@ async fn poll_group<L: ModbusLink>(
                 }
             }
         }
+        r += 1;
     }
     Cycle::Answered
 }

@@ -322,6 +322,49 @@ async fn the_demo_boiler_decodes_with_the_demo_point_map() {
 }
 
 #[tokio::test]
+async fn a_merged_read_refused_across_unmapped_registers_falls_back_to_single_point_reads() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bus = tcp_bus(listener.local_addr().unwrap());
+    let dev = SimDevice::new(3);
+    // Registers 1..=4 are not mapped: a read of 0..=5 is refused as a whole.
+    dev.with_banks(|b| {
+        b.set_holding(0, &[11]);
+        b.set_holding(5, &[55]);
+    });
+    let server = serve_tcp(listener, vec![dev.clone()]);
+    let mut meter = device(
+        "meter",
+        "tcp0",
+        3,
+        50,
+        vec![
+            point("a", Table::Holding, 0, DataType::U16),
+            point("b", Table::Holding, 5, DataType::U16),
+        ],
+    );
+    meter.max_gap = 8;
+    let run = Running::start(bus, vec![meter]);
+
+    wait_until("readings of both points", Duration::from_secs(5), || {
+        (run.sink.count("meter", "a") >= 3 && run.sink.count("meter", "b") >= 3).then_some(())
+    })
+    .await;
+    assert!(run
+        .sink
+        .values("meter", "a")
+        .iter()
+        .all(|v| *v == Value::Int(11)));
+    assert!(run
+        .sink
+        .values("meter", "b")
+        .iter()
+        .all(|v| *v == Value::Int(55)));
+    assert_eq!(run.sink.availability("meter"), vec![true]);
+    run.stop().await;
+    server.abort();
+}
+
+#[tokio::test]
 async fn an_exception_marks_only_its_points_bad_and_the_device_stays_online() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bus = tcp_bus(listener.local_addr().unwrap());

@@ -10,15 +10,35 @@ pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
 /// A `Command` that runs the agent binary: `FIELDLINK_TEST_RUNNER` (e.g.
 /// `"qemu-aarch64-static -L /usr/aarch64-linux-gnu"`) or, failing that, cargo's
 /// `CARGO_TARGET_<TRIPLE>_RUNNER` for the target these tests were built for, goes in front.
+///
+/// The agent's state directory (its store-and-forward buffer) defaults to a fresh folder of
+/// its own, so tests never share, or replay, each other's readings through
+/// /var/lib/fieldlink; a test that restarts an agent on the same state sets
+/// `STATE_DIRECTORY` itself.
 pub fn agent_command() -> Command {
-    match runner() {
+    let mut cmd = match runner() {
         Some(words) if !words.is_empty() => {
             let mut cmd = Command::new(&words[0]);
             cmd.args(&words[1..]).arg(AGENT_BIN);
             cmd
         }
         _ => Command::new(AGENT_BIN),
-    }
+    };
+    cmd.env("STATE_DIRECTORY", fresh_state_dir());
+    cmd
+}
+
+fn fresh_state_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fieldlink-test-state-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a test state directory");
+    dir
 }
 
 /// The runner words, if any. Only the runner variable of *our* target counts: on a host

@@ -1,12 +1,17 @@
 //! Shared test harness: real peers on ports the kernel picks, and waits with deadlines.
 //!
 //! Each test binary does `mod support;` and uses what it needs, hence the `dead_code` allow.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod bin;
 pub mod broker;
+#[allow(unused_imports)] // not every suite starts a broker
 pub use broker::Broker;
+pub mod agent;
+pub mod expect;
+pub mod modbus;
 pub mod proxy;
+pub mod pty;
 pub mod watch;
 
 use std::net::TcpListener;
