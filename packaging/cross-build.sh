@@ -54,11 +54,20 @@ if [ "${SKIP_QEMU_TESTS:-0}" != 1 ]; then
     [ -d target/test-venv/bin ] && export PATH="$PWD/target/test-venv/bin:$PATH"
     # Deadlines in the tests are generous enough for qemu; the agent binary itself is started
     # through CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER by tests/support/bin.rs.
+    # qemu-user 7.2 cannot set a serial port's baud rate (TCGETS2 -> ENOSYS), so whatever opens
+    # a pty as a serial port is left out here (the x86_64 suite runs it): whole test files in
+    # QEMU_SKIP_FILES, single tests by name substring in QEMU_SKIP.
     skip_args=""
-    for s in ${QEMU_SKIP-poll::tests::rtu_ a_silent_rtu_device serial_line pty}; do skip_args="$skip_args --skip $s"; done
-    echo "cross-build: not under qemu (TCGETS2 unsupported by qemu-user):$skip_args"
+    for s in ${QEMU_SKIP-rtu pty hung_up}; do skip_args="$skip_args --skip $s"; done
+    test_args="--lib"
+    for f in tests/*.rs; do
+        name=$(basename "$f" .rs)
+        case " ${QEMU_SKIP_FILES-serial_line} " in *" $name "*) continue ;; esac
+        test_args="$test_args --test $name"
+    done
+    echo "cross-build: not under qemu (TCGETS2 unsupported by qemu-user): files ${QEMU_SKIP_FILES-serial_line}, tests matching$skip_args"
     # shellcheck disable=SC2086
-    t $CARGO test --locked --target aarch64-unknown-linux-gnu -- $skip_args ${QEMU_TEST_ARGS:-}
+    t $CARGO test --locked --no-fail-fast --target aarch64-unknown-linux-gnu $test_args -- $skip_args ${QEMU_TEST_ARGS:-}
 fi
 
 for tr in $TARGETS; do

@@ -33,6 +33,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         buffer::IoDriver::Thread,
     );
     let outbox = Arc::new(Outbox::with_buffer(durable));
+    report_to_health(&health, &outbox);
     let publisher: Arc<dyn SampleSink> = Arc::new(Publisher::new(&config.mqtt, outbox.clone()));
 
     let polling = CancellationToken::new();
@@ -130,6 +131,16 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     outcome
 }
 
+/// Registers the health topic's sections that come from other modules than the uplink: the
+/// durable buffer's status and the serial_line buses' counters.
+pub fn report_to_health(health: &Health, outbox: &Arc<Outbox>) {
+    let buffered = outbox.clone();
+    health.add_report_source("buffer", move || {
+        buffered.buffer().map(|b| b.status().health_section())
+    });
+    health.add_report_source("serial_line", crate::poll::serial_line::health_section);
+}
+
 fn status_line(health: &Health, outbox: &Outbox) -> String {
     let link = health.link();
     let state = match link.state {
@@ -137,8 +148,12 @@ fn status_line(health: &Health, outbox: &Outbox) -> String {
         crate::health::LinkState::Up => "up",
         crate::health::LinkState::Down => "down",
     };
+    let disk = match outbox.buffer().and_then(|b| b.status().disk_error) {
+        Some(_) => ", buffer in memory only (disk error)",
+        None => "",
+    };
     format!(
-        "link {state}, {} queued, {} dropped, {} reconnects",
+        "link {state}, {} queued, {} dropped, {} reconnects{disk}",
         outbox.depth(),
         outbox.dropped(),
         link.reconnects

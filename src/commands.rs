@@ -199,11 +199,11 @@ fn format_read_report(device: &config::Device, report: &crate::poll::ReadReport)
         let q = &r.request;
         let _ = write!(
             out,
-            "  request {i}: {:?} {}..{} ({} ms): ",
+            "  request {i}: {:?} {}..{} ({:.1} ms): ",
             q.table,
             q.start,
             u32::from(q.start) + u32::from(q.count) - 1,
-            r.elapsed.as_millis()
+            r.elapsed.as_secs_f64() * 1000.0
         );
         match &r.outcome {
             Ok(RawData::Registers(words)) => {
@@ -267,7 +267,7 @@ pub fn buffer_stats(path: &Path) -> anyhow::Result<ExitCode> {
 #[cfg(feature = "demo")]
 pub fn demo(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
     // The demo prints messages itself; keep the agent's log to warnings so they stand out.
-    crate::logging::init("warn")?;
+    crate::logging::init("warn,rumqttd=off")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,6 +1,10 @@
 //! Health: progress beats from every long-running loop, and the counters the health topic
 //! and systemd's STATUS line report.
 //!
+//! The health topic's content beyond the link comes from report sources ([`Section`]s) that
+//! other modules register with [`Health::add_report_source`] (the durable buffer, the
+//! serial_line counters); the uplink reads one [`HealthReport`] and never depends on them.
+//!
 //! A loop proves it is alive by calling [`Beat::tick`] each time it makes progress (a poll
 //! cycle finished, an event from the broker handled, a timer of its own fired). The watchdog
 //! (see `systemd`) pings only while every registered beat is fresh, so a wedged task stops
@@ -50,11 +54,55 @@ pub struct LinkReport {
     pub reconnects: u64,
 }
 
+/// One part of the health topic, from a module the uplink must not know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Section {
+    /// What the health topic carries under the source's key.
+    pub value: serde_json::Value,
+    /// A condition the operator must hear about early (e.g. the buffer's disk error): when
+    /// it appears, changes or clears, the health topic goes out before its next minute.
+    pub trouble: Option<String>,
+}
+
+/// What the health topic reports: the link, then each registered source's section in the
+/// order they were registered (sources that had nothing to say are left out).
+#[derive(Debug, Clone)]
+pub struct HealthReport {
+    pub link: LinkReport,
+    pub sections: Vec<(String, Section)>,
+}
+
+impl HealthReport {
+    /// `(source, trouble)` of every section that reports one.
+    pub fn troubles(&self) -> Vec<(String, String)> {
+        self.sections
+            .iter()
+            .filter_map(|(key, s)| s.trouble.clone().map(|t| (key.clone(), t)))
+            .collect()
+    }
+}
+
+type SourceFn = dyn Fn() -> Option<Section> + Send + Sync;
+
+struct ReportSource {
+    key: String,
+    section: Arc<SourceFn>,
+}
+
+impl std::fmt::Debug for ReportSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportSource")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 pub struct Health {
     epoch: Instant,
     beats: Mutex<Vec<std::sync::Weak<BeatSlot>>>,
     link: Mutex<LinkReport>,
+    sources: Mutex<Vec<ReportSource>>,
 }
 
 impl Default for Health {
@@ -67,6 +115,7 @@ impl Default for Health {
                 last_error: None,
                 reconnects: 0,
             }),
+            sources: Mutex::new(Vec::new()),
         }
     }
 }
@@ -117,6 +166,42 @@ impl Health {
         f(&mut link);
         link.state != before
     }
+
+    /// Adds a section to the health topic under `key`, asked for whenever a report is made
+    /// (about once a second while the link is up): keep it cheap and non-blocking. `None`
+    /// leaves the key out. A second source with the same key replaces the first.
+    pub fn add_report_source(
+        &self,
+        key: impl Into<String>,
+        section: impl Fn() -> Option<Section> + Send + Sync + 'static,
+    ) {
+        let key = key.into();
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.retain(|s| s.key != key);
+        sources.push(ReportSource {
+            key,
+            section: Arc::new(section),
+        });
+    }
+
+    /// The link and every source's section, as of now.
+    pub fn report(&self) -> HealthReport {
+        // Sources are called outside the lock: one may take locks of its own.
+        let sources: Vec<(String, Arc<SourceFn>)> = self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| (s.key.clone(), s.section.clone()))
+            .collect();
+        HealthReport {
+            link: self.link(),
+            sections: sources
+                .into_iter()
+                .filter_map(|(key, section)| section().map(|s| (key, s)))
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -138,5 +223,32 @@ mod tests {
         assert_eq!(health.stalled(), vec!["bus rtu0".to_string()]);
         drop(beat);
         assert!(health.stalled().is_empty());
+    }
+
+    #[test]
+    fn a_report_carries_each_source_that_has_something_to_say_in_registration_order() {
+        let health = Health::new();
+        health.add_report_source("buffer", || {
+            Some(Section {
+                value: serde_json::json!({"disk_error": "read-only"}),
+                trouble: Some("read-only".into()),
+            })
+        });
+        health.add_report_source("quiet", || None);
+        health.add_report_source("serial_line", || {
+            Some(Section {
+                value: serde_json::json!({}),
+                trouble: None,
+            })
+        });
+        let report = health.report();
+        let keys: Vec<&str> = report.sections.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["buffer", "serial_line"]);
+        assert_eq!(
+            report.troubles(),
+            vec![("buffer".to_string(), "read-only".to_string())]
+        );
+        health.add_report_source("buffer", || None);
+        assert!(health.report().troubles().is_empty(), "replaced");
     }
 }

@@ -1,7 +1,6 @@
 //! The buffer on a disk that fills up or turns read-only, and behind the `Outbox` with its
 //! own I/O thread: typed errors, no panic, memory keeps the readings flowing.
 
-#[allow(unused_imports)] // the shared harness re-exports more than this suite uses
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -117,7 +116,17 @@ fn a_full_disk_gives_a_typed_error_and_memory_keeps_the_readings_flowing() {
 fn a_file_size_limit_gives_a_typed_error_and_memory_keeps_the_readings_flowing() {
     // RLIMIT_FSIZE is per process: run the scenario in a child copy of this test binary.
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
+    // Under the cross runner (qemu) the child needs the runner in front of it too.
+    let exe = std::env::current_exe().unwrap();
+    let mut child = match support::bin::runner() {
+        Some(words) if !words.is_empty() => {
+            let mut c = Command::new(&words[0]);
+            c.args(&words[1..]).arg(&exe);
+            c
+        }
+        _ => Command::new(&exe),
+    };
+    let out = child
         .args([
             "--exact",
             "file_size_limit_child",

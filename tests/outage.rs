@@ -932,7 +932,7 @@ async fn a_full_disk_under_the_state_directory_keeps_readings_flowing_and_says_s
         .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
         .await;
     eprintln!("disk full: log: {line}\nhealth: {}", health.payload);
-    let buffer_error = health.json()["buffer_error"]
+    let buffer_error = health.json()["buffer"]["disk_error"]
         .as_str()
         .unwrap_or_default()
         .to_string();

@@ -3,7 +3,6 @@
 //! link would be. Plus a property test: arbitrary bytes never panic the codec or the
 //! extractors.
 
-#[allow(unused_imports)] // the shared harness re-exports what other suites use
 mod support;
 
 use std::path::{Path, PathBuf};

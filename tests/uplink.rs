@@ -4,9 +4,16 @@ mod support;
 #[path = "uplink_agent/mod.rs"]
 mod uplink_agent;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use fieldlink::config::PayloadMode;
+use fieldlink::buffer::{self, store::Limits, Durable, IoDriver};
+use fieldlink::config::{Durability, PayloadMode, Replay, WhenFull};
+use fieldlink::poll::serial_line;
+use fieldlink::queue::Outbox;
 use support::watch::Watch;
 use support::{unique, wait_until, Broker};
 use uplink_agent::{missing, mqtt, newest_per_topic, seqs, Agent};
@@ -140,6 +147,188 @@ async fn the_health_topic_reports_the_link_retained() {
     assert_eq!(json["dropped"], 0);
     assert!(json.get("outbox_depth").is_some());
     assert!(json.get("last_error").is_some());
+}
+
+fn buffer_settings(dir: &Path, durability: Durability) -> buffer::Settings {
+    buffer::Settings {
+        dir: dir.to_path_buf(),
+        durability,
+        commit_interval: Duration::from_millis(50),
+        limits: Limits {
+            max_size: 1 << 30,
+            max_age: Duration::from_secs(3600 * 24),
+            when_full: WhenFull::DropOldest,
+        },
+        replay: Replay::All,
+        replay_rate: None,
+        spill_threshold: usize::MAX,
+        capacity: 100_000,
+    }
+}
+
+fn buffered_outbox(dir: &Path, durability: Durability) -> Arc<Outbox> {
+    let durable = Durable::open(buffer_settings(dir, durability), 1, IoDriver::Thread);
+    Arc::new(Outbox::with_buffer(durable))
+}
+
+/// A tmpfs mounted for one test (root only); unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, options: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "fieldlink-test"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(at.to_path_buf()))
+    }
+
+    fn remount(&self, options: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_topic_carries_the_buffer_status_and_the_serial_line_counters() {
+    let broker = Broker::start();
+    let prefix = unique("fl/health-sections");
+    let bus = unique("health-gps");
+    let counters = serial_line::counters(&bus);
+    counters.garbage.fetch_add(3, Ordering::Relaxed);
+    counters.bad_checksum.fetch_add(2, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = buffered_outbox(dir.path(), Durability::Outage);
+    let health = Watch::start(broker.port, &format!("{prefix}/health")).await;
+    let _agent = Agent::start_with_outbox(mqtt(broker.port, &prefix, KA), outbox);
+    let json = health
+        .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
+        .await
+        .json();
+    assert_eq!(json["link"], "up");
+    let buffer = &json["buffer"];
+    assert_eq!(buffer["disk_error"], serde_json::Value::Null, "{json}");
+    for key in ["memory_depth", "disk_depth", "dropped"] {
+        assert!(buffer[key].is_u64(), "buffer.{key} in {json}");
+    }
+    assert!(buffer.get("recovery").is_some(), "{json}");
+    let line = &json["serial_line"][&bus];
+    assert_eq!(line["garbage"], 3, "{json}");
+    assert_eq!(line["bad_checksum"], 2, "{json}");
+    assert_eq!(line["overlong"], 0, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_buffer_directory_shows_as_a_disk_error_in_the_health_topic() {
+    let broker = Broker::start();
+    let prefix = unique("fl/health-ro");
+    let tmp = tempfile::tempdir().unwrap();
+    let at = tmp.path().join("state");
+    let mount = Mount::tmpfs(&at, "size=1m");
+    match &mount {
+        Some(m) => m.remount("ro"),
+        None => {
+            // Not root: permissions make the directory read-only. (Root without mount
+            // rights would write through them: this test needs one or the other.)
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+    }
+    let health = Watch::start(broker.port, &format!("{prefix}/health")).await;
+    let agent = Agent::start_with_outbox(
+        mqtt(broker.port, &prefix, KA),
+        buffered_outbox(&at, Durability::Outage),
+    );
+    let json = health
+        .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
+        .await
+        .json();
+    let error = json["buffer"]["disk_error"].as_str().unwrap_or_default();
+    eprintln!("health buffer.disk_error: {error}");
+    assert!(
+        error.contains(&at.display().to_string()) && error.contains("memory"),
+        "the disk error names the directory and says readings stay in memory: {json}"
+    );
+    // And readings still flow, from memory.
+    let watch = Watch::start(broker.port, &format!("{prefix}/dev/#")).await;
+    agent.reading("v", 1.0);
+    watch
+        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
+        .await;
+    if mount.is_none() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// The state directory fills up while the agent runs (`always` mode commits every 50 ms):
+/// the health topic says so within seconds, not at its next minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_disk_that_fills_up_while_running_is_on_the_health_topic_within_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let at = tmp.path().join("state");
+    let Some(_mount) = Mount::tmpfs(&at, "size=256k") else {
+        eprintln!("cannot mount a tmpfs here (not root): skipped; tests/buffer_faults.rs covers disk full");
+        return;
+    };
+    let broker = Broker::start();
+    let prefix = unique("fl/health-full");
+    let watch = Watch::start(broker.port, &format!("{prefix}/health")).await;
+    let agent = Agent::start_with_outbox(
+        mqtt(broker.port, &prefix, KA),
+        buffered_outbox(&at, Durability::Always),
+    );
+    let first = watch
+        .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
+        .await;
+    assert_eq!(
+        first.json()["buffer"]["disk_error"],
+        serde_json::Value::Null
+    );
+
+    let filling = std::time::Instant::now();
+    for i in 0..300 {
+        agent
+            .outbox
+            .push(format!("{prefix}/dev/big{}", i % 5), 0, |_| {
+                vec![b'x'; 4096]
+            });
+    }
+    let told = watch
+        .wait_for(&format!("{prefix}/health"), DEADLINE, |m| {
+            m.json()["buffer"]["disk_error"].is_string()
+        })
+        .await;
+    eprintln!(
+        "disk full reported on the health topic {:?} after the readings that filled it",
+        filling.elapsed()
+    );
+    let error = told.json()["buffer"]["disk_error"].to_string();
+    assert!(error.contains("full"), "{error}");
+    wait_until("the readings drained from memory", DEADLINE, || {
+        (agent.outbox.depth() == 0).then_some(())
+    })
+    .await;
+    // 300 readings, one change: the message on connect and the one that told.
+    let health_messages = watch
+        .snapshot()
+        .iter()
+        .filter(|m| m.topic.ends_with("/health"))
+        .count();
+    assert_eq!(health_messages, 2, "{:?}", watch.snapshot());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,7 +112,7 @@ impl Settings {
 }
 
 /// What the health topic reports about the buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
     /// `None` while the store works; else why readings are held in memory only.
     pub disk_error: Option<String>,
@@ -121,6 +121,17 @@ pub struct Status {
     pub dropped: u64,
     /// Set when the store was recovered from a damaged file at open.
     pub recovery: Option<Recovery>,
+}
+
+impl Status {
+    /// The `buffer` section of the health topic: these fields as JSON; the disk error is a
+    /// trouble, so the topic tells at once that readings are held in memory only.
+    pub fn health_section(&self) -> crate::health::Section {
+        crate::health::Section {
+            value: serde_json::to_value(self).unwrap_or_default(),
+            trouble: self.disk_error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +205,9 @@ struct State {
     store_full: bool,
     disk_error: Option<String>,
     store_ok: bool,
+    /// Kept here, not with the store: `status` (the health topic, once a second) must never
+    /// wait behind the I/O thread, which holds the store for a whole disk write.
+    recovery: Option<Recovery>,
 }
 
 impl State {
@@ -228,7 +242,6 @@ struct StoreSlot {
     last_commit: Instant,
     last_expire: Option<Instant>,
     last_delete: Instant,
-    recovery: Option<Recovery>,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +301,7 @@ impl Durable {
             store_full: false,
             disk_error: None,
             store_ok: false,
+            recovery: None,
         };
         let mut slot = StoreSlot {
             store: None,
@@ -295,7 +309,6 @@ impl Durable {
             last_commit: Instant::now(),
             last_expire: None,
             last_delete: Instant::now(),
-            recovery: None,
         };
         attach_store(&settings, &mut state, &mut slot);
         let shared = Arc::new(Shared {
@@ -585,8 +598,8 @@ impl Durable {
     }
 
     pub fn status(&self) -> Status {
-        let recovery = lock(&self.shared.store).recovery.clone();
         let st = lock(&self.shared.state);
+        let recovery = st.recovery.clone();
         Status {
             disk_error: st.disk_error.clone(),
             memory_depth: st.memory_depth(),
@@ -710,7 +723,7 @@ fn attach_store(settings: &Settings, st: &mut State, slot: &mut StoreSlot) {
             slot.store = Some(store);
             slot.retry_at = None;
             if recovery.is_some() {
-                slot.recovery = recovery;
+                st.recovery = recovery;
             }
         }
         Err(e) => {

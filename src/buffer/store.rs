@@ -125,7 +125,7 @@ pub struct Appended {
 }
 
 /// What [`Store::open`] had to do to a damaged file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Recovery {
     pub reason: String,
     pub moved_to: PathBuf,

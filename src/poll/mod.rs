@@ -18,6 +18,7 @@ pub mod backoff;
 pub mod modbus;
 mod scheduler;
 pub mod serial_line;
+pub mod serial_port;
 #[cfg(test)]
 mod tests;
 

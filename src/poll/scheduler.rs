@@ -16,8 +16,12 @@
 //! - An exception (the device answered and refused) keeps the device online; the points of
 //!   that request are bad (no reading) and logged once per change, not per poll.
 //! - When the link itself cannot try (serial port missing), devices go offline once and the
-//!   loop waits for the link's reopen time instead of backing devices off.
-//! - The loop wakes at least every [`IDLE_TICK`] and ticks its health beat each turn.
+//!   loop waits for the link's reopen time instead of backing devices off; they are polled
+//!   as soon as the link is back. The link reports the outage itself (once), so devices log
+//!   going offline and coming back for this cause at debug only.
+//! - The loop wakes at least every [`IDLE_TICK`] (or the link's shorter watch period), lets
+//!   the link look after its wire ([`ModbusLink::watch`]), and ticks its health beat each
+//!   turn. A wire found gone while idle takes every device offline at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,7 @@ use super::backoff;
 use super::modbus::decode::{decode_bit, decode_registers};
 use super::modbus::link::{LinkError, ModbusLink, RawData};
 use super::modbus::plan::{plan_groups, ReadRequest};
+use super::modbus::ExceptionCode;
 
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -64,6 +69,8 @@ pub(crate) struct PolledDevice {
     groups: Vec<Group>,
     availability: Availability,
     failures: u32,
+    /// Offline only because the link was down: its return is not news.
+    offline_with_link: bool,
 }
 
 impl PolledDevice {
@@ -94,6 +101,7 @@ impl PolledDevice {
                 .collect(),
             availability: Availability::Unknown,
             failures: 0,
+            offline_with_link: false,
         }
     }
 
@@ -125,10 +133,21 @@ pub(crate) async fn run_loop<L: ModbusLink>(
     cancel: &CancellationToken,
 ) {
     let mut served: u64 = 0;
+    let tick = link.watch_period().map_or(IDLE_TICK, |p| p.min(IDLE_TICK));
     loop {
         beat.tick();
         if cancel.is_cancelled() {
             return;
+        }
+        if let Some(lost) = link.watch() {
+            let retry_at = link.not_before().unwrap_or_else(Instant::now);
+            for dev in devices.iter_mut() {
+                // Polled as soon as the link is back, whatever their cadence.
+                for group in dev.groups.iter_mut() {
+                    group.next_due = retry_at;
+                }
+                mark_offline(bus, dev, &lost, retry_at, true, sink);
+            }
         }
         let now = Instant::now();
         let next = devices
@@ -141,14 +160,14 @@ pub(crate) async fn run_loop<L: ModbusLink>(
             // No points at all: stay alive (and healthy) doing nothing.
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = sleep_until(now + IDLE_TICK) => continue,
+                _ = sleep_until(now + tick) => continue,
             }
         };
         let wake = link.not_before().map_or(due, |t| t.max(due));
         if wake > now {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = sleep_until(wake.min(now + IDLE_TICK)) => continue,
+                _ = sleep_until(wake.min(now + tick)) => continue,
             }
         }
         served += 1;
@@ -169,11 +188,37 @@ async fn poll_group<L: ModbusLink>(
     g: usize,
     sink: &dyn SampleSink,
 ) -> Cycle {
-    for r in 0..dev.groups[g].requests.len() {
+    let mut r = 0;
+    while r < dev.groups[g].requests.len() {
         let result = link.read(dev.unit, &dev.groups[g].requests[r]).await;
         let ts_ms = unix_ms_now();
         match result {
             Err(e) => return Cycle::Failed(e),
+            Ok(Err(ExceptionCode::IllegalDataAddress))
+                if dev.groups[g].requests[r].points.len() > 1 =>
+            {
+                // Many devices refuse a read that spans registers they do not map, which
+                // the planner merged across (max_gap). Read these points one by one from now
+                // on rather than losing all of them; a bad point then only costs itself.
+                let merged = dev.groups[g].requests.remove(r);
+                tracing::info!(
+                    bus,
+                    device = %dev.name,
+                    table = ?merged.table,
+                    start = merged.start,
+                    count = merged.count,
+                    "device refuses reads across unmapped addresses: reading these points \
+                     one by one (set max_gap = 0 on this device to plan it that way)"
+                );
+                let singles = merged.points.iter().map(|&p| ReadRequest {
+                    table: merged.table,
+                    start: dev.points[p].address,
+                    count: dev.points[p].data_type.width(),
+                    points: vec![p],
+                });
+                dev.groups[g].requests.splice(r..r, singles);
+                continue;
+            }
             Ok(Err(exception)) => {
                 let problem = format!("device refused the read: {exception:?}");
                 let request = &dev.groups[g].requests[r];
@@ -226,6 +271,7 @@ async fn poll_group<L: ModbusLink>(
                 }
             }
         }
+        r += 1;
     }
     Cycle::Answered
 }
@@ -246,8 +292,13 @@ fn after_cycle(
             group.next_due = (group.next_due + group.interval).max(now);
             dev.failures = 0;
             if dev.availability != Availability::Online {
-                tracing::info!(bus, device = %dev.name, unit = dev.unit, "device answering");
+                if dev.offline_with_link {
+                    tracing::debug!(bus, device = %dev.name, unit = dev.unit, "device answering again");
+                } else {
+                    tracing::info!(bus, device = %dev.name, unit = dev.unit, "device answering");
+                }
                 dev.availability = Availability::Online;
+                dev.offline_with_link = false;
                 sink.send(Sample::DeviceAvailability {
                     device: dev.name.clone(),
                     online: true,
@@ -255,38 +306,63 @@ fn after_cycle(
             }
         }
         Cycle::Failed(error) => {
-            let retry_at = match (&error, link_not_before) {
-                // The wire itself is missing: not this device's fault, wait for the wire.
-                (LinkError::Unreachable(_), Some(at)) => at,
-                _ => {
+            // While the link cannot even try (the serial port is gone), the failure is the
+            // wire's, not this device's: wait for the wire instead of backing off.
+            let (retry_at, link_down) = match link_not_before {
+                Some(at) => (at, true),
+                None => {
                     dev.failures = dev.failures.saturating_add(1);
-                    now + backoff::delay(dev.failures, BACKOFF_MIN, BACKOFF_MAX)
+                    (
+                        now + backoff::delay(dev.failures, BACKOFF_MIN, BACKOFF_MAX),
+                        false,
+                    )
                 }
             };
             dev.groups[g].next_due = retry_at;
             for group in dev.groups.iter_mut() {
                 group.next_due = group.next_due.max(retry_at);
             }
-            if dev.availability != Availability::Offline {
-                tracing::warn!(
-                    bus,
-                    device = %dev.name,
-                    unit = dev.unit,
-                    error_kind = error.kind(),
-                    error = %error,
-                    retry_in_ms = retry_at.saturating_duration_since(now).as_millis() as u64,
-                    "device not answering; retrying with backoff"
-                );
-                dev.availability = Availability::Offline;
-                sink.send(Sample::DeviceAvailability {
-                    device: dev.name.clone(),
-                    online: false,
-                });
-            } else {
-                tracing::debug!(bus, device = %dev.name, error_kind = error.kind(), error = %error, "device still not answering");
-            }
+            mark_offline(bus, dev, &error, retry_at, link_down, sink);
         }
     }
+}
+
+/// Reports `dev` offline once per outage. When the link itself is down it has said so
+/// (once, for the whole bus), so the device only notes it at debug.
+fn mark_offline(
+    bus: &str,
+    dev: &mut PolledDevice,
+    error: &LinkError,
+    retry_at: Instant,
+    link_down: bool,
+    sink: &dyn SampleSink,
+) {
+    if dev.availability == Availability::Offline {
+        tracing::debug!(bus, device = %dev.name, error_kind = error.kind(), error = %error, "device still not answering");
+        return;
+    }
+    let retry_in_ms = retry_at
+        .saturating_duration_since(Instant::now())
+        .as_millis() as u64;
+    if link_down {
+        tracing::debug!(bus, device = %dev.name, unit = dev.unit, error_kind = error.kind(), error = %error, "device offline: the line is down");
+    } else {
+        tracing::warn!(
+            bus,
+            device = %dev.name,
+            unit = dev.unit,
+            error_kind = error.kind(),
+            error = %error,
+            retry_in_ms,
+            "device not answering; retrying with backoff"
+        );
+    }
+    dev.availability = Availability::Offline;
+    dev.offline_with_link = link_down;
+    sink.send(Sample::DeviceAvailability {
+        device: dev.name.clone(),
+        online: false,
+    });
 }
 
 /// Decodes one point from its request's data; the error is a sentence for logs and reports.

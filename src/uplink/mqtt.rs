@@ -35,11 +35,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{KeepAliveWatch, Link};
+use super::state::{HealthFacts, HealthPacer, KeepAliveWatch, Link};
 use super::topic::{self, OutboxFacts};
 use super::user_timeout;
 use crate::config::Mqtt;
-use crate::health::{Health, LinkState};
+use crate::health::{Health, HealthReport, LinkState};
 use crate::queue::Outbox;
 
 /// Records handed to rumqttc and not yet acknowledged.
@@ -49,6 +49,9 @@ const RUMQTT_INFLIGHT: u16 = 100;
 /// Request channel between our client handle and the event loop.
 const REQUEST_CHANNEL: usize = 128;
 const HEALTH_EVERY: Duration = Duration::from_secs(60);
+/// How often the health report is looked at for a change worth an early message (sent at
+/// most once per `state::HEALTH_MIN_GAP`).
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// On shutdown: time to publish what is queued, then to get the `offline` acknowledged, then
 /// to send DISCONNECT; together well inside systemd's 5 s budget.
 const DRAIN_BUDGET: Duration = Duration::from_millis(2500);
@@ -180,6 +183,7 @@ struct Session<'a> {
     unacked: HashMap<u16, Sent>,
     records_in_window: usize,
     offline_acked: bool,
+    health_pacer: HealthPacer,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -270,6 +274,7 @@ impl<'a> Session<'a> {
             unacked: HashMap::new(),
             records_in_window: 0,
             offline_acked: false,
+            health_pacer: HealthPacer::new(),
         };
         match session.serve(shutdown, beat).await {
             Ok(()) => {
@@ -298,9 +303,12 @@ impl<'a> Session<'a> {
             QoS::AtLeastOnce,
             SentKind::Other,
         )?;
-        self.publish_health()?;
+        self.publish_health(self.health.report())?;
         let mut health_timer =
             tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
+        let mut health_check =
+            tokio::time::interval_at(Instant::now() + HEALTH_CHECK_EVERY, HEALTH_CHECK_EVERY);
+        health_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.fill_window()?;
             beat.tick();
@@ -312,7 +320,13 @@ impl<'a> Session<'a> {
                     return Err(self.keep_alive_verdict());
                 }
                 _ = self.outbox.wait_queued(), if self.records_in_window < RECORD_WINDOW => {}
-                _ = health_timer.tick() => self.publish_health()?,
+                _ = health_timer.tick() => self.publish_health(self.health.report())?,
+                _ = health_check.tick() => {
+                    let report = self.health.report();
+                    if self.health_pacer.due(&self.health_facts(&report), Instant::now()) {
+                        self.publish_health(report)?;
+                    }
+                }
             }
         }
     }
@@ -462,19 +476,28 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn publish_health(&mut self) -> Result<(), String> {
-        let buffer_error = self.outbox.buffer().and_then(|d| d.status().disk_error);
-        let payload = topic::health_payload_with_buffer(
-            &self.health.link(),
+    fn health_facts(&self, report: &HealthReport) -> HealthFacts {
+        HealthFacts {
+            link: report.link.state,
+            troubles: report.troubles(),
+            dropped: self.outbox.dropped(),
+        }
+    }
+
+    fn publish_health(&mut self, report: HealthReport) -> Result<(), String> {
+        let facts = self.health_facts(&report);
+        let payload = topic::health_payload(
+            &report,
             OutboxFacts {
                 depth: self.outbox.depth(),
-                dropped: self.outbox.dropped(),
+                dropped: facts.dropped,
             },
-            buffer_error.as_deref(),
             crate::model::unix_ms_now(),
         );
         let topic = self.settings.health_topic.clone();
-        self.publish_own(&topic, &payload, QoS::AtMostOnce, SentKind::Other)
+        self.publish_own(&topic, &payload, QoS::AtMostOnce, SentKind::Other)?;
+        self.health_pacer.published(facts, Instant::now());
+        Ok(())
     }
 }
 

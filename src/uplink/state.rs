@@ -11,10 +11,19 @@
 //! - The failure count resets once a connection has stayed up for `healthy_after`
 //!   (`min(2 x backoff_max, 60 s)`), so a link that flaps (up, then dead at once) keeps
 //!   backing off instead of hammering the broker.
+//! - Health pacing ([`HealthPacer`]): besides its minute, the health topic goes out when
+//!   something an operator must hear about changed (link state, a trouble such as the
+//!   buffer's disk error appearing, changing or clearing, the dropped count starting to
+//!   grow), at most once per [`HEALTH_MIN_GAP`]; never for ordinary readings.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::health::LinkState;
+
+/// At most one extra health message per this gap (the minute's message is not held back).
+pub const HEALTH_MIN_GAP: Duration = Duration::from_secs(5);
 
 /// Nothing heard for this many keep-alives means dead.
 const DEAD_AFTER_KEEP_ALIVES: f64 = 1.5;
@@ -164,6 +173,64 @@ impl Link {
     }
 }
 
+/// The facts of a health report that decide whether it is worth an early message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthFacts {
+    pub link: LinkState,
+    /// `(source, trouble)` pairs, e.g. `("buffer", "disk full")`.
+    pub troubles: Vec<(String, String)>,
+    /// Readings lost unpublished so far.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone)]
+struct PublishedHealth {
+    at: Instant,
+    facts: HealthFacts,
+    /// The dropped count had grown since the message before this one.
+    dropping: bool,
+}
+
+/// Decides when the health topic goes out early; see the module doc.
+#[derive(Debug, Clone, Default)]
+pub struct HealthPacer {
+    last: Option<PublishedHealth>,
+}
+
+impl HealthPacer {
+    pub fn new() -> Self {
+        HealthPacer::default()
+    }
+
+    /// True when `facts` differ materially from the last message and the gap allows one.
+    /// Drops that keep growing are reported once when they start; the minute's message
+    /// shows how far they went.
+    pub fn due(&self, facts: &HealthFacts, now: Instant) -> bool {
+        let Some(last) = &self.last else {
+            return true;
+        };
+        if now < last.at + HEALTH_MIN_GAP {
+            return false;
+        }
+        facts.link != last.facts.link
+            || facts.troubles != last.facts.troubles
+            || (facts.dropped > last.facts.dropped && !last.dropping)
+    }
+
+    /// A health message with `facts` went out at `now` (early or on its minute).
+    pub fn published(&mut self, facts: HealthFacts, now: Instant) {
+        let dropping = self
+            .last
+            .as_ref()
+            .is_some_and(|l| facts.dropped > l.facts.dropped);
+        self.last = Some(PublishedHealth {
+            at: now,
+            facts,
+            dropping,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +346,68 @@ mod tests {
     fn the_healthy_period_is_capped_at_a_minute() {
         let link = Link::new(secs(1.0), secs(300.0), fastrand::Rng::with_seed(0));
         assert_eq!(link.healthy_after(), secs(60.0));
+    }
+
+    fn facts(link: LinkState, trouble: Option<&str>, dropped: u64) -> HealthFacts {
+        HealthFacts {
+            link,
+            troubles: trouble
+                .map(|t| vec![("buffer".to_string(), t.to_string())])
+                .unwrap_or_default(),
+            dropped,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_goes_out_early_for_a_new_trouble_and_a_link_change_at_most_every_five_seconds()
+    {
+        let t0 = Instant::now();
+        let mut pacer = HealthPacer::new();
+        let calm = facts(LinkState::Up, None, 0);
+        assert!(pacer.due(&calm, t0), "nothing published yet");
+        pacer.published(calm.clone(), t0);
+        assert!(!pacer.due(&calm, t0 + Duration::from_secs(30)), "no change");
+
+        let disk = facts(LinkState::Up, Some("read-only file system"), 0);
+        assert!(
+            !pacer.due(&disk, t0 + Duration::from_secs(4)),
+            "within the gap"
+        );
+        assert!(pacer.due(&disk, t0 + HEALTH_MIN_GAP));
+        pacer.published(disk.clone(), t0 + HEALTH_MIN_GAP);
+        assert!(!pacer.due(&disk, t0 + Duration::from_secs(20)), "told once");
+
+        let other = facts(LinkState::Up, Some("disk full"), 0);
+        assert!(
+            pacer.due(&other, t0 + Duration::from_secs(20)),
+            "a new error"
+        );
+        let cleared = facts(LinkState::Up, None, 0);
+        assert!(pacer.due(&cleared, t0 + Duration::from_secs(20)), "cleared");
+        let down = facts(LinkState::Down, Some("read-only file system"), 0);
+        assert!(pacer.due(&down, t0 + Duration::from_secs(20)), "link state");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drops_are_reported_early_when_they_start_not_while_they_go_on() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut pacer = HealthPacer::new();
+        pacer.published(facts(LinkState::Up, None, 0), at(0));
+        assert!(pacer.due(&facts(LinkState::Up, None, 3), at(10)), "started");
+        pacer.published(facts(LinkState::Up, None, 3), at(10));
+        assert!(
+            !pacer.due(&facts(LinkState::Up, None, 50), at(20)),
+            "going on"
+        );
+        // The minute's message sees them still growing, then one that sees them stopped.
+        pacer.published(facts(LinkState::Up, None, 90), at(60));
+        assert!(!pacer.due(&facts(LinkState::Up, None, 95), at(70)));
+        pacer.published(facts(LinkState::Up, None, 95), at(120));
+        pacer.published(facts(LinkState::Up, None, 95), at(180));
+        assert!(
+            pacer.due(&facts(LinkState::Up, None, 96), at(190)),
+            "a new episode"
+        );
     }
 }

@@ -11,7 +11,7 @@
 use serde_json::{Map, Value as Json};
 
 use crate::config::PayloadMode;
-use crate::health::LinkReport;
+use crate::health::HealthReport;
 use crate::model::{Reading, Value};
 
 /// `<prefix>/<device>/<point>`: one retained reading per point.
@@ -98,29 +98,25 @@ pub struct OutboxFacts {
     pub dropped: u64,
 }
 
-/// `{"link":"up","last_error":null,"reconnects":0,"outbox_depth":0,"dropped":0,"ts":…}`
-pub fn health_payload(link: &LinkReport, outbox: OutboxFacts, ts_ms: u64) -> Vec<u8> {
-    health_payload_with_buffer(link, outbox, None, ts_ms)
-}
-
-/// [`health_payload`] plus `"buffer_error"`: `null` while the disk buffer works, else why
-/// readings are held in memory only (disk full, read-only directory, …).
-pub fn health_payload_with_buffer(
-    link: &LinkReport,
-    outbox: OutboxFacts,
-    buffer_error: Option<&str>,
-    ts_ms: u64,
-) -> Vec<u8> {
-    let body = serde_json::json!({
-        "link": link.state,
-        "last_error": link.last_error,
-        "reconnects": link.reconnects,
-        "outbox_depth": outbox.depth,
-        "dropped": outbox.dropped,
-        "buffer_error": buffer_error,
-        "ts": ts_ms,
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+/// `{"link":"up","last_error":null,"reconnects":0,"outbox_depth":0,"dropped":0,"ts":…}`,
+/// then one key per report section, e.g.
+/// `"buffer":{"disk_error":null,"memory_depth":0,"disk_depth":0,"dropped":0,"recovery":null}`
+/// and `"serial_line":{"<bus>":{"garbage":0,"overlong":0,"bad_checksum":0,…}}`. A section
+/// never replaces one of the fixed keys.
+pub fn health_payload(report: &HealthReport, outbox: OutboxFacts, ts_ms: u64) -> Vec<u8> {
+    let link = &report.link;
+    let mut body = Map::new();
+    body.insert("link".into(), serde_json::json!(link.state));
+    body.insert("last_error".into(), Json::from(link.last_error.clone()));
+    body.insert("reconnects".into(), Json::from(link.reconnects));
+    body.insert("outbox_depth".into(), Json::from(outbox.depth));
+    body.insert("dropped".into(), Json::from(outbox.dropped));
+    body.insert("ts".into(), Json::from(ts_ms));
+    for (key, section) in &report.sections {
+        body.entry(key.clone())
+            .or_insert_with(|| section.value.clone());
+    }
+    serde_json::to_vec(&Json::Object(body)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -128,7 +124,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::health::LinkState;
+    use crate::health::{LinkReport, LinkState, Section};
 
     fn reading(value: Value, unit: Option<&str>) -> Reading {
         Reading {
@@ -237,8 +233,27 @@ mod tests {
             last_error: Some("keep-alive: nothing from the broker for 3s".into()),
             reconnects: 2,
         };
+        let report = HealthReport {
+            link,
+            sections: vec![
+                (
+                    "buffer".into(),
+                    Section {
+                        value: serde_json::json!({"disk_error": "read-only file system"}),
+                        trouble: Some("read-only file system".into()),
+                    },
+                ),
+                (
+                    "link".into(),
+                    Section {
+                        value: serde_json::json!("not mine"),
+                        trouble: None,
+                    },
+                ),
+            ],
+        };
         let v = json(health_payload(
-            &link,
+            &report,
             OutboxFacts {
                 depth: 5,
                 dropped: 1,
@@ -249,30 +264,8 @@ mod tests {
         assert_eq!(v["reconnects"], 2);
         assert_eq!(v["outbox_depth"], 5);
         assert_eq!(v["dropped"], 1);
-        assert_eq!(v["buffer_error"], Json::Null);
         assert_eq!(v["ts"], 42);
-    }
-
-    #[test]
-    fn health_payload_says_why_the_disk_buffer_is_not_used() {
-        let link = LinkReport {
-            state: LinkState::Up,
-            last_error: None,
-            reconnects: 0,
-        };
-        let facts = OutboxFacts {
-            depth: 0,
-            dropped: 0,
-        };
-        let v = json(health_payload_with_buffer(
-            &link,
-            facts,
-            Some("the disk holding /var/lib/fieldlink/buffer.db is full"),
-            1,
-        ));
-        assert_eq!(
-            v["buffer_error"],
-            "the disk holding /var/lib/fieldlink/buffer.db is full"
-        );
+        assert_eq!(v["buffer"]["disk_error"], "read-only file system");
+        assert_eq!(v["link"], "down", "a section never replaces a fixed key");
     }
 }

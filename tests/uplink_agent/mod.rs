@@ -50,7 +50,14 @@ pub struct Agent {
 impl Agent {
     pub fn start(cfg: Mqtt) -> Agent {
         let outbox = Arc::new(Outbox::new(cfg.queue_capacity, 1));
+        Agent::start_with_outbox(cfg, outbox)
+    }
+
+    /// Like [`start`](Self::start) over a given outbox (e.g. one with a durable buffer).
+    /// The health topic gets the same sections as in the daemon.
+    pub fn start_with_outbox(cfg: Mqtt, outbox: Arc<Outbox>) -> Agent {
         let health = Health::new();
+        fieldlink::app::report_to_health(&health, &outbox);
         let publisher = Arc::new(Publisher::new(&cfg, outbox.clone()));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(uplink::run(

@@ -61,6 +61,19 @@ pub trait ModbusLink: Send {
     fn not_before(&self) -> Option<tokio::time::Instant> {
         None
     }
+
+    /// How often the poller must call [`watch`](Self::watch) while it waits between
+    /// requests; `None`: the link needs no watching.
+    fn watch_period(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Looks after the wire between requests. `Some(error)` when the link found it gone
+    /// (e.g. the serial device node disappeared or hung up) and dropped it: the poller marks
+    /// every device offline and waits for [`not_before`](Self::not_before).
+    fn watch(&mut self) -> Option<LinkError> {
+        None
+    }
 }
 
 pub(crate) fn to_request(r: &ReadRequest) -> Request<'static> {

@@ -13,9 +13,15 @@
 //! and checks that every answer has exactly the quantity asked. A reply later than twice the
 //! response timeout cannot be told from a fresh one by the protocol; the quantity check and
 //! the unit/function checks of tokio-modbus catch all but a same-shaped read of the same
-//! unit. An I/O error (unplugged adapter: reads return 0, writes EIO) closes the port; it is
-//! reopened by path with backoff. It keeps the `inter_request_delay` of silence between
-//! exchanges (tokio-modbus does not keep t3.5, #180).
+//! unit. It keeps the `inter_request_delay` of silence between exchanges (tokio-modbus does
+//! not keep t3.5, #180).
+//!
+//! The port's lifecycle follows the policy shared with serial_line buses
+//! ([`serial_port`](crate::poll::serial_port)): an I/O error (unplugged adapter: reads
+//! return 0, writes EIO), a hang-up seen while idle, or the path no longer naming the node
+//! that was opened drops the port at once (the poller calls [`ModbusLink::watch`] every
+//! [`WATCH_PERIOD`] between requests) and every device goes offline; the path is looked at
+//! every [`WATCH_PERIOD`] and the port reopened as soon as it is back.
 
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -31,95 +37,106 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::Slave;
 use tokio_serial::SerialStream;
 
-use crate::config::{ModbusRtu, Parity, SerialSettings};
+use crate::config::ModbusRtu;
+use crate::poll::serial_port::{self, describe_open_error, hung_up, PortWatch, WATCH_PERIOD};
 
 use super::link::{check_response, classify, to_request, LinkError, ModbusLink, ReadResult};
 use super::plan::ReadRequest;
 
-const REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
-const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A reopened port counts as working after an answer from any device, or this long
+/// without trouble (all its devices may be silent).
+const SETTLED_AFTER: Duration = Duration::from_secs(5);
+
+struct OpenPort {
+    shared: SharedPort,
+    opened_at: Instant,
+    settled: bool,
+}
 
 pub struct RtuLink {
-    bus: String,
     settings: ModbusRtu,
-    port: Option<SharedPort>,
+    port: Option<OpenPort>,
     ctx: Option<Context>,
     /// Something went wrong on the line: settle it before the next request.
     dirty: bool,
     last_exchange_end: Option<Instant>,
-    reopen_at: Option<Instant>,
-    open_failures: u32,
-    /// The last open error logged, so a missing port is logged once, not every retry.
-    open_error_logged: Option<String>,
+    /// When to look for a lost port, and the down / back log lines.
+    watch: PortWatch,
+    /// Why the port is down, for every read refused while it stays down.
+    down_reason: String,
+    next_node_check: Instant,
+    /// The port just went down (the outage was not reported yet): the next
+    /// [`ModbusLink::watch`] hands it to the poller, so every device goes offline at once,
+    /// not one by one as each tries.
+    went_down: Option<String>,
 }
 
 impl RtuLink {
     pub fn new(bus: &str, settings: ModbusRtu) -> Self {
         RtuLink {
-            bus: bus.to_string(),
+            watch: PortWatch::new(bus, &settings.serial.path),
             settings,
             port: None,
             ctx: None,
             dirty: false,
             last_exchange_end: None,
-            reopen_at: None,
-            open_failures: 0,
-            open_error_logged: None,
+            down_reason: String::new(),
+            next_node_check: Instant::now(),
+            went_down: None,
         }
     }
 
     fn ensure_open(&mut self) -> Result<SharedPort, LinkError> {
         if let Some(port) = &self.port {
-            return Ok(port.clone());
+            return Ok(port.shared.clone());
         }
-        if let Some(at) = self.reopen_at {
-            if Instant::now() < at {
-                return Err(LinkError::Unreachable(
-                    self.open_error_logged
-                        .clone()
-                        .unwrap_or_else(|| "serial port closed, reopening".into()),
-                ));
-            }
+        if Instant::now() < self.watch.next_look() || !self.watch.look() {
+            return Err(LinkError::Unreachable(self.down_reason.clone()));
         }
-        match open_port(&self.settings.serial) {
+        let s = &self.settings.serial;
+        match serial_port::open(s) {
             Ok(stream) => {
-                self.open_error_logged = None;
-                let s = &self.settings.serial;
-                tracing::info!(bus = %self.bus, path = %s.path.display(), baud = s.baud, data_bits = s.data_bits, parity = ?s.parity, stop_bits = s.stop_bits, "serial port open");
-                self.open_failures = 0;
-                self.reopen_at = None;
-                let port = SharedPort(Arc::new(Mutex::new(stream)));
-                // Whatever was queued before we owned the port is not an answer to us.
-                port.flush_input();
-                self.port = Some(port.clone());
-                Ok(port)
-            }
-            Err(message) => {
-                self.open_failures = self.open_failures.saturating_add(1);
-                let delay = super::super::backoff::delay(
-                    self.open_failures,
-                    REOPEN_BACKOFF_MIN,
-                    REOPEN_BACKOFF_MAX,
-                );
-                self.reopen_at = Some(Instant::now() + delay);
-                if self.open_error_logged.as_deref() != Some(message.as_str()) {
-                    tracing::error!(bus = %self.bus, path = %self.settings.serial.path.display(), error_kind = "unreachable", "{message}");
-                    self.open_error_logged = Some(message.clone());
+                if self.watch.is_down() {
+                    tracing::debug!(bus = %self.watch.bus(), path = %s.path.display(), "serial port reopened");
+                } else {
+                    tracing::info!(bus = %self.watch.bus(), path = %s.path.display(), baud = s.baud, data_bits = s.data_bits, parity = ?s.parity, stop_bits = s.stop_bits, "serial port open");
                 }
-                Err(LinkError::Unreachable(message))
+                self.watch.opened();
+                let now = Instant::now();
+                self.next_node_check = now + WATCH_PERIOD;
+                let shared = SharedPort(Arc::new(Mutex::new(stream)));
+                // Whatever was queued before we owned the port is not an answer to us.
+                shared.flush_input();
+                self.port = Some(OpenPort {
+                    shared: shared.clone(),
+                    opened_at: now,
+                    settled: false,
+                });
+                self.dirty = false;
+                Ok(shared)
+            }
+            Err(e) => {
+                let why = describe_open_error(&e, &s.path);
+                self.lose_port(why.clone());
+                Err(LinkError::Unreachable(why))
             }
         }
     }
 
-    /// Drops the port so it can be reopened by path (an unplugged adapter comes back under
-    /// the same /dev/serial/by-id name only once every fd on the old one is closed).
-    fn close_port(&mut self) {
+    /// Drops the port at once (an unplugged adapter comes back under the same
+    /// /dev/ttyUSBn name only once every fd on the old one is closed) and starts looking for
+    /// it again.
+    fn lose_port(&mut self, why: String) {
         self.ctx = None;
+        self.dirty = false;
         if let Some(port) = self.port.take() {
-            port.release_exclusive();
+            port.shared.release_exclusive();
         }
-        self.open_failures = self.open_failures.saturating_add(1);
-        self.reopen_at = Some(Instant::now() + REOPEN_BACKOFF_MIN);
+        if !self.watch.is_down() {
+            self.went_down = Some(why.clone());
+        }
+        self.watch.lost(&why);
+        self.down_reason = why;
     }
 
     async fn settle(&mut self, port: &SharedPort) {
@@ -161,70 +178,57 @@ impl ModbusLink for RtuLink {
         let outcome = match answer {
             Err(_) => Err(LinkError::Timeout(self.settings.response_timeout)),
             Ok(Err(e)) => Err(classify(e)),
-            Ok(Ok(Err(exception))) => return Ok(Err(exception)),
+            Ok(Ok(Err(exception))) => Ok(Err(exception)),
             Ok(Ok(Ok(response))) => check_response(request, response).map(Ok),
         };
         match &outcome {
-            Err(LinkError::Transport(_)) => self.close_port(),
+            Err(LinkError::Transport(why)) => {
+                let why = format!("the line failed: {why} (adapter unplugged?)");
+                self.lose_port(why);
+            }
             Err(_) => {
                 self.ctx = None;
                 self.dirty = true;
             }
             Ok(_) => {}
         }
+        if let Some(open) = &mut self.port {
+            if !open.settled && (outcome.is_ok() || open.opened_at.elapsed() >= SETTLED_AFTER) {
+                open.settled = true;
+                self.watch.settled();
+            }
+        }
         outcome
     }
 
     fn not_before(&self) -> Option<Instant> {
-        match (&self.port, self.reopen_at) {
-            (None, Some(at)) if at > Instant::now() => Some(at),
-            _ => None,
-        }
+        let at = self.watch.next_look();
+        (self.port.is_none() && at > Instant::now()).then_some(at)
     }
-}
 
-/// Opens and configures the port; the error names the path, the cause and what to do.
-pub fn open_port(s: &SerialSettings) -> Result<SerialStream, String> {
-    let path = s.path.to_string_lossy();
-    let builder = tokio_serial::new(path.as_ref(), s.baud)
-        .data_bits(match s.data_bits {
-            5 => tokio_serial::DataBits::Five,
-            6 => tokio_serial::DataBits::Six,
-            7 => tokio_serial::DataBits::Seven,
-            _ => tokio_serial::DataBits::Eight,
-        })
-        .parity(match s.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        })
-        .stop_bits(if s.stop_bits == 2 {
-            tokio_serial::StopBits::Two
+    fn watch_period(&self) -> Option<Duration> {
+        Some(WATCH_PERIOD)
+    }
+
+    fn watch(&mut self) -> Option<LinkError> {
+        if let Some(why) = self.went_down.take() {
+            return Some(LinkError::Unreachable(why));
+        }
+        let port = self.port.as_ref()?;
+        let now = Instant::now();
+        if now < self.next_node_check {
+            return None;
+        }
+        self.next_node_check = now + WATCH_PERIOD;
+        let why = if hung_up(&*port.shared.lock()) {
+            "the port hung up (adapter unplugged?)".to_owned()
         } else {
-            tokio_serial::StopBits::One
-        })
-        .flow_control(tokio_serial::FlowControl::None);
-    SerialStream::open(&builder).map_err(|e| {
-        let hint = match e.kind {
-            tokio_serial::ErrorKind::NoDevice => {
-                "check the cable and the USB adapter, and use a stable /dev/serial/by-id/... path"
-            }
-            tokio_serial::ErrorKind::Io(io::ErrorKind::NotFound) => {
-                "check the cable and the USB adapter, and use a stable /dev/serial/by-id/... path"
-            }
-            tokio_serial::ErrorKind::Io(io::ErrorKind::PermissionDenied) => {
-                "the service user needs to be in the dialout group"
-            }
-            _ if e.description.contains("EBUSY") => {
-                "another program holds the port (ModemManager, a second fieldlink, a terminal)"
-            }
-            _ => "check the path and the serial settings (baud, data bits, parity, stop bits)",
+            self.watch.check_node().err()?
         };
-        format!(
-            "cannot open serial port {path}: {} ({:?}); {hint}",
-            e.description, e.kind
-        )
-    })
+        self.lose_port(why.clone());
+        self.went_down = None;
+        Some(LinkError::Unreachable(why))
+    }
 }
 
 /// The serial stream, shared between the successive client contexts of one open port: a

@@ -92,6 +92,24 @@ pub fn all_counters() -> Vec<(String, SerialLineCounts)> {
     map.iter().map(|(k, v)| (k.clone(), v.snapshot())).collect()
 }
 
+/// The `serial_line` section of the health topic: every serial_line bus's counters by bus
+/// name, or `None` when there is no serial_line bus. Counters are facts, not troubles: they
+/// go out with the health topic's minute.
+pub fn health_section() -> Option<crate::health::Section> {
+    let all = all_counters();
+    if all.is_empty() {
+        return None;
+    }
+    let by_bus: serde_json::Map<String, serde_json::Value> = all
+        .into_iter()
+        .map(|(bus, counts)| (bus, serde_json::to_value(counts).unwrap_or_default()))
+        .collect();
+    Some(crate::health::Section {
+        value: serde_json::Value::Object(by_bus),
+        trouble: None,
+    })
+}
+
 /// What `fieldlink check` can print for a device on a serial_line bus: how it is read and
 /// where each point is found, one line each, indented by two spaces.
 pub fn describe_device(device: &crate::config::Device) -> String {

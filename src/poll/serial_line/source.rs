@@ -6,46 +6,34 @@
 //! the reopen backoff. Framing, selection and extraction are delegated to the pure modules
 //! beside it; samples go to the sink, counters to the registry. Touches nothing else.
 //!
-//! Port lifecycle (issue 6 item 2): a read error, end of file (a hung-up tty reads `Ok(0)`
-//! forever), or the path no longer naming the node that was opened (removed, or a udev
-//! by-id link re-pointed) ends the session: the port is dropped at once, because a held fd
-//! makes a re-plugged adapter come back under a new name, and every device goes offline.
-//! While down, the path is looked at every [`WATCH_PERIOD`] and opened as soon as it exists;
-//! failed opens of an existing node back off up to [`OPEN_BACKOFF_MAX`]. Both bounds keep
-//! the pickup well inside 2 s. One warning when the port goes, one info when a reopened
-//! session works again (a good line, or [`SETTLED_AFTER`] without trouble); flapping in
-//! between logs at debug only.
+//! Port lifecycle (issue 6 item 2): the policy shared with Modbus RTU lives in
+//! [`serial_port`](crate::poll::serial_port): a read error, end of file, or the path no
+//! longer naming the node that was opened ends the session, the port is dropped at once and
+//! every device goes offline; the path is looked at every
+//! [`WATCH_PERIOD`](crate::poll::serial_port::WATCH_PERIOD) and the port reopened as soon as
+//! it is back. A reopened session counts as working after a good line, or [`SETTLED_AFTER`]
+//! without trouble.
 
 use std::fmt::Write as _;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{sleep, sleep_until, timeout_at, Instant, MissedTickBehavior};
-use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio::time::{sleep_until, timeout_at, Instant, MissedTickBehavior};
+use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::config::{
-    Bus, BusKind, Device, LineQuery, Parity, SerialLine, SerialLineDevice, SerialSettings,
-};
+use crate::config::{Bus, BusKind, Device, LineQuery, SerialLine, SerialLineDevice};
 use crate::health::{Beat, Health};
 use crate::model::{unix_ms_now, Reading, Sample, SampleSink, Value};
+use crate::poll::serial_port::{self, describe_open_error, PortWatch, WATCH_PERIOD};
 
 use super::codec::{Frame, LineCodec};
 use super::extract::{extract, select, Selection};
 use super::{bump, counters, SerialLineCounters};
 
-/// How often a waiting task looks for the device node, and how often a session checks its
-/// node and its devices' silence.
-const WATCH_PERIOD: Duration = Duration::from_millis(250);
-/// Backoff between failed opens of a node that exists (udev not done with permissions yet,
-/// port busy, or a port that hangs up right after opening).
-const OPEN_BACKOFF_MIN: Duration = Duration::from_millis(250);
-const OPEN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A reopened session counts as working after a good line, or after this long.
 const SETTLED_AFTER: Duration = Duration::from_secs(5);
 /// The loop ticks at least every WATCH_PERIOD; this is what the watchdog allows.
@@ -83,10 +71,8 @@ struct BusTask {
     counters: Arc<SerialLineCounters>,
     beat: Beat,
     cancel: CancellationToken,
-    /// A warning said the port is down; the next working session says it is back.
-    down_reported: bool,
-    /// Sessions in a row that failed to open or to work (drives the backoff).
-    failures: u32,
+    /// When to look for the port and reopen it, and the down / back log lines.
+    port: PortWatch,
 }
 
 /// Reads every device of a serial_line `bus` until `cancel` fires. Never returns early on
@@ -126,13 +112,12 @@ pub async fn run_serial_line_bus(
     let mut task = BusTask {
         beat: health.register(format!("bus {}", bus.name), BEAT_ALLOWANCE),
         counters: counters(&bus.name),
+        port: PortWatch::new(&bus.name, &line.serial.path),
         bus: bus.name,
         line,
         sensors,
         sink,
         cancel,
-        down_reported: false,
-        failures: 0,
     };
     task.run().await;
 }
@@ -144,7 +129,7 @@ impl BusTask {
             if self.cancel.is_cancelled() {
                 return;
             }
-            match open_port(&self.line.serial) {
+            match serial_port::open(&self.line.serial) {
                 Ok(port) => match self.session(port).await {
                     SessionEnd::Cancelled => return,
                     SessionEnd::Lost(why) => {
@@ -164,14 +149,7 @@ impl BusTask {
     }
 
     fn port_down(&mut self, why: &str) {
-        let path = self.line.serial.path.display();
-        if self.down_reported {
-            debug!(bus = %self.bus, "serial port {path} still unusable: {why}");
-        } else {
-            warn!(bus = %self.bus, "serial port {path} is down: {why}; its devices are offline until it is back (looking for it every {WATCH_PERIOD:?})");
-            self.down_reported = true;
-        }
-        self.failures = self.failures.saturating_add(1);
+        self.port.lost(why);
         for i in 0..self.sensors.len() {
             self.set_online(i, false);
         }
@@ -179,31 +157,20 @@ impl BusTask {
 
     /// Waits until the port is worth opening again; false when cancelled.
     async fn wait_before_reopen(&mut self) -> bool {
-        let exponent = self.failures.saturating_sub(1).min(8);
-        let backoff = (OPEN_BACKOFF_MIN * 2u32.pow(exponent)).min(OPEN_BACKOFF_MAX);
-        let earliest = Instant::now() + backoff;
-        let mut was_missing = false;
         loop {
             self.beat.tick();
             tokio::select! {
                 _ = self.cancel.cancelled() => return false,
-                _ = sleep(WATCH_PERIOD) => {}
+                _ = sleep_until(self.port.next_look()) => {}
             }
-            // A node that reappears is a new device: open it now, whatever the backoff.
-            match node_identity(&self.line.serial.path) {
-                None => was_missing = true,
-                Some(_) if was_missing || Instant::now() >= earliest => return true,
-                Some(_) => {}
+            if self.port.look() {
+                return true;
             }
         }
     }
 
     fn settle(&mut self) {
-        self.failures = 0;
-        if self.down_reported {
-            info!(bus = %self.bus, "serial port {} is back", self.line.serial.path.display());
-            self.down_reported = false;
-        }
+        self.port.settled();
     }
 
     fn set_online(&mut self, index: usize, online: bool) {
@@ -219,7 +186,7 @@ impl BusTask {
 
     async fn session(&mut self, mut port: SerialStream) -> SessionEnd {
         let path = self.line.serial.path.clone();
-        let node = node_identity(&path);
+        self.port.opened();
         // Bytes queued before we opened belong to nobody: a half line, or noise from the
         // adapter powering up.
         if let Err(e) = port.clear(ClearBuffer::Input) {
@@ -262,10 +229,8 @@ impl BusTask {
                 },
                 _ = watch.tick() => {
                     self.beat.tick();
-                    match node_identity(&path) {
-                        None => return SessionEnd::Lost(format!("the device node {} disappeared", path.display())),
-                        id if id != node => return SessionEnd::Lost(format!("{} now names another device (re-plugged)", path.display())),
-                        _ => {}
+                    if let Err(why) = self.port.check_node() {
+                        return SessionEnd::Lost(why);
                     }
                     self.check_silence();
                     if !settled && started.elapsed() >= SETTLED_AFTER {
@@ -419,52 +384,6 @@ async fn send_query(
     }
 }
 
-/// What the path names now: the node's (device, inode, rdev), following symlinks.
-fn node_identity(path: &Path) -> Option<(u64, u64, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino(), m.rdev()))
-}
-
-fn open_port(s: &SerialSettings) -> tokio_serial::Result<SerialStream> {
-    use tokio_serial::{DataBits, FlowControl, StopBits};
-    tokio_serial::new(s.path.to_string_lossy(), s.baud)
-        .data_bits(match s.data_bits {
-            5 => DataBits::Five,
-            6 => DataBits::Six,
-            7 => DataBits::Seven,
-            _ => DataBits::Eight,
-        })
-        .parity(match s.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        })
-        .stop_bits(if s.stop_bits == 2 {
-            StopBits::Two
-        } else {
-            StopBits::One
-        })
-        .flow_control(FlowControl::None)
-        .open_native_async()
-}
-
-fn describe_open_error(e: &tokio_serial::Error, path: &Path) -> String {
-    if node_identity(path).is_none() {
-        return format!(
-            "{} does not exist (adapter unplugged? check `ls -l /dev/serial/by-id/`)",
-            path.display()
-        );
-    }
-    match e.kind() {
-        tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => format!(
-            "permission denied opening {} ({e}): run fieldlink as a member of the dialout group",
-            path.display()
-        ),
-        _ => format!("cannot open {} ({e})", path.display()),
-    }
-}
-
 /// `fieldlink read` for a serial_line device: opens the port, reads (asking with the
 /// query, if any) until `lines` lines of the device were seen, and describes each line and
 /// the points parsed from it. Fails when the port cannot be opened or nothing arrives.
@@ -481,7 +400,7 @@ pub async fn read_serial_line_once(
         .as_ref()
         .with_context(|| format!("device {:?} has no serial_line settings", device.name))?;
     let path = &line.serial.path;
-    let mut port = open_port(&line.serial)
+    let mut port = serial_port::open(&line.serial)
         .map_err(|e| anyhow::anyhow!("{}", describe_open_error(&e, path)))?;
     let _ = port.clear(ClearBuffer::Input);
     let mut codec = LineCodec::new(&line.terminator, line.max_line);
