@@ -660,12 +660,26 @@ fn io_loop(shared: &Shared) {
         Durability::Outage => TICK,
     };
     loop {
+        // In always mode sleep only until the next commit is due: after an early wake
+        // (an ack batch, a replay read) a full `tick` would stretch the gap between
+        // commits towards two intervals, and with it what a power cut can lose.
+        let wait = match shared.settings.durability {
+            Durability::Always => {
+                let since = lock(&shared.store).last_commit.elapsed();
+                shared
+                    .settings
+                    .commit_interval
+                    .saturating_sub(since)
+                    .clamp(Duration::from_millis(1), tick)
+            }
+            Durability::Outage => tick,
+        };
         {
             let (flags, cv) = &shared.wake;
             let mut f = lock(flags);
             if !f.woken && !f.stop {
                 f = cv
-                    .wait_timeout(f, tick)
+                    .wait_timeout(f, wait)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }

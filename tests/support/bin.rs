@@ -31,8 +31,10 @@ pub fn agent_command() -> Command {
 fn fresh_state_dir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "fieldlink-test-state-{}-{}",
+    // Under cargo's own scratch folder for integration tests (target/tmp), so what a test
+    // leaves behind never piles up in /tmp.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "state-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
