@@ -390,6 +390,9 @@ impl BusTask {
                 }
             }
         }
+        self.sink.send(Sample::PollDone {
+            device: sensor.name.clone(),
+        });
     }
 }
 
