@@ -36,6 +36,12 @@ pub enum Sample {
         device: Arc<str>,
         online: bool,
     },
+    /// The device's poll (one interval group, or one accepted line of a serial sensor) ended:
+    /// the readings sent since belong together. Device-batched payloads publish on it; other
+    /// modes ignore it. Sent after every poll, also one that failed part-way.
+    PollDone {
+        device: Arc<str>,
+    },
 }
 
 pub fn unix_ms_now() -> u64 {

@@ -9,6 +9,10 @@
 //! silent, answer late (always, or every n-th request), and on RTU emit garbage or a frame
 //! with a bad CRC. Unmapped addresses answer `IllegalDataAddress`, as real devices do.
 //! Requests for units the server does not know get no answer (as on a shared RS-485 line).
+//!
+//! A pseudo-terminal moves bytes at once; [`serve_rtu_timed`] answers as late as a real line
+//! at a given baud rate would deliver the answer's last byte ([`WireTiming`]), for the bus
+//! time benches.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -235,12 +239,66 @@ fn answer(banks: &mut Banks, request: &Request<'_>) -> Result<Response, Exceptio
 
 type Answer = Result<Option<Response>, ExceptionCode>;
 
+/// The timing of a real RS-485 line that a simulated RTU unit keeps over a pty: a request
+/// takes its bytes' time to arrive, the unit waits for 3.5 characters of silence to know the
+/// frame ended, thinks for `turnaround`, and its answer takes its bytes' time to leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireTiming {
+    pub baud: u32,
+    /// Start + data + parity + stop bits: 11 for Modbus' 8E1 (or 8N2).
+    pub bits_per_char: u32,
+    pub turnaround: Duration,
+}
+
+impl WireTiming {
+    pub fn chars(&self, n: usize) -> Duration {
+        Duration::from_nanos(
+            n as u64 * u64::from(self.bits_per_char) * 1_000_000_000 / u64::from(self.baud.max(1)),
+        )
+    }
+
+    /// The silence that ends a frame (3.5 characters).
+    pub fn frame_gap(&self) -> Duration {
+        self.chars(7) / 2
+    }
+
+    /// From the first request byte on the wire to the last answer byte received.
+    pub fn exchange(&self, request_bytes: usize, answer_bytes: usize) -> Duration {
+        self.chars(request_bytes) + self.frame_gap() + self.turnaround + self.chars(answer_bytes)
+    }
+}
+
+/// Bytes of an RTU request frame (unit, function, body, CRC).
+pub fn rtu_request_len(request: &Request<'_>) -> usize {
+    match request {
+        Request::WriteMultipleCoils(_, bits) => 9 + bits.len().div_ceil(8),
+        Request::WriteMultipleRegisters(_, words) => 9 + 2 * words.len(),
+        _ => 8,
+    }
+}
+
+/// Bytes of the RTU answer frame to a request (an exception answer is 5 bytes).
+pub fn rtu_answer_len(answer: &Result<Response, ExceptionCode>) -> usize {
+    match answer {
+        Ok(Response::ReadCoils(bits)) | Ok(Response::ReadDiscreteInputs(bits)) => {
+            5 + bits.len().div_ceil(8)
+        }
+        Ok(Response::ReadHoldingRegisters(words)) | Ok(Response::ReadInputRegisters(words)) => {
+            5 + 2 * words.len()
+        }
+        Ok(_) => 8,
+        Err(_) => 5,
+    }
+}
+
 /// The tokio-modbus service dispatching requests to the simulated units by unit id.
 #[derive(Clone)]
 struct SimService {
     devices: Arc<HashMap<u8, Arc<SimDevice>>>,
     /// RTU only: the server's end of the line, to inject bytes that are no valid answer.
     raw_line: Option<RawFd>,
+    /// RTU only: answer when a real line would have delivered the answer.
+    timing: Option<WireTiming>,
 }
 
 impl SimService {
@@ -248,6 +306,7 @@ impl SimService {
         SimService {
             devices: Arc::new(devices.into_iter().map(|d| (d.unit, d)).collect()),
             raw_line,
+            timing: None,
         }
     }
 
@@ -280,9 +339,15 @@ impl Service for SimService {
             })
         };
         match device.behaviour() {
-            Behaviour::Normal => {
-                Box::pin(std::future::ready(device.answer(&req.request).map(Some)))
-            }
+            Behaviour::Normal => match self.timing {
+                Some(timing) => {
+                    let answer = device.answer(&req.request);
+                    let delay =
+                        timing.exchange(rtu_request_len(&req.request), rtu_answer_len(&answer));
+                    late(delay, answer)
+                }
+                None => Box::pin(std::future::ready(device.answer(&req.request).map(Some))),
+            },
             Behaviour::Exception(code) => Box::pin(std::future::ready(Err(code))),
             Behaviour::Silent => Box::pin(std::future::ready(Ok(None))),
             Behaviour::Late(delay) => late(delay, device.answer(&req.request)),
@@ -350,6 +415,23 @@ pub fn serve_tcp(listener: TcpListener, devices: Vec<Arc<SimDevice>>) -> JoinHan
 /// `SerialStream::pair()`) until the handle is aborted.
 pub fn serve_rtu(port: SerialStream, devices: Vec<Arc<SimDevice>>) -> JoinHandle<()> {
     let service = SimService::new(devices, Some(port.as_raw_fd()));
+    tokio::spawn(async move {
+        let server = tokio_modbus::server::rtu::Server::new(port);
+        if let Err(e) = server.serve_forever(service).await {
+            tracing::warn!(error = %e, "sim: RTU server stopped");
+        }
+    })
+}
+
+/// [`serve_rtu`] keeping the wire timing of a real line (normal answers only; the other
+/// behaviours answer as they do untimed).
+pub fn serve_rtu_timed(
+    port: SerialStream,
+    devices: Vec<Arc<SimDevice>>,
+    timing: WireTiming,
+) -> JoinHandle<()> {
+    let mut service = SimService::new(devices, Some(port.as_raw_fd()));
+    service.timing = Some(timing);
     tokio::spawn(async move {
         let server = tokio_modbus::server::rtu::Server::new(port);
         if let Err(e) = server.serve_forever(service).await {
@@ -440,6 +522,24 @@ pub fn demo_boiler(unit: u8) -> Arc<SimDevice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_timing_counts_eleven_bits_a_byte_and_a_gap_of_three_and_a_half() {
+        let t = WireTiming {
+            baud: 9600,
+            bits_per_char: 11,
+            turnaround: Duration::from_millis(2),
+        };
+        assert_eq!(t.chars(96).as_micros(), 110_000);
+        assert_eq!(t.frame_gap().as_micros(), 4010);
+        // Read 48 registers: 8-byte request, 101-byte answer.
+        let answer = Ok(Response::ReadHoldingRegisters(vec![0; 48]));
+        assert_eq!(rtu_answer_len(&answer), 101);
+        assert_eq!(
+            t.exchange(8, 101).as_micros(),
+            (t.chars(109) + t.frame_gap()).as_micros() + 2000
+        );
+    }
 
     #[test]
     fn crc16_matches_the_reference_frame() {

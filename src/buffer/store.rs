@@ -480,7 +480,13 @@ impl Store {
                 delete.execute([to_i64(*seq)]).map_err(sql)?;
             }
         }
-        out.stored.retain(|s| !out.evicted.contains(s));
+        if !out.evicted.is_empty() {
+            // A set, not `Vec::contains`: a full buffer under a sustained backlog evicts
+            // thousands per append, and the quadratic scan took 37 % of the agent's CPU
+            // (perf, throughput bench).
+            let evicted: std::collections::HashSet<u64> = out.evicted.iter().copied().collect();
+            out.stored.retain(|s| !evicted.contains(s));
+        }
         let dropped_now = (out.evicted.len() + out.rejected.len()) as u64;
         if dropped_now > 0 {
             tx.execute(

@@ -74,6 +74,31 @@ pub struct Mqtt {
     pub payload: PayloadMode,
     /// Readings held in memory while the link is down, before the oldest is dropped.
     pub queue_capacity: usize,
+    /// `deadband` (+ `max_interval`): report by exception; `None` publishes every reading.
+    pub report: Option<ReportByException>,
+}
+
+/// Report by exception: a point's reading is published only when it moved past the deadband
+/// from the last *published* value of that point, or when `max_interval` passed since then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReportByException {
+    pub deadband: Deadband,
+    /// Heartbeat: a steady point is re-sent at least this often (default 5 min).
+    pub max_interval: Duration,
+}
+
+impl ReportByException {
+    pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(300);
+}
+
+/// `deadband = 0.5` (absolute, in the point's unit) or `deadband = "2%"` (of the last
+/// published value). Readings that are not numbers (bool, text) are published on any change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deadband {
+    /// Finite, >= 0. A change must be strictly larger to be published; 0 = on any change.
+    Absolute(f64),
+    /// Percent of the magnitude of the last published value, finite, >= 0.
+    Percent(f64),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,6 +116,10 @@ pub enum PayloadMode {
     Json,
     /// Just the value as text.
     Plain,
+    /// One message per device and poll on `<prefix>/<device>`:
+    /// `{"ts":<unix ms>,"seq":<n>,"values":{"voltage":230.1,…}}`; units go once to the
+    /// retained `<prefix>/<device>/meta` (see `uplink::topic`).
+    Device,
 }
 
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{AddressText, HumanDuration, HumanSize};
+use super::units::{AddressText, DeadbandText, HumanDuration, HumanSize};
 
 /// Keys allowed at the top of the file, beside the tables below.
 pub const ROOT_KEYS: &[&str] = &[
@@ -54,6 +54,8 @@ pub struct RawMqtt {
     pub backoff_max: Option<Spanned<HumanDuration>>,
     pub payload: Option<Spanned<String>>,
     pub queue_capacity: Option<Spanned<i64>>,
+    pub deadband: Option<Spanned<DeadbandText>>,
+    pub max_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// `[mqtt.tls]`: its presence turns TLS on.

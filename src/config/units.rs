@@ -112,6 +112,55 @@ impl<'de> Deserialize<'de> for HumanSize {
     }
 }
 
+/// A deadband as written: a number is absolute (in the point's unit), a string ending in `%`
+/// is relative to the last published value. Range checks are the validator's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeadbandText {
+    Absolute(f64),
+    Percent(f64),
+}
+
+/// Parses `"2%"` or `"0.5 %"`; a string without `%` is refused with the two ways to write it.
+pub fn parse_deadband(text: &str) -> Result<DeadbandText, String> {
+    let trimmed = text.trim();
+    match trimmed.strip_suffix('%') {
+        Some(number) => number
+            .trim()
+            .parse::<f64>()
+            .map(DeadbandText::Percent)
+            .map_err(|_| format!("\"{trimmed}\" is not a percentage: write e.g. \"2%\"")),
+        None => Err(format!(
+            "\"{trimmed}\" is a string without `%`: write an absolute deadband as a number \
+             (deadband = 0.5) or a relative one as a percentage (deadband = \"2%\")"
+        )),
+    }
+}
+
+impl<'de> Deserialize<'de> for DeadbandText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DeadbandVisitor;
+        impl Visitor<'_> for DeadbandVisitor {
+            type Value = DeadbandText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number (absolute, such as 0.5) or a percentage (such as \"2%\")")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(DeadbandText::Absolute(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(DeadbandText::Absolute(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(DeadbandText::Absolute(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_deadband(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(DeadbandVisitor)
+    }
+}
+
 /// A Modbus address as written: an integer is a 0-based protocol address, a string is the
 /// classic 1-based notation whose first digit names the table ("40001" = holding 0).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,11 +26,12 @@ use super::raw::{
     RawPoint, RawProfile, RawRootScalars, RawRtuBus, RawTcpBus, RawTls, ROOT_KEYS,
 };
 use super::units::{format_duration, notation_of, parse_notation, rtu_min_silence, table_name};
-use super::units::{AddressText, HumanDuration};
+use super::units::{AddressText, DeadbandText, HumanDuration};
 use super::{
-    Buffer, Bus, BusKind, ChecksumKind, Config, DataType, Device, Durability, Extract, Gateway,
-    LineQuery, LineValueKind, Log, ModbusRtu, ModbusTcp, Mqtt, Parity, PayloadMode, Point, Replay,
-    SerialLine, SerialLineDevice, SerialLinePoint, SerialSettings, Table, Tls, WhenFull, WordOrder,
+    Buffer, Bus, BusKind, ChecksumKind, Config, DataType, Deadband, Device, Durability, Extract,
+    Gateway, LineQuery, LineValueKind, Log, ModbusRtu, ModbusTcp, Mqtt, Parity, PayloadMode, Point,
+    Replay, ReportByException, SerialLine, SerialLineDevice, SerialLinePoint, SerialSettings,
+    Table, Tls, WhenFull, WordOrder,
 };
 
 /// Folders searched for `profile = "NAME"` after the config file's own `profiles/` folder.
@@ -977,9 +978,14 @@ impl Checker {
                 file,
                 p,
                 "payload",
-                &[("json", PayloadMode::Json), ("plain", PayloadMode::Plain)],
+                &[
+                    ("json", PayloadMode::Json),
+                    ("plain", PayloadMode::Plain),
+                    ("device", PayloadMode::Device),
+                ],
             ),
         };
+        let report = self.report_by_exception(file, raw);
         let queue_capacity = match &raw.queue_capacity {
             None => Some(100_000),
             Some(q) => self
@@ -1011,6 +1017,48 @@ impl Checker {
             backoff_max: backoff_max?,
             payload: payload?,
             queue_capacity: queue_capacity?,
+            report: report?,
+        })
+    }
+
+    /// `deadband` and `max_interval` of `[mqtt]`: `Some(None)` when report by exception is off.
+    fn report_by_exception(
+        &mut self,
+        file: FileId,
+        raw: &RawMqtt,
+    ) -> Option<Option<ReportByException>> {
+        let mut ok = true;
+        let deadband = raw.deadband.as_ref().and_then(|d| {
+            let (value, deadband) = match *d.get_ref() {
+                DeadbandText::Absolute(v) => (v, Deadband::Absolute(v)),
+                DeadbandText::Percent(v) => (v, Deadband::Percent(v)),
+            };
+            if value.is_finite() && value >= 0.0 {
+                return Some(deadband);
+            }
+            self.fail(file, span_of(d), format!("`deadband` = {value} must be a finite number >= 0: e.g. deadband = 0.5 (absolute) or deadband = \"2%\"; 0 publishes on any change"));
+            ok = false;
+            None
+        });
+        let max_interval = match &raw.max_interval {
+            None => ReportByException::DEFAULT_MAX_INTERVAL,
+            Some(m) => {
+                let value = m.get_ref().0;
+                if raw.deadband.is_none() {
+                    self.fail(file, span_of(m), "`max_interval` only applies with a `deadband`: add deadband = 0.5 (or \"2%\"), or remove max_interval (every reading is published then)");
+                    ok = false;
+                } else if value < Duration::from_secs(1) {
+                    self.fail(file, span_of(m), format!("`max_interval` = \"{}\" is shorter than 1s: it is the heartbeat that re-sends a steady value, e.g. \"5m\"", format_duration(value)));
+                    ok = false;
+                }
+                value
+            }
+        };
+        ok.then(|| {
+            deadband.map(|deadband| ReportByException {
+                deadband,
+                max_interval,
+            })
         })
     }
 

@@ -178,6 +178,9 @@ pub(crate) async fn run_loop<L: ModbusLink>(
         };
         let not_before = link.not_before();
         after_cycle(bus, &mut devices[d], g, cycle, not_before, sink);
+        sink.send(Sample::PollDone {
+            device: devices[d].name.clone(),
+        });
     }
 }
 

@@ -6,60 +6,165 @@
 //! systemd: it reports link state through [`Health`] and nothing else.
 
 mod mqtt;
+pub mod report;
 pub mod state;
 mod tls;
 pub mod topic;
 mod user_timeout;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Mqtt, PayloadMode};
 use crate::health::Health;
-use crate::model::{Sample, SampleSink};
+use crate::model::{Reading, Sample, SampleSink};
 use crate::queue::Outbox;
+use report::ExceptionFilter;
 
 pub use mqtt::password_path;
 
 /// Turns samples from the bus tasks into outbox records (topic + payload with `seq`).
 /// Never blocks and never fails: the outbox bounds memory.
+///
+/// Report by exception ([`report`]) and device batching keep per-point and per-device state
+/// behind one short-held lock; without either the path takes no lock of its own.
 #[derive(Debug)]
 pub struct Publisher {
     outbox: Arc<Outbox>,
     prefix: String,
     payload: PayloadMode,
+    /// `None` when every reading goes straight to the outbox (json/plain, no deadband).
+    shaping: Option<Mutex<Shaping>>,
+}
+
+/// What the publisher remembers between samples when it batches or filters.
+#[derive(Debug, Default)]
+struct Shaping {
+    filter: Option<ExceptionFilter>,
+    /// Readings of the poll in progress, per device (`payload = "device"` only).
+    batches: HashMap<Arc<str>, Vec<Reading>>,
+    /// Units already announced on `<device>/meta`, per device and point.
+    announced_units: HashMap<Arc<str>, BTreeMap<Arc<str>, Arc<str>>>,
 }
 
 impl Publisher {
     pub fn new(mqtt: &Mqtt, outbox: Arc<Outbox>) -> Self {
+        let shaping = (mqtt.payload == PayloadMode::Device || mqtt.report.is_some()).then(|| {
+            Mutex::new(Shaping {
+                filter: mqtt.report.map(ExceptionFilter::new),
+                ..Shaping::default()
+            })
+        });
         Publisher {
             outbox,
             prefix: mqtt.prefix.clone(),
             payload: mqtt.payload,
+            shaping,
         }
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
+
+    fn push_reading(&self, reading: &Reading) {
+        let topic = topic::reading_topic(&self.prefix, &reading.device, &reading.point);
+        let mode = self.payload;
+        self.outbox.push(topic, reading.ts_ms, |seq| {
+            topic::reading_payload(mode, reading, seq)
+        });
+    }
+
+    fn push_availability(&self, device: &str, online: bool) {
+        let topic = topic::device_status_topic(&self.prefix, device);
+        self.outbox.push(topic, crate::model::unix_ms_now(), |_| {
+            topic::availability_payload(online).to_vec()
+        });
+    }
+
+    /// Publishes one device's batch: its meta first when it names a unit not announced yet.
+    fn push_batch(&self, shaping: &mut Shaping, device: &Arc<str>, batch: Vec<Reading>) {
+        let Some(ts_ms) = batch.iter().map(|r| r.ts_ms).max() else {
+            return;
+        };
+        let announced = shaping.announced_units.entry(device.clone()).or_default();
+        let mut new_unit = false;
+        for r in &batch {
+            if let Some(unit) = &r.unit {
+                if announced.get(&r.point) != Some(unit) {
+                    announced.insert(r.point.clone(), unit.clone());
+                    new_unit = true;
+                }
+            }
+        }
+        if new_unit {
+            let meta =
+                topic::device_meta_payload(announced.iter().map(|(p, u)| (p.as_ref(), u.as_ref())));
+            self.outbox.push(
+                topic::device_meta_topic(&self.prefix, device),
+                ts_ms,
+                |_| meta,
+            );
+        }
+        self.outbox
+            .push(topic::device_topic(&self.prefix, device), ts_ms, |seq| {
+                topic::device_payload(
+                    ts_ms,
+                    seq,
+                    batch.iter().map(|r| (r.point.as_ref(), &r.value)),
+                )
+            });
+    }
 }
 
 impl SampleSink for Publisher {
     fn send(&self, sample: Sample) {
+        let Some(shaping) = &self.shaping else {
+            match sample {
+                Sample::Reading(reading) => self.push_reading(&reading),
+                Sample::DeviceAvailability { device, online } => {
+                    self.push_availability(&device, online)
+                }
+                Sample::PollDone { .. } => {}
+            }
+            return;
+        };
+        // Never poisoned in practice (nothing here panics); recover the state if it were.
+        let mut shaping = shaping.lock().unwrap_or_else(|e| e.into_inner());
         match sample {
             Sample::Reading(reading) => {
-                let topic = topic::reading_topic(&self.prefix, &reading.device, &reading.point);
-                let mode = self.payload;
-                self.outbox.push(topic, reading.ts_ms, |seq| {
-                    topic::reading_payload(mode, &reading, seq)
-                });
+                if let Some(filter) = &mut shaping.filter {
+                    if !filter.admit(&reading) {
+                        return;
+                    }
+                }
+                if self.payload == PayloadMode::Device {
+                    match shaping.batches.get_mut(&reading.device) {
+                        Some(batch) => batch.push(reading),
+                        None => {
+                            shaping
+                                .batches
+                                .insert(reading.device.clone(), vec![reading]);
+                        }
+                    }
+                } else {
+                    self.push_reading(&reading);
+                }
+            }
+            Sample::PollDone { device } => {
+                if let Some(batch) = shaping.batches.remove(&device) {
+                    self.push_batch(&mut shaping, &device, batch);
+                }
             }
             Sample::DeviceAvailability { device, online } => {
-                let topic = topic::device_status_topic(&self.prefix, &device);
-                self.outbox.push(topic, crate::model::unix_ms_now(), |_| {
-                    topic::availability_payload(online).to_vec()
-                });
+                if !online {
+                    if let Some(filter) = &mut shaping.filter {
+                        filter.forget_device(&device);
+                    }
+                }
+                self.push_availability(&device, online);
             }
         }
     }
@@ -101,6 +206,7 @@ mod tests {
             backoff_max: Duration::from_secs(60),
             payload,
             queue_capacity: 100,
+            report: None,
         }
     }
 

@@ -7,6 +7,16 @@
 //! other reading carries no `quality` key (consumers treat its absence as good).
 //! With `payload = "plain"` the payload is the value alone as text (`true`, `42`, `230.5`,
 //! `NaN`, `inf`, `-inf`, or the string as is); plain payloads carry no `seq`.
+//!
+//! With `payload = "device"` each poll of a device is one retained message on
+//! `<prefix>/<device>`: `{"ts":<unix ms>,"seq":<n>,"values":{"voltage":230.1,"status":"ok"}}`,
+//! `ts` being the time of the poll's last read. A non-finite float is `null` in `values`
+//! and named in `"quality":{"<point>":"nan"}` (the key is absent when all are finite). Units
+//! are not repeated per poll: the retained `<prefix>/<device>/meta` holds
+//! `{"units":{"voltage":"V",…}}` (points without a unit left out), published before the
+//! device's first batch and again when a batch brings a point it did not list yet. With a
+//! deadband, `values` holds only the points that passed it, so a consumer keeps the last
+//! value per point; the retained message is the last batch, not the full state.
 
 use serde_json::{Map, Value as Json};
 
@@ -17,6 +27,16 @@ use crate::model::{Reading, Value};
 /// `<prefix>/<device>/<point>`: one retained reading per point.
 pub fn reading_topic(prefix: &str, device: &str, point: &str) -> String {
     format!("{prefix}/{device}/{point}")
+}
+
+/// `<prefix>/<device>`: the device-batched readings (`payload = "device"`), retained.
+pub fn device_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{device}")
+}
+
+/// `<prefix>/<device>/meta`: the units of a device's points (`payload = "device"`), retained.
+pub fn device_meta_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{device}/meta")
 }
 
 /// `<prefix>/<device>/status`: `online` / `offline`, retained.
@@ -49,6 +69,12 @@ pub fn availability_payload(online: bool) -> &'static [u8] {
 pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8> {
     match mode {
         PayloadMode::Plain => plain_value(&reading.value).into_bytes(),
+        // A lone reading in device mode (the publisher batches; this is for completeness).
+        PayloadMode::Device => device_payload(
+            reading.ts_ms,
+            seq,
+            std::iter::once((reading.point.as_ref(), &reading.value)),
+        ),
         PayloadMode::Json => {
             let mut obj = Map::new();
             let (value, quality) = json_value(&reading.value);
@@ -65,6 +91,69 @@ pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8
             serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
         }
     }
+}
+
+/// `{"ts":…,"seq":…,"values":{…}}` for one device poll; points keep the order given.
+pub fn device_payload<'a>(
+    ts_ms: u64,
+    seq: u64,
+    values: impl IntoIterator<Item = (&'a str, &'a Value)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"ts\":");
+    out.extend_from_slice(ts_ms.to_string().as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"values\":{");
+    let mut bad: Vec<(&str, &'static str)> = Vec::new();
+    for (i, (point, value)) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(&mut out, point);
+        out.push(b':');
+        let (json, quality) = json_value(value);
+        // Writing a plain JSON value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &json);
+        if let Some(q) = quality {
+            bad.push((point, q));
+        }
+    }
+    out.push(b'}');
+    if !bad.is_empty() {
+        out.extend_from_slice(b",\"quality\":{");
+        for (i, (point, q)) in bad.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(&mut out, point);
+            out.push(b':');
+            write_json_str(&mut out, q);
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+    out
+}
+
+/// `{"units":{"voltage":"V",…}}` for `<prefix>/<device>/meta`.
+pub fn device_meta_payload<'a>(units: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"units\":{");
+    for (i, (point, unit)) in units.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(&mut out, point);
+        out.push(b':');
+        write_json_str(&mut out, unit);
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 fn json_value(value: &Value) -> (Json, Option<&'static str>) {
@@ -207,6 +296,45 @@ mod tests {
             1,
         ));
         assert_eq!(v["value"], "a\"b");
+    }
+
+    #[test]
+    fn device_payload_holds_every_point_with_ts_and_seq() {
+        let v = [
+            Value::Float(230.5),
+            Value::Int(-3),
+            Value::Bool(true),
+            Value::Text("a\"b".into()),
+        ];
+        let p = device_payload(
+            17,
+            5,
+            [
+                ("voltage", &v[0]),
+                ("temp", &v[1]),
+                ("run", &v[2]),
+                ("model", &v[3]),
+            ],
+        );
+        assert_eq!(
+            json(p),
+            serde_json::json!({"ts":17,"seq":5,"values":{"voltage":230.5,"temp":-3,"run":true,"model":"a\"b"}})
+        );
+    }
+
+    #[test]
+    fn device_payload_names_non_finite_points_in_quality() {
+        let v = [Value::Float(f64::NAN), Value::Float(1.0)];
+        let p = json(device_payload(1, 2, [("a", &v[0]), ("b", &v[1])]));
+        assert_eq!(p["values"]["a"], Json::Null);
+        assert_eq!(p["values"]["b"], 1.0);
+        assert_eq!(p["quality"], serde_json::json!({"a":"nan"}));
+    }
+
+    #[test]
+    fn device_meta_lists_units() {
+        let p = json(device_meta_payload([("voltage", "V"), ("power", "W")]));
+        assert_eq!(p, serde_json::json!({"units":{"voltage":"V","power":"W"}}));
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn mqtt(port: u16, prefix: &str, keep_alive: Duration) -> Mqtt {
         backoff_max: Duration::from_secs(4),
         payload: PayloadMode::Json,
         queue_capacity: 100_000,
+        report: None,
     }
 }
 

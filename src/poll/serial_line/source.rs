@@ -355,6 +355,9 @@ impl BusTask {
                 }
             }
         }
+        self.sink.send(Sample::PollDone {
+            device: sensor.name.clone(),
+        });
     }
 }
 
