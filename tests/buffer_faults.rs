@@ -5,8 +5,10 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
 use std::sync::Arc;
 use std::time::Duration;
+use support::mount::Mount;
 
 use fieldlink::buffer::store::{Limits, Store};
 use fieldlink::buffer::{BufferError, Durable, IoDriver, Settings};
@@ -27,37 +29,6 @@ fn settings(dir: &Path, durability: Durability) -> Settings {
         replay_rate: None,
         spill_threshold: usize::MAX,
         capacity: 100_000,
-    }
-}
-
-/// A tmpfs mounted for one test; unmounted on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    /// `None` when this process may not mount (not root, or no CAP_SYS_ADMIN).
-    fn tmpfs(at: &Path, options: &str) -> Option<Mount> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "fieldlink-test"])
-            .arg(at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Mount(at.to_path_buf()))
-    }
-    fn remount(&self, options: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 

@@ -4,11 +4,12 @@ mod support;
 #[path = "uplink_agent/mod.rs"]
 mod uplink_agent;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use support::mount::Mount;
 
 use fieldlink::buffer::{self, store::Limits, Durable, IoDriver};
 use fieldlink::config::{Durability, PayloadMode, Replay, WhenFull};
@@ -169,37 +170,6 @@ fn buffer_settings(dir: &Path, durability: Durability) -> buffer::Settings {
 fn buffered_outbox(dir: &Path, durability: Durability) -> Arc<Outbox> {
     let durable = Durable::open(buffer_settings(dir, durability), 1, IoDriver::Thread);
     Arc::new(Outbox::with_buffer(durable))
-}
-
-/// A tmpfs mounted for one test (root only); unmounted on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, options: &str) -> Option<Mount> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "fieldlink-test"])
-            .arg(at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Mount(at.to_path_buf()))
-    }
-
-    fn remount(&self, options: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ pub use broker::Broker;
 pub mod agent;
 pub mod expect;
 pub mod modbus;
+pub mod mount;
 pub mod proxy;
 pub mod pty;
 pub mod watch;
