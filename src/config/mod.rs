@@ -6,6 +6,7 @@
 //! The types in this file are the contract the rest of the agent builds on: they are
 //! already checked, so consumers never re-validate.
 
+pub mod limits;
 pub mod raw;
 pub mod units;
 pub mod validate;
@@ -423,23 +424,33 @@ impl Buffer {
                 "must name a directory, e.g. \"/var/lib/fieldlink\"".to_string(),
             ));
         }
-        if self.commit_interval < Duration::from_millis(10)
-            || self.commit_interval > Duration::from_secs(60)
-        {
-            problems.push((
+        for (key, value, range) in [
+            (
                 "commit_interval",
-                "must be between 10ms and 60s (it bounds what a power cut loses in \"always\" mode)"
-                    .to_string(),
-            ));
+                self.commit_interval,
+                &limits::COMMIT_INTERVAL,
+            ),
+            ("max_age", self.max_age, &limits::MAX_AGE),
+        ] {
+            if !range.contains(value) {
+                problems.push((
+                    key,
+                    format!(
+                        "= \"{}\" is out of range: {} must be between {} and {}, e.g. \"{}\"",
+                        units::format_duration(value),
+                        range.what,
+                        units::format_duration(range.min),
+                        units::format_duration(range.max),
+                        range.example
+                    ),
+                ));
+            }
         }
         if self.max_size < 1024 * 1024 {
             problems.push((
                 "max_size",
                 "must be at least 1MiB (SQLite needs room for its own pages)".to_string(),
             ));
-        }
-        if self.max_age < Duration::from_secs(60) {
-            problems.push(("max_age", "must be at least 1m".to_string()));
         }
         if self.replay_rate == Some(0) {
             problems.push((

@@ -21,6 +21,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::Spanned;
 use toml_edit::{ImDocument, InlineTable, Item, Value};
 
+use super::limits::{self, DurationRange};
 use super::raw::{
     RawBuffer, RawDevice, RawGateway, RawLineBus, RawLineDevice, RawLinePoint, RawLog, RawMqtt,
     RawPoint, RawProfile, RawRootScalars, RawRtuBus, RawTcpBus, RawTls, ROOT_KEYS,
@@ -41,8 +42,6 @@ pub const SYSTEM_PROFILE_DIRS: &[&str] =
 const DEFAULT_MQTT_PORT: u16 = 1883;
 const DEFAULT_MQTTS_PORT: u16 = 8883;
 const DEFAULT_MODBUS_TCP_PORT: u16 = 502;
-/// MQTT 3.1.1 carries keep-alive as a 16-bit count of seconds.
-const MAX_KEEP_ALIVE_SECS: u64 = u16::MAX as u64;
 /// A string point must fit one read request (Modbus caps a register read at 125).
 const MAX_STRING_REGISTERS: i64 = 125;
 /// The planner never needs to bridge more than one full bit request.
@@ -419,34 +418,50 @@ impl Checker {
         }
     }
 
-    fn positive_duration(
+    /// A duration within `range` (see `limits`), or an error that states the range.
+    fn duration_in(
         &mut self,
         file: FileId,
         v: &Spanned<HumanDuration>,
         key: &str,
+        range: &DurationRange,
     ) -> Option<Duration> {
         let d = v.get_ref().0;
-        if d.is_zero() {
-            self.fail(
-                file,
-                span_of(v),
-                format!("`{key}` is zero: give a positive duration such as \"1s\""),
-            );
-            None
-        } else {
-            Some(d)
+        if range.contains(d) {
+            return Some(d);
         }
+        let (relation, bound) = if d < range.min {
+            ("shorter than", range.min)
+        } else {
+            ("longer than", range.max)
+        };
+        self.fail(
+            file,
+            span_of(v),
+            format!(
+                "`{key}` = \"{}\" is {relation} {}: {} must be between {} and {}, e.g. \"{}\"",
+                format_duration(d),
+                format_duration(bound),
+                range.what,
+                format_duration(range.min),
+                format_duration(range.max),
+                range.example
+            ),
+        );
+        None
     }
 
+    /// [`Checker::duration_in`] for an optional key, `default` when it is absent.
     fn duration_or(
         &mut self,
         file: FileId,
         v: &Option<Spanned<HumanDuration>>,
         key: &str,
+        range: &DurationRange,
         default: Duration,
     ) -> Option<Duration> {
         match v {
-            Some(v) => self.positive_duration(file, v, key),
+            Some(v) => self.duration_in(file, v, key, range),
             None => Some(default),
         }
     }
@@ -867,7 +882,7 @@ impl Checker {
             None => Some(Duration::from_secs(15)),
             Some(ka) => {
                 let value = ka.get_ref().0;
-                if value < Duration::from_secs(1) || value.as_secs() > MAX_KEEP_ALIVE_SECS {
+                if !limits::KEEP_ALIVE.contains(value) {
                     self.fail(file, span_of(ka), format!("`keep_alive` = \"{}\" is out of range: MQTT allows 1s to 65535s (18h 12m 15s); 15s to 60s suits cellular links", format_duration(value)));
                     None
                 } else if value.subsec_nanos() != 0 {
@@ -950,18 +965,21 @@ impl Checker {
             file,
             &raw.connect_timeout,
             "connect_timeout",
+            &limits::CONNECT_TIMEOUT,
             Duration::from_secs(20),
         );
         let backoff_initial = self.duration_or(
             file,
             &raw.backoff_initial,
             "backoff_initial",
+            &limits::BACKOFF_INITIAL,
             Duration::from_secs(1),
         );
         let backoff_max = self.duration_or(
             file,
             &raw.backoff_max,
             "backoff_max",
+            &limits::BACKOFF_MAX,
             Duration::from_secs(60),
         );
         if let (Some(initial), Some(max), Some(raw_max)) =
@@ -1047,8 +1065,10 @@ impl Checker {
                 if raw.deadband.is_none() {
                     self.fail(file, span_of(m), "`max_interval` only applies with a `deadband`: add deadband = 0.5 (or \"2%\"), or remove max_interval (every reading is published then)");
                     ok = false;
-                } else if value < Duration::from_secs(1) {
-                    self.fail(file, span_of(m), format!("`max_interval` = \"{}\" is shorter than 1s: it is the heartbeat that re-sends a steady value, e.g. \"5m\"", format_duration(value)));
+                } else if self
+                    .duration_in(file, m, "max_interval", &limits::MAX_INTERVAL)
+                    .is_none()
+                {
                     ok = false;
                 }
                 value
@@ -1208,7 +1228,13 @@ impl Checker {
                     None
                 }
             });
-        let timeout = self.duration_or(file, &raw.timeout, "timeout", Duration::from_secs(1));
+        let timeout = self.duration_or(
+            file,
+            &raw.timeout,
+            "timeout",
+            &limits::REQUEST_TIMEOUT,
+            Duration::from_secs(1),
+        );
         let (name_span, name) = name?;
         Some((
             name_span,
@@ -1289,6 +1315,7 @@ impl Checker {
             file,
             &raw.response_timeout,
             "response_timeout",
+            &limits::REQUEST_TIMEOUT,
             Duration::from_millis(500),
         );
         let inter_request_delay = match (baud, data_bits, parity, stop_bits) {
@@ -1303,6 +1330,16 @@ impl Checker {
                             format_duration(delay.get_ref().0),
                             minimum.as_secs_f64() * 1000.0,
                             format_duration(round_up_to_ms(minimum)),
+                        ));
+                        None
+                    }
+                    Some(delay) if delay.get_ref().0 > limits::INTER_REQUEST_DELAY_MAX => {
+                        self.fail(file, span_of(delay), format!(
+                            "`inter_request_delay` = \"{}\" is longer than {}: the silence between two requests must be between 3.5 character times ({}) and {}; devices usually want 5 to 50 ms, e.g. \"20ms\"",
+                            format_duration(delay.get_ref().0),
+                            format_duration(limits::INTER_REQUEST_DELAY_MAX),
+                            format_duration(round_up_to_ms(minimum)),
+                            format_duration(limits::INTER_REQUEST_DELAY_MAX),
                         ));
                         None
                     }
@@ -1569,7 +1606,13 @@ impl Checker {
             .as_ref()
             .and_then(|p| p.as_ref().and_then(|p| p.interval))
             .unwrap_or(Duration::from_secs(5));
-        let interval = self.duration_or(file, &raw.interval, "interval", default_interval);
+        let interval = self.duration_or(
+            file,
+            &raw.interval,
+            "interval",
+            &limits::POLL_INTERVAL,
+            default_interval,
+        );
 
         // Merge the profile's points with the device's own, then check them as one set.
         let mut points: Vec<LocatedPoint> = profile
@@ -1648,11 +1691,18 @@ impl Checker {
             .require(&d, &raw.bus, "bus", "bus = \"<name of a [[bus]]>\"")
             .map(|b| b.get_ref().clone());
 
-        let interval = self.duration_or(file, &raw.interval, "interval", Duration::from_secs(5));
+        let interval = self.duration_or(
+            file,
+            &raw.interval,
+            "interval",
+            &limits::POLL_INTERVAL,
+            Duration::from_secs(5),
+        );
         let response_timeout = self.duration_or(
             file,
             &raw.response_timeout,
             "response_timeout",
+            &limits::REQUEST_TIMEOUT,
             Duration::from_secs(1),
         );
         let query = match &raw.query {
@@ -1694,7 +1744,7 @@ impl Checker {
                 .map(Some),
         };
         let stale_after = match (&raw.stale_after, interval) {
-            (Some(s), _) => self.positive_duration(file, s, "stale_after"),
+            (Some(s), _) => self.duration_in(file, s, "stale_after", &limits::STALE_AFTER),
             (None, Some(i)) => Some(i.saturating_mul(3)),
             (None, None) => None,
         };
@@ -2129,7 +2179,7 @@ impl Checker {
         }
         let interval = match &d.value.interval {
             Some(i) => {
-                let interval = self.positive_duration(file, i, "interval");
+                let interval = self.duration_in(file, i, "interval", &limits::POLL_INTERVAL);
                 ok &= interval.is_some();
                 interval
             }
@@ -2383,7 +2433,9 @@ impl Checker {
         };
         let interval = match &raw.interval {
             None => Some(None),
-            Some(i) => self.positive_duration(file, i, "interval").map(Some),
+            Some(i) => self
+                .duration_in(file, i, "interval", &limits::POLL_INTERVAL)
+                .map(Some),
         };
 
         if let (Some((_, address)), Some(dt)) = (location, data_type) {
