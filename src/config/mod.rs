@@ -189,6 +189,47 @@ pub enum Parity {
     Odd,
 }
 
+/// Device names that are (or will be) topic levels of the gateway itself, right under
+/// `<prefix>/`, with why. Refused in every payload mode: with `payload = "device"` a device
+/// publishes on `<prefix>/<device>` itself, and a config must stay valid when the mode
+/// changes. Kept in step with `uplink::topic` by a test.
+pub const RESERVED_DEVICE_NAMES: &[(&str, &str)] = &[
+    (
+        "status",
+        "<prefix>/status is the gateway's own online/offline status",
+    ),
+    ("health", "<prefix>/health is the gateway's health report"),
+    (
+        "meta",
+        "<prefix>/meta is reserved for the gateway's own metadata",
+    ),
+    (
+        "set",
+        "<prefix>/set is reserved for the command topics to come",
+    ),
+];
+
+/// Point names that are (or will be) topic levels of their device, `<prefix>/<device>/…`,
+/// with why. Refused in every payload mode, like [`RESERVED_DEVICE_NAMES`].
+pub const RESERVED_POINT_NAMES: &[(&str, &str)] = &[
+    (
+        "status",
+        "<prefix>/<device>/status is the device's availability topic",
+    ),
+    (
+        "meta",
+        "<prefix>/<device>/meta holds the units of the device's points (payload = \"device\")",
+    ),
+    (
+        "set",
+        "<prefix>/<device>/set is reserved for the command topics to come",
+    ),
+];
+
+/// The longest gateway id, bus, device or point name, in characters: an MQTT topic level is
+/// sensibly no longer than this (and dashboards show it).
+pub const MAX_NAME_CHARS: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct Device {
     pub name: String,
