@@ -160,23 +160,5 @@ fn status_line(health: &Health, outbox: &Outbox) -> String {
     )
 }
 
-/// A token cancelled by the first SIGTERM or SIGINT.
-pub fn stop_on_signals() -> anyhow::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let token = CancellationToken::new();
-    let trigger = token.clone();
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!(
-            signal = name,
-            "stopping: draining the queue and publishing offline"
-        );
-        trigger.cancel();
-    });
-    Ok(token)
-}
+/// SIGTERM/SIGINT handling for the demo; the agent's own is `signals::agent`.
+pub use crate::signals::stop_on_signals;

@@ -39,7 +39,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     };
     crate::logging::init(&config.log.level)?;
     runtime()?.block_on(async {
-        let stop = crate::app::stop_on_signals()?;
+        let stop = crate::signals::agent()?;
         crate::app::run(config, stop).await
     })?;
     Ok(ExitCode::SUCCESS)

@@ -4,10 +4,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fieldlink::cli::{BufferAction, Cli, Command};
-use fieldlink::commands;
+use fieldlink::{commands, signals};
 
 fn main() -> ExitCode {
+    // First, before any thread exists: a SIGHUP while `run` starts up must wait for the
+    // agent's handler instead of killing it (see `signals`).
+    signals::hold_sighup();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // One-shot commands keep the default: a hung-up terminal ends them.
+        signals::release_sighup();
+    }
     let outcome = match cli.command {
         Command::Run { config } => commands::run(&config),
         Command::Check { config } => commands::check(&config),

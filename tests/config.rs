@@ -41,7 +41,8 @@ struct Expected {
 }
 
 fn expectations(fixture: &Path) -> Vec<Expected> {
-    let text = std::fs::read_to_string(fixture).unwrap();
+    // Lossy: a fixture may be deliberately not UTF-8 (its `# expect:` lines are).
+    let text = String::from_utf8_lossy(&std::fs::read(fixture).unwrap()).into_owned();
     let dir = fixture.parent().unwrap();
     text.lines()
         .filter_map(|line| line.trim_start().strip_prefix("# expect:"))
@@ -94,6 +95,15 @@ fn every_bad_fixture_fails_with_exactly_the_errors_it_announces() {
             }
             Err(errors) => errors,
         };
+        let shown = errors.to_string();
+        if shown.lines().count() != errors.0.len() {
+            failures.push(format!(
+                "{}: {} errors shown on {} lines (one each expected):\n{shown}",
+                fixture.display(),
+                errors.0.len(),
+                shown.lines().count()
+            ));
+        }
         let mut unmatched: Vec<_> = errors.0.iter().collect();
         for want in &expected {
             let found = unmatched.iter().position(|e| {
@@ -340,4 +350,136 @@ fn an_unreadable_file_is_reported_without_a_position() {
     assert!(errors
         .to_string()
         .starts_with("/nonexistent/fieldlink.toml: cannot read"));
+}
+
+/// A config with two Modbus RTU buses on `first` and `second`.
+fn two_rtu_buses(first: &Path, second: &Path) -> String {
+    format!(
+        "[gateway]\nid = \"g\"\n[mqtt]\nhost = \"b\"\n\
+         [[bus]]\nname = \"by-id\"\ntype = \"modbus_rtu\"\npath = {:?}\n\
+         [[bus]]\nname = \"by-number\"\ntype = \"modbus_rtu\"\npath = {:?}\n",
+        first.display().to_string(),
+        second.display().to_string()
+    )
+}
+
+#[test]
+fn two_buses_on_one_port_through_a_by_id_symlink_are_refused_naming_the_port() {
+    let dev = tempfile::tempdir().unwrap();
+    let port = dev.path().join("ttyUSB0");
+    std::fs::write(&port, "").unwrap();
+    let by_id = dev
+        .path()
+        .join("usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0");
+    std::os::unix::fs::symlink(&port, &by_id).unwrap();
+
+    let errors = config::load_str(
+        Path::new("/nowhere/site.toml"),
+        &two_rtu_buses(&by_id, &port),
+    )
+    .unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    let e = &errors.0[0];
+    assert_eq!((e.line, e.column), (12, 8), "{errors}");
+    let resolved = std::fs::canonicalize(&port).unwrap();
+    assert!(
+        e.message.contains("is already the port of bus \"by-id\"")
+            && e.message
+                .contains(&format!("both lead to {}", resolved.display())),
+        "{errors}"
+    );
+
+    // Two different ports behind two links are fine.
+    let other = dev.path().join("ttyUSB1");
+    std::fs::write(&other, "").unwrap();
+    config::load_str(
+        Path::new("/nowhere/site.toml"),
+        &two_rtu_buses(&by_id, &other),
+    )
+    .unwrap_or_else(|e| panic!("two ports should load:\n{e}"));
+}
+
+#[test]
+fn a_profile_that_is_not_utf8_is_reported_in_the_profile_at_the_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("profiles")).unwrap();
+    let mut profile = b"description = \"Chaudi".to_vec();
+    profile.push(0xE8); // "è" in ISO-8859-1
+    profile
+        .extend_from_slice(b"re\"\n[[point]]\nname = \"t\"\naddress = \"40001\"\ntype = \"u16\"\n");
+    std::fs::write(dir.path().join("profiles/boiler.toml"), profile).unwrap();
+    let path = dir.path().join("site.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nid = \"g\"\n[mqtt]\nhost = \"b\"\n\
+         [[bus]]\nname = \"lan\"\ntype = \"modbus_tcp\"\naddress = \"10.0.0.5\"\n\
+         [[device]]\nname = \"boiler\"\nbus = \"lan\"\nunit = 1\nprofile = \"boiler\"\n",
+    )
+    .unwrap();
+    let errors = config::load(&path).unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    let e = &errors.0[0];
+    assert_eq!(e.file, dir.path().join("profiles/boiler.toml"), "{errors}");
+    assert_eq!((e.line, e.column), (1, 22), "{errors}");
+    assert!(
+        e.message
+            .starts_with("byte 0xE8 (\"è\" in ISO-8859-1) is not UTF-8"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_binary_file_is_refused_in_a_few_lines_not_one_per_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fieldlink.toml");
+    std::fs::write(&path, vec![0xFFu8; 5000]).unwrap();
+    let errors = config::load(&path).unwrap_err();
+    assert_eq!(errors.0.len(), 11, "{errors}");
+    assert!(
+        errors.0[10].message.contains("more byte sequences"),
+        "{errors}"
+    );
+}
+
+/// The reserved names are exactly the topic levels the uplink publishes under `<prefix>/` and
+/// `<prefix>/<device>/`: a new topic there must be added to the list, or devices and points
+/// could be named like it.
+#[test]
+fn the_reserved_names_cover_every_topic_level_the_gateway_publishes() {
+    use fieldlink::uplink::topic;
+    let reserved_devices: Vec<&str> = config::RESERVED_DEVICE_NAMES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    let reserved_points: Vec<&str> = config::RESERVED_POINT_NAMES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    for gateway_topic in [topic::gateway_status_topic("P"), topic::health_topic("P")] {
+        let level = gateway_topic.strip_prefix("P/").unwrap();
+        assert!(
+            reserved_devices.contains(&level),
+            "{gateway_topic}: {level} is not reserved for devices"
+        );
+    }
+    for device_topic in [
+        topic::device_status_topic("P", "D"),
+        topic::device_meta_topic("P", "D"),
+    ] {
+        let level = device_topic.strip_prefix("P/D/").unwrap();
+        assert!(
+            reserved_points.contains(&level),
+            "{device_topic}: {level} is not reserved for points"
+        );
+    }
+    // The command topics to come.
+    assert!(reserved_devices.contains(&"set") && reserved_points.contains(&"set"));
+}
+
+#[test]
+fn a_config_file_name_with_a_newline_still_gives_one_line_per_error() {
+    let errors = config::load_str(Path::new("site\n.toml"), "[gateway]\nid = \"\"\n").unwrap_err();
+    let shown = errors.to_string();
+    assert_eq!(shown.lines().count(), errors.0.len(), "{shown}");
+    assert!(shown.starts_with("site\\n.toml:"), "{shown}");
 }

@@ -6,6 +6,7 @@
 //! The types in this file are the contract the rest of the agent builds on: they are
 //! already checked, so consumers never re-validate.
 
+pub mod limits;
 pub mod raw;
 pub mod units;
 pub mod validate;
@@ -187,6 +188,47 @@ pub enum Parity {
     Even,
     Odd,
 }
+
+/// Device names that are (or will be) topic levels of the gateway itself, right under
+/// `<prefix>/`, with why. Refused in every payload mode: with `payload = "device"` a device
+/// publishes on `<prefix>/<device>` itself, and a config must stay valid when the mode
+/// changes. Kept in step with `uplink::topic` by a test.
+pub const RESERVED_DEVICE_NAMES: &[(&str, &str)] = &[
+    (
+        "status",
+        "<prefix>/status is the gateway's own online/offline status",
+    ),
+    ("health", "<prefix>/health is the gateway's health report"),
+    (
+        "meta",
+        "<prefix>/meta is reserved for the gateway's own metadata",
+    ),
+    (
+        "set",
+        "<prefix>/set is reserved for the command topics to come",
+    ),
+];
+
+/// Point names that are (or will be) topic levels of their device, `<prefix>/<device>/…`,
+/// with why. Refused in every payload mode, like [`RESERVED_DEVICE_NAMES`].
+pub const RESERVED_POINT_NAMES: &[(&str, &str)] = &[
+    (
+        "status",
+        "<prefix>/<device>/status is the device's availability topic",
+    ),
+    (
+        "meta",
+        "<prefix>/<device>/meta holds the units of the device's points (payload = \"device\")",
+    ),
+    (
+        "set",
+        "<prefix>/<device>/set is reserved for the command topics to come",
+    ),
+];
+
+/// The longest gateway id, bus, device or point name, in characters: an MQTT topic level is
+/// sensibly no longer than this (and dashboards show it).
+pub const MAX_NAME_CHARS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Device {
@@ -423,23 +465,33 @@ impl Buffer {
                 "must name a directory, e.g. \"/var/lib/fieldlink\"".to_string(),
             ));
         }
-        if self.commit_interval < Duration::from_millis(10)
-            || self.commit_interval > Duration::from_secs(60)
-        {
-            problems.push((
+        for (key, value, range) in [
+            (
                 "commit_interval",
-                "must be between 10ms and 60s (it bounds what a power cut loses in \"always\" mode)"
-                    .to_string(),
-            ));
+                self.commit_interval,
+                &limits::COMMIT_INTERVAL,
+            ),
+            ("max_age", self.max_age, &limits::MAX_AGE),
+        ] {
+            if !range.contains(value) {
+                problems.push((
+                    key,
+                    format!(
+                        "= \"{}\" is out of range: {} must be between {} and {}, e.g. \"{}\"",
+                        units::format_duration(value),
+                        range.what,
+                        units::format_duration(range.min),
+                        units::format_duration(range.max),
+                        range.example
+                    ),
+                ));
+            }
         }
         if self.max_size < 1024 * 1024 {
             problems.push((
                 "max_size",
                 "must be at least 1MiB (SQLite needs room for its own pages)".to_string(),
             ));
-        }
-        if self.max_age < Duration::from_secs(60) {
-            problems.push(("max_age", "must be at least 1m".to_string()));
         }
         if self.replay_rate == Some(0) {
             problems.push((

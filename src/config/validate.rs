@@ -2,7 +2,13 @@
 //!
 //! Owns reading the config file and its profile files, the defaults, every range and
 //! cross-reference check, and the error sentences. It must not touch anything at run time
-//! (no sockets, no serial ports, no certificate files): a config is judged on its text alone.
+//! (no sockets, no serial ports, no certificate files): a config is judged on its text, with
+//! one exception: serial paths are resolved through their symlinks (never opened), so that
+//! two buses on one port are found even when one names it by /dev/serial/by-id/.
+//!
+//! Every message goes through one place (`Checker::fail`), which escapes control characters
+//! echoed from the file so that each error is one line; a file that is not UTF-8 is reported
+//! byte by byte with line and column, as TOML syntax errors are.
 //!
 //! How all errors are found in one pass although serde stops at the first one: the file is
 //! parsed with toml_edit (every key and value keeps its byte span), then each table (the
@@ -21,6 +27,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::Spanned;
 use toml_edit::{ImDocument, InlineTable, Item, Value};
 
+use super::limits::{self, DurationRange};
 use super::raw::{
     RawBuffer, RawDevice, RawGateway, RawLineBus, RawLineDevice, RawLinePoint, RawLog, RawMqtt,
     RawPoint, RawProfile, RawRootScalars, RawRtuBus, RawTcpBus, RawTls, ROOT_KEYS,
@@ -33,6 +40,7 @@ use super::{
     Replay, ReportByException, SerialLine, SerialLineDevice, SerialLinePoint, SerialSettings,
     Table, Tls, WhenFull, WordOrder,
 };
+use super::{MAX_NAME_CHARS, RESERVED_DEVICE_NAMES, RESERVED_POINT_NAMES};
 
 /// Folders searched for `profile = "NAME"` after the config file's own `profiles/` folder.
 pub const SYSTEM_PROFILE_DIRS: &[&str] =
@@ -41,8 +49,6 @@ pub const SYSTEM_PROFILE_DIRS: &[&str] =
 const DEFAULT_MQTT_PORT: u16 = 1883;
 const DEFAULT_MQTTS_PORT: u16 = 8883;
 const DEFAULT_MODBUS_TCP_PORT: u16 = 502;
-/// MQTT 3.1.1 carries keep-alive as a 16-bit count of seconds.
-const MAX_KEEP_ALIVE_SECS: u64 = u16::MAX as u64;
 /// A string point must fit one read request (Modbus caps a register read at 125).
 const MAX_STRING_REGISTERS: i64 = 125;
 /// The planner never needs to bridge more than one full bit request.
@@ -53,6 +59,9 @@ const MAX_TERMINATOR_BYTES: usize = 8;
 const MAX_QUERY_BYTES: usize = 1024;
 /// A field index beyond this is a typo (NMEA sentences have about 20 fields).
 const MAX_FIELD_INDEX: i64 = 1023;
+/// Bad bytes reported one by one in a file that is not UTF-8; a binary file would otherwise
+/// produce thousands of lines.
+const MAX_ENCODING_ERRORS: usize = 10;
 /// Regexes are compiled with this size limit so a pathological pattern fails validation
 /// instead of eating a gateway's memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -75,17 +84,12 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for e in &self.0 {
+            // A file name can hold a newline too; the message is already one line.
+            let file = one_line(&e.file.display().to_string());
             if e.line == 0 {
-                writeln!(f, "{}: {}", e.file.display(), e.message)?;
+                writeln!(f, "{file}: {}", one_line(&e.message))?;
             } else {
-                writeln!(
-                    f,
-                    "{}:{}:{}: {}",
-                    e.file.display(),
-                    e.line,
-                    e.column,
-                    e.message
-                )?;
+                writeln!(f, "{file}:{}:{}: {}", e.line, e.column, e.message)?;
             }
         }
         Ok(())
@@ -95,7 +99,7 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads and validates the config file at `path`, with the profiles it names.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.into(),
             line: 0,
@@ -105,7 +109,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             ),
         }])
     })?;
-    load_str(path, &text)
+    match String::from_utf8(bytes) {
+        Ok(text) => load_str(path, &text),
+        Err(e) => {
+            let mut checker = Checker::default();
+            checker.add_not_utf8(path.to_path_buf(), e.as_bytes());
+            checker.finish(None)
+        }
+    }
 }
 
 /// Validates `text` as if it were the file at `path` (which locates messages and the
@@ -220,6 +231,25 @@ struct Checker {
     bus_list_unreadable: bool,
     /// Serial_line buses that already have a device, by bus name.
     line_bus_users: HashMap<String, LineBusUser>,
+    /// The serial ports of the serial buses so far, in file order.
+    serial_ports: Vec<SerialPortUser>,
+    /// The devices on each Modbus RTU bus so far, by (bus, unit id).
+    rtu_units: HashMap<(String, u8), RtuUnitUser>,
+}
+
+/// A serial bus's port, to find a second bus on the same one.
+struct SerialPortUser {
+    /// The port as resolved through symlinks, or as written when it does not exist.
+    port: PathBuf,
+    written: String,
+    bus: String,
+    line: usize,
+}
+
+/// The first device with a unit id on an RTU bus.
+struct RtuUnitUser {
+    device: String,
+    line: usize,
 }
 
 fn span_of<T>(v: &Spanned<T>) -> Option<Range<usize>> {
@@ -232,12 +262,55 @@ impl Checker {
         self.files.len() - 1
     }
 
+    /// Records a problem. Messages echo values from the file, which TOML escapes may fill
+    /// with control characters: they are escaped here, once for all, so that every error
+    /// stays on its one line.
     fn fail(&mut self, file: FileId, span: Option<Range<usize>>, message: impl Into<String>) {
         self.problems.push(Problem {
             file,
             offset: span.map(|s| s.start),
-            message: message.into(),
+            message: one_line(&message.into()),
         });
+    }
+
+    /// A file that is not UTF-8 (TOML must be): each bad byte sequence is reported where it
+    /// is (up to [`MAX_ENCODING_ERRORS`] of them), and the file is not parsed.
+    fn add_not_utf8(&mut self, path: PathBuf, bytes: &[u8]) {
+        // The invalid sequences become U+FFFD, one character each, so the line and column
+        // of every byte up to and including each bad one stay those of the file.
+        let mut text = String::with_capacity(bytes.len());
+        let mut bad: Vec<(usize, &[u8])> = Vec::new();
+        for chunk in bytes.utf8_chunks() {
+            text.push_str(chunk.valid());
+            if !chunk.invalid().is_empty() {
+                bad.push((text.len(), chunk.invalid()));
+                text.push(char::REPLACEMENT_CHARACTER);
+            }
+        }
+        let file = self.add_file(path, text);
+        for (offset, sequence) in bad.iter().take(MAX_ENCODING_ERRORS) {
+            let hex: Vec<String> = sequence.iter().map(|b| format!("0x{b:02X}")).collect();
+            let latin1 = match sequence {
+                [b] if *b >= 0xA0 => format!(" (\"{}\" in ISO-8859-1)", char::from(*b)),
+                _ => String::new(),
+            };
+            self.fail(
+                file,
+                Some(*offset..*offset),
+                format!(
+                    "byte {}{latin1} is not UTF-8, which a TOML file must be: save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 old.toml > new.toml)",
+                    hex.join(" ")
+                ),
+            );
+        }
+        if let Some((offset, _)) = bad.get(MAX_ENCODING_ERRORS) {
+            let more = bad.len() - MAX_ENCODING_ERRORS;
+            self.fail(
+                file,
+                Some(*offset..*offset),
+                format!("{more} more byte sequences from here on are not UTF-8 either: is this a text file?"),
+            );
+        }
     }
 
     fn finish(mut self, config: Option<Config>) -> Result<Config, ConfigErrors> {
@@ -392,7 +465,35 @@ impl Checker {
             );
             return None;
         }
+        let length = name.chars().count();
+        if length > MAX_NAME_CHARS {
+            self.fail(
+                file,
+                span_of(v),
+                format!(
+                    "the {what} name \"{name}\" is {length} characters long: shorten it to at most {MAX_NAME_CHARS} (names become MQTT topic levels and log fields)"
+                ),
+            );
+            return None;
+        }
         Some(name.clone())
+    }
+
+    /// A point name: a valid name that is not one of its device's own topic levels.
+    fn point_name(&mut self, file: FileId, v: &Spanned<String>) -> Option<String> {
+        let name = self.name(file, v, "point")?;
+        if let Some((_, why)) = RESERVED_POINT_NAMES.iter().find(|(n, _)| *n == name) {
+            self.fail(
+                file,
+                span_of(v),
+                format!(
+                    "a point may not be named \"{name}\": {why}; rename the point ({} are reserved)",
+                    reserved_list(RESERVED_POINT_NAMES)
+                ),
+            );
+            return None;
+        }
+        Some(name)
     }
 
     fn int_in(
@@ -419,34 +520,50 @@ impl Checker {
         }
     }
 
-    fn positive_duration(
+    /// A duration within `range` (see `limits`), or an error that states the range.
+    fn duration_in(
         &mut self,
         file: FileId,
         v: &Spanned<HumanDuration>,
         key: &str,
+        range: &DurationRange,
     ) -> Option<Duration> {
         let d = v.get_ref().0;
-        if d.is_zero() {
-            self.fail(
-                file,
-                span_of(v),
-                format!("`{key}` is zero: give a positive duration such as \"1s\""),
-            );
-            None
-        } else {
-            Some(d)
+        if range.contains(d) {
+            return Some(d);
         }
+        let (relation, bound) = if d < range.min {
+            ("shorter than", range.min)
+        } else {
+            ("longer than", range.max)
+        };
+        self.fail(
+            file,
+            span_of(v),
+            format!(
+                "`{key}` = \"{}\" is {relation} {}: {} must be between {} and {}, e.g. \"{}\"",
+                format_duration(d),
+                format_duration(bound),
+                range.what,
+                format_duration(range.min),
+                format_duration(range.max),
+                range.example
+            ),
+        );
+        None
     }
 
+    /// [`Checker::duration_in`] for an optional key, `default` when it is absent.
     fn duration_or(
         &mut self,
         file: FileId,
         v: &Option<Spanned<HumanDuration>>,
         key: &str,
+        range: &DurationRange,
         default: Duration,
     ) -> Option<Duration> {
         match v {
-            Some(v) => self.positive_duration(file, v, key),
+            Some(v) => self.duration_in(file, v, key, range),
             None => Some(default),
         }
     }
@@ -635,6 +752,15 @@ impl Checker {
                 file,
                 span_of(id),
                 format!("gateway id \"{text}\" must be letters, digits, `_` or `-` only (it becomes part of MQTT topics and the client id), e.g. \"gw-0001\""),
+            );
+            return None;
+        }
+        let length = text.chars().count();
+        if length > MAX_NAME_CHARS {
+            self.fail(
+                file,
+                span_of(id),
+                format!("gateway id \"{text}\" is {length} characters long: shorten it to at most {MAX_NAME_CHARS} (it becomes a topic level and part of the MQTT client id)"),
             );
             return None;
         }
@@ -867,7 +993,7 @@ impl Checker {
             None => Some(Duration::from_secs(15)),
             Some(ka) => {
                 let value = ka.get_ref().0;
-                if value < Duration::from_secs(1) || value.as_secs() > MAX_KEEP_ALIVE_SECS {
+                if !limits::KEEP_ALIVE.contains(value) {
                     self.fail(file, span_of(ka), format!("`keep_alive` = \"{}\" is out of range: MQTT allows 1s to 65535s (18h 12m 15s); 15s to 60s suits cellular links", format_duration(value)));
                     None
                 } else if value.subsec_nanos() != 0 {
@@ -904,6 +1030,8 @@ impl Checker {
                     Some("contains a wildcard (`+` or `#`), which is not allowed in a topic you publish to")
                 } else if text.ends_with('/') {
                     Some("ends with `/`, which would make empty topic levels")
+                } else if text.contains("//") {
+                    Some("contains `//`, an empty topic level that subscribers rarely expect")
                 } else if text.starts_with('$') {
                     Some("starts with `$`, which brokers reserve for their own topics")
                 } else if text.contains('\0') {
@@ -950,18 +1078,21 @@ impl Checker {
             file,
             &raw.connect_timeout,
             "connect_timeout",
+            &limits::CONNECT_TIMEOUT,
             Duration::from_secs(20),
         );
         let backoff_initial = self.duration_or(
             file,
             &raw.backoff_initial,
             "backoff_initial",
+            &limits::BACKOFF_INITIAL,
             Duration::from_secs(1),
         );
         let backoff_max = self.duration_or(
             file,
             &raw.backoff_max,
             "backoff_max",
+            &limits::BACKOFF_MAX,
             Duration::from_secs(60),
         );
         if let (Some(initial), Some(max), Some(raw_max)) =
@@ -1047,8 +1178,10 @@ impl Checker {
                 if raw.deadband.is_none() {
                     self.fail(file, span_of(m), "`max_interval` only applies with a `deadband`: add deadband = 0.5 (or \"2%\"), or remove max_interval (every reading is published then)");
                     ok = false;
-                } else if value < Duration::from_secs(1) {
-                    self.fail(file, span_of(m), format!("`max_interval` = \"{}\" is shorter than 1s: it is the heartbeat that re-sends a steady value, e.g. \"5m\"", format_duration(value)));
+                } else if self
+                    .duration_in(file, m, "max_interval", &limits::MAX_INTERVAL)
+                    .is_none()
+                {
                     ok = false;
                 }
                 value
@@ -1208,7 +1341,13 @@ impl Checker {
                     None
                 }
             });
-        let timeout = self.duration_or(file, &raw.timeout, "timeout", Duration::from_secs(1));
+        let timeout = self.duration_or(
+            file,
+            &raw.timeout,
+            "timeout",
+            &limits::REQUEST_TIMEOUT,
+            Duration::from_secs(1),
+        );
         let (name_span, name) = name?;
         Some((
             name_span,
@@ -1222,6 +1361,57 @@ impl Checker {
         ))
     }
 
+    /// A serial bus's `path`: not empty, and not a port another serial bus already opens,
+    /// written the same or reached through a symlink (/dev/serial/by-id/... and the
+    /// /dev/ttyUSB0 it points to). Paths are resolved, never opened; a path that does not
+    /// exist (yet) is compared as written.
+    fn serial_path(
+        &mut self,
+        file: FileId,
+        p: &Spanned<String>,
+        bus: Option<&str>,
+    ) -> Option<PathBuf> {
+        let written = p.get_ref();
+        if written.trim().is_empty() {
+            self.fail(file, span_of(p), "the serial `path` is empty: give the device, preferably a stable /dev/serial/by-id/... path");
+            return None;
+        }
+        let resolved = std::fs::canonicalize(written).ok();
+        let port: PathBuf = resolved
+            .clone()
+            .unwrap_or_else(|| Path::new(written).components().collect());
+        let line = self.files[file].position(p.span().start).0;
+        if let Some(first) = self.serial_ports.iter().find(|u| u.port == port) {
+            let same_text = Path::new(&first.written)
+                .components()
+                .eq(Path::new(written).components());
+            let how = if same_text {
+                String::new()
+            } else {
+                format!(
+                    " (\"{}\" on line {}; both lead to {})",
+                    first.written,
+                    first.line,
+                    port.display()
+                )
+            };
+            let message = format!(
+                "serial port \"{written}\" is already the port of bus \"{}\"{}{how}: a port can be opened by one bus only; put all the devices on that line under one [[bus]]",
+                first.bus,
+                if same_text { format!(" (line {})", first.line) } else { String::new() },
+            );
+            self.fail(file, span_of(p), message);
+            return None;
+        }
+        self.serial_ports.push(SerialPortUser {
+            port,
+            written: written.clone(),
+            bus: bus.unwrap_or("?").to_owned(),
+            line,
+        });
+        Some(PathBuf::from(written))
+    }
+
     fn rtu_bus(
         &mut self,
         file: FileId,
@@ -1233,15 +1423,13 @@ impl Checker {
         let name = self.require(&d, &raw.name, "name", "name = \"rs485-1\"");
         let name = name.and_then(|n| self.name(file, n, "bus").map(|s| (span_of(n), s)));
         let path = self
-            .require(&d, &raw.path, "path", "path = \"/dev/serial/by-id/...\" (or /dev/ttyUSB0)")
-            .and_then(|p| {
-                if p.get_ref().trim().is_empty() {
-                    self.fail(file, span_of(p), "the serial `path` is empty: give the device, preferably a stable /dev/serial/by-id/... path");
-                    None
-                } else {
-                    Some(PathBuf::from(p.get_ref()))
-                }
-            });
+            .require(
+                &d,
+                &raw.path,
+                "path",
+                "path = \"/dev/serial/by-id/...\" (or /dev/ttyUSB0)",
+            )
+            .and_then(|p| self.serial_path(file, p, name.as_ref().map(|(_, n)| n.as_str())));
         let baud = match &raw.baud {
             None => Some(9600),
             Some(b) => self
@@ -1289,6 +1477,7 @@ impl Checker {
             file,
             &raw.response_timeout,
             "response_timeout",
+            &limits::REQUEST_TIMEOUT,
             Duration::from_millis(500),
         );
         let inter_request_delay = match (baud, data_bits, parity, stop_bits) {
@@ -1303,6 +1492,16 @@ impl Checker {
                             format_duration(delay.get_ref().0),
                             minimum.as_secs_f64() * 1000.0,
                             format_duration(round_up_to_ms(minimum)),
+                        ));
+                        None
+                    }
+                    Some(delay) if delay.get_ref().0 > limits::INTER_REQUEST_DELAY_MAX => {
+                        self.fail(file, span_of(delay), format!(
+                            "`inter_request_delay` = \"{}\" is longer than {}: the silence between two requests must be between 3.5 character times ({}) and {}; devices usually want 5 to 50 ms, e.g. \"20ms\"",
+                            format_duration(delay.get_ref().0),
+                            format_duration(limits::INTER_REQUEST_DELAY_MAX),
+                            format_duration(round_up_to_ms(minimum)),
+                            format_duration(limits::INTER_REQUEST_DELAY_MAX),
                         ));
                         None
                     }
@@ -1336,19 +1535,18 @@ impl Checker {
     fn line_serial_settings(
         &mut self,
         d: &Decoded<RawLineBus>,
+        bus: Option<&str>,
     ) -> (Option<SerialSettings>, Option<u32>) {
         let file = d.file;
         let raw = &d.value;
         let path = self
-            .require(d, &raw.path, "path", "path = \"/dev/serial/by-id/...\" (or /dev/ttyUSB0)")
-            .and_then(|p| {
-                if p.get_ref().trim().is_empty() {
-                    self.fail(file, span_of(p), "the serial `path` is empty: give the device, preferably a stable /dev/serial/by-id/... path");
-                    None
-                } else {
-                    Some(PathBuf::from(p.get_ref()))
-                }
-            });
+            .require(
+                d,
+                &raw.path,
+                "path",
+                "path = \"/dev/serial/by-id/...\" (or /dev/ttyUSB0)",
+            )
+            .and_then(|p| self.serial_path(file, p, bus));
         let baud = match &raw.baud {
             None => Some(9600),
             Some(b) => self
@@ -1413,7 +1611,7 @@ impl Checker {
         let d = self.decode::<RawLineBus>(file, item, what, &[])?;
         let name = self.require(&d, &d.value.name, "name", "name = \"gps\"");
         let name = name.and_then(|n| self.name(file, n, "bus").map(|s| (span_of(n), s)));
-        let (serial, _) = self.line_serial_settings(&d);
+        let (serial, _) = self.line_serial_settings(&d, name.as_ref().map(|(_, n)| n.as_str()));
         let raw = &d.value;
         let terminator = match &raw.terminator {
             None => Some(b"\n".to_vec()),
@@ -1497,16 +1695,7 @@ impl Checker {
 
         let name = self
             .require(&d, &raw.name, "name", "name = \"boiler\"")
-            .and_then(|n| {
-                let name = self.name(file, n, "device")?;
-                if let Some(first) = names.get(&name) {
-                    let (line, _) = self.files[file].position(first.start);
-                    self.fail(file, span_of(n), format!("a device named \"{name}\" is already defined on line {line}: device names must be unique (they are MQTT topic levels)"));
-                    return None;
-                }
-                names.insert(name.clone(), n.span());
-                Some(name)
-            });
+            .and_then(|n| self.device_name(file, n, names));
 
         let bus = self
             .require(&d, &raw.bus, "bus", "bus = \"<name of a [[bus]]>\"")
@@ -1553,6 +1742,24 @@ impl Checker {
                 }
             });
 
+        if let (Some((bus_name, Some(BusFamily::Rtu))), Some(unit), Some(u)) =
+            (&bus, unit, &raw.unit)
+        {
+            let here = self.files[file].position(u.span().start).0;
+            let device = name_hint.clone().unwrap_or_else(|| "?".to_owned());
+            match self.rtu_units.get(&(bus_name.clone(), unit)) {
+                Some(first) => {
+                    let message = format!("unit {unit} is already the id of device \"{}\" (line {}) on RTU bus \"{bus_name}\": two devices on one serial line cannot share a unit id (both would answer, garbling the line); set the id each device is configured with", first.device, first.line);
+                    self.fail(file, span_of(u), message);
+                    ok = false;
+                }
+                None => {
+                    self.rtu_units
+                        .insert((bus_name.clone(), unit), RtuUnitUser { device, line: here });
+                }
+            }
+        }
+
         let max_gap = match &raw.max_gap {
             None => Some(8),
             Some(g) => self
@@ -1569,7 +1776,13 @@ impl Checker {
             .as_ref()
             .and_then(|p| p.as_ref().and_then(|p| p.interval))
             .unwrap_or(Duration::from_secs(5));
-        let interval = self.duration_or(file, &raw.interval, "interval", default_interval);
+        let interval = self.duration_or(
+            file,
+            &raw.interval,
+            "interval",
+            &limits::POLL_INTERVAL,
+            default_interval,
+        );
 
         // Merge the profile's points with the device's own, then check them as one set.
         let mut points: Vec<LocatedPoint> = profile
@@ -1599,7 +1812,7 @@ impl Checker {
         })
     }
 
-    /// A device name, unique across the file.
+    /// A device name, unique across the file, and not one of the gateway's own topic levels.
     fn device_name(
         &mut self,
         file: FileId,
@@ -1607,6 +1820,17 @@ impl Checker {
         names: &mut HashMap<String, Range<usize>>,
     ) -> Option<String> {
         let name = self.name(file, n, "device")?;
+        if let Some((_, why)) = RESERVED_DEVICE_NAMES.iter().find(|(r, _)| *r == name) {
+            self.fail(
+                file,
+                span_of(n),
+                format!(
+                    "a device may not be named \"{name}\": {why}, and a device's topics must not clash with it in any payload mode; rename the device ({} are reserved)",
+                    reserved_list(RESERVED_DEVICE_NAMES)
+                ),
+            );
+            return None;
+        }
         if let Some(first) = names.get(&name) {
             let (line, _) = self.files[file].position(first.start);
             self.fail(file, span_of(n), format!("a device named \"{name}\" is already defined on line {line}: device names must be unique (they are MQTT topic levels)"));
@@ -1648,11 +1872,18 @@ impl Checker {
             .require(&d, &raw.bus, "bus", "bus = \"<name of a [[bus]]>\"")
             .map(|b| b.get_ref().clone());
 
-        let interval = self.duration_or(file, &raw.interval, "interval", Duration::from_secs(5));
+        let interval = self.duration_or(
+            file,
+            &raw.interval,
+            "interval",
+            &limits::POLL_INTERVAL,
+            Duration::from_secs(5),
+        );
         let response_timeout = self.duration_or(
             file,
             &raw.response_timeout,
             "response_timeout",
+            &limits::REQUEST_TIMEOUT,
             Duration::from_secs(1),
         );
         let query = match &raw.query {
@@ -1694,7 +1925,7 @@ impl Checker {
                 .map(Some),
         };
         let stale_after = match (&raw.stale_after, interval) {
-            (Some(s), _) => self.positive_duration(file, s, "stale_after"),
+            (Some(s), _) => self.duration_in(file, s, "stale_after", &limits::STALE_AFTER),
             (None, Some(i)) => Some(i.saturating_mul(3)),
             (None, None) => None,
         };
@@ -1821,14 +2052,7 @@ impl Checker {
 
         let name = self
             .require(&d, &raw.name, "name", "name = \"altitude\"")
-            .and_then(|n| {
-                let name = self.name(file, n, "point")?;
-                if name == "status" {
-                    self.fail(file, span_of(n), "a point may not be named \"status\": <prefix>/<device>/status is the device's availability topic; rename the point");
-                    return None;
-                }
-                Some(name)
-            });
+            .and_then(|n| self.point_name(file, n));
 
         let extract = match (&raw.regex, &raw.delimiter) {
             (Some(_), Some(delim)) => {
@@ -2071,10 +2295,14 @@ impl Checker {
             self.profiles.insert(text.clone(), None);
             return None;
         };
-        let loaded = match std::fs::read_to_string(&path) {
-            Ok(content) => {
+        let loaded = match std::fs::read(&path).map(String::from_utf8) {
+            Ok(Ok(content)) => {
                 let profile_file = self.add_file(path.clone(), content);
                 self.profile_file(profile_file, text)
+            }
+            Ok(Err(e)) => {
+                self.add_not_utf8(path.clone(), e.as_bytes());
+                None
             }
             Err(e) => {
                 self.fail(file, span_of(name), format!("profile \"{text}\" was found at {} but cannot be read ({e}): check its permissions", path.display()));
@@ -2129,7 +2357,7 @@ impl Checker {
         }
         let interval = match &d.value.interval {
             Some(i) => {
-                let interval = self.positive_duration(file, i, "interval");
+                let interval = self.duration_in(file, i, "interval", &limits::POLL_INTERVAL);
                 ok &= interval.is_some();
                 interval
             }
@@ -2159,14 +2387,7 @@ impl Checker {
 
         let name = self
             .require(&d, &raw.name, "name", "name = \"voltage\"")
-            .and_then(|n| {
-                let name = self.name(file, n, "point")?;
-                if name == "status" {
-                    self.fail(file, span_of(n), "a point may not be named \"status\": <prefix>/<device>/status is the device's availability topic; rename the point");
-                    return None;
-                }
-                Some(name)
-            });
+            .and_then(|n| self.point_name(file, n));
 
         let declared_table = match &raw.table {
             None => Some(None),
@@ -2383,7 +2604,9 @@ impl Checker {
         };
         let interval = match &raw.interval {
             None => Some(None),
-            Some(i) => self.positive_duration(file, i, "interval").map(Some),
+            Some(i) => self
+                .duration_in(file, i, "interval", &limits::POLL_INTERVAL)
+                .map(Some),
         };
 
         if let (Some((_, address)), Some(dt)) = (location, data_type) {
@@ -2535,6 +2758,36 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// `text` with every control character (and the Unicode line and paragraph separators and
+/// the bidirectional overrides, which reorder a terminal line) written as an escape: `\n`,
+/// `\r`, `\t`, or `\u{7f}`.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// "status, health, meta and set".
+fn reserved_list(reserved: &[(&str, &str)]) -> String {
+    let names: Vec<&str> = reserved.iter().map(|(n, _)| *n).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
 }
 
 fn quoted_list(names: &[&str]) -> String {
