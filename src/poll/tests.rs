@@ -137,6 +137,7 @@ fn device(name: &str, bus: &str, unit: u8, interval_ms: u64, points: Vec<Point>)
         unit,
         interval: Duration::from_millis(interval_ms),
         max_gap: 0,
+        offline_after: 3,
         points,
         serial_line: None,
     }
