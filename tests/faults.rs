@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::agent::{self, Agent};
 use support::expect;
-use support::modbus::{self, Bank, Behaviour, Read, SimDevice};
+use support::modbus::{self, Bank, Behaviour, Habit, Read, SimDevice};
 use support::pty::PtyPair;
 use support::watch::{Message, Watch};
 use support::Broker;
@@ -297,6 +297,148 @@ async fn readings_while(watch: &Watch, topic: &str, reference: &str, more: usize
     count(topic) - before
 }
 
+/// The agent's log must say what happened in words, never a bare errno such as
+/// "Success (os error 0)" or "Operation now in progress (os error 115)".
+fn assert_no_bare_errno(agent: &Agent) {
+    let bare: Vec<String> = agent
+        .stderr
+        .snapshot()
+        .into_iter()
+        .filter(|l| l.contains("os error"))
+        .collect();
+    assert!(
+        bare.is_empty(),
+        "log lines with a bare errno:\n{}",
+        bare.join("\n")
+    );
+}
+
+/// Issue 10 item 1: many devices and TCP-to-RS-485 gateways close the connection after each
+/// reply. Two requests per poll, so a stale connection would be hit within every poll too.
+#[tokio::test]
+async fn a_tcp_device_that_closes_the_connection_after_every_reply_stays_online_and_is_read_every_poll(
+) {
+    let broker = Broker::start();
+    let prefix = agent::prefix("close-each");
+    let dev = SimDevice::new(1);
+    dev.set_registers(Bank::Holding, 0, &[11])
+        .set_registers(Bank::Holding, 100, &[22]);
+    let sim = modbus::serve_tcp_with(&[&dev], Habit::CloseAfterReply).await;
+    let toml = format!(
+        "{}{}{}{}{}",
+        agent::head(broker.port, &prefix),
+        tcp_bus("tcp0", &sim.address()),
+        device("d1", "tcp0", 1, "100ms"),
+        point("a", 0),
+        point("b", 100),
+    );
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let agent = Agent::start(&toml);
+    let (a, b) = (format!("{prefix}/d1/a"), format!("{prefix}/d1/b"));
+    expect::reading(&watch, &a, 11.0, FIRST_READING).await;
+    expect::reading(&watch, &b, 22.0, FIRST_READING).await;
+    let polls = readings_while(&watch, &b, &a, 20).await;
+    assert!(
+        polls >= 18,
+        "b was read {polls} times while a was read 20 times"
+    );
+    never_offline(&watch, &format!("{prefix}/d1/status"));
+    assert!(bad_messages(&watch, &a).is_empty() && bad_messages(&watch, &b).is_empty());
+    assert!(
+        sim.connections() >= 40,
+        "one connection per request expected, the sim saw {}",
+        sim.connections()
+    );
+    assert_no_bare_errno(&agent);
+}
+
+/// Issue 10 item 1: a device that closes connections idle for 300 ms, polled every second:
+/// every poll finds the connection closed and must reopen it without a failure.
+#[tokio::test]
+async fn a_tcp_device_that_closes_idle_connections_is_read_at_every_poll_without_going_offline() {
+    let broker = Broker::start();
+    let prefix = agent::prefix("close-idle");
+    let dev = SimDevice::new(1);
+    dev.set_registers(Bank::Holding, 0, &[33]);
+    let sim =
+        modbus::serve_tcp_with(&[&dev], Habit::CloseWhenIdle(Duration::from_millis(300))).await;
+    let toml = format!(
+        "{}{}{}{}",
+        agent::head(broker.port, &prefix),
+        tcp_bus("tcp0", &sim.address()),
+        device("d1", "tcp0", 1, "1s"),
+        point("a", 0),
+    );
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let agent = Agent::start(&toml);
+    let a = format!("{prefix}/d1/a");
+    expect::reading(&watch, &a, 33.0, FIRST_READING).await;
+    let seen = watch.on(&a).len();
+    support::wait_until("4 more polls", Duration::from_secs(15), || {
+        (watch.on(&a).len() >= seen + 4).then_some(())
+    })
+    .await;
+    never_offline(&watch, &format!("{prefix}/d1/status"));
+    for m in watch.on(&a) {
+        assert!(expect::has_value(&m, 33.0), "{a}: {}", m.payload);
+    }
+    assert!(
+        sim.connections() >= 5,
+        "each poll should have reconnected: {} connections",
+        sim.connections()
+    );
+    assert_no_bare_errno(&agent);
+}
+
+/// Issue 10 item 1: a connect that really fails, and a device that really closes every
+/// connection before answering, still count as failures, and the log says what happened.
+#[tokio::test]
+async fn tcp_devices_that_refuse_or_drop_every_connection_go_offline_with_the_cause_in_words() {
+    let broker = Broker::start();
+    let prefix = agent::prefix("close-words");
+    let dev = SimDevice::new(1);
+    dev.set_registers(Bank::Holding, 0, &[1]);
+    let dropping = modbus::serve_tcp_with(&[&dev], Habit::CloseAtOnce).await;
+    let nobody = format!("127.0.0.1:{}", support::free_port());
+    let toml = format!(
+        "{}{}{}{}{}{}{}",
+        agent::head(broker.port, &prefix),
+        tcp_bus("gw", &dropping.address()),
+        device("dropped", "gw", 1, "100ms"),
+        point("a", 0),
+        tcp_bus("void", &nobody),
+        device("refused", "void", 1, "100ms"),
+        point("a", 0),
+    );
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let agent = Agent::start(&toml);
+    for d in ["dropped", "refused"] {
+        expect::status(
+            &watch,
+            &format!("{prefix}/{d}/status"),
+            "offline",
+            FIRST_READING,
+        )
+        .await;
+    }
+    let refused = agent
+        .wait_stderr(
+            "the refused connect, in words",
+            Duration::from_secs(5),
+            |l| l.contains("refused") && l.contains(&format!("connection refused by {nobody}")),
+        )
+        .await;
+    let closed = agent
+        .wait_stderr(
+            "the dropped connection, in words",
+            Duration::from_secs(5),
+            |l| l.contains("dropped") && l.contains("closed the connection"),
+        )
+        .await;
+    eprintln!("{refused}\n{closed}");
+    assert_no_bare_errno(&agent);
+}
+
 /// Issue 10 item 2: one register block never answers (`mute`), or always answers after the
 /// timeout (`slow`). Each device stays online, its good points keep the rate of a healthy
 /// reference device on the same server, and the bad block is published once as timeout.
@@ -428,6 +570,46 @@ async fn an_exception_burst_publishes_each_point_bad_once_and_values_resume_afte
         assert_eq!(bad.len(), 1, "{t}: bad once per burst, got {bad:?}");
     }
     never_offline(&watch, &format!("{prefix}/d1/status"));
+}
+
+/// Issue 10 item 2: one garbled reply on an RS-485 line (a broken CRC) is retried at once;
+/// the device neither goes offline nor has a point published bad.
+#[tokio::test]
+async fn a_garbled_rtu_reply_is_retried_once_and_the_device_stays_online() {
+    let broker = Broker::start();
+    let prefix = agent::prefix("rtu-noise");
+    let pty = PtyPair::start();
+    let dev = SimDevice::new(7);
+    dev.set_registers(Bank::Holding, 0, &[70]);
+    let _sim = modbus::serve_rtu(&pty.sim, 19200, &[&dev]);
+    let toml = format!(
+        "{}{}{}",
+        agent::head(broker.port, &prefix),
+        rtu_bus(agent::path_str(&pty.agent)),
+        one_point_device("d7", "rtu0", 7),
+    );
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let _agent = Agent::start(&toml);
+    let v = format!("{prefix}/d7/v");
+    expect::reading(&watch, &v, 70.0, FIRST_READING).await;
+    for round in 1..=3 {
+        dev.garble_next(1);
+        support::wait_until("the garbled reply sent", Duration::from_secs(5), || {
+            (dev.garbled_replies() >= round).then_some(())
+        })
+        .await;
+        let seen = watch.on(&v).len();
+        support::wait_until("5 more readings", Duration::from_secs(10), || {
+            (watch.on(&v).len() >= seen + 5).then_some(())
+        })
+        .await;
+    }
+    never_offline(&watch, &format!("{prefix}/d7/status"));
+    assert!(
+        bad_messages(&watch, &v).is_empty(),
+        "{:?}",
+        bad_messages(&watch, &v)
+    );
 }
 
 /// Issue 10 item 2: `offline_after` (default 3) consecutive failed polls take a device
