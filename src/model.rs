@@ -92,9 +92,10 @@ pub enum Sample {
         device: Arc<str>,
         online: bool,
     },
-    /// The device's poll (one interval group, or one accepted line of a serial sensor) ended:
-    /// the readings sent since belong together. Device-batched payloads publish on it; other
-    /// modes ignore it. Sent after every poll, also one that failed part-way.
+    /// The device's poll (one interval group, or one accepted line of a serial sensor, or a
+    /// serial sensor going stale) ended: the readings sent since belong together.
+    /// Device-batched payloads publish on it; other modes ignore it. Sent after every poll,
+    /// also one that failed part-way.
     PollDone {
         device: Arc<str>,
     },

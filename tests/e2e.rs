@@ -837,6 +837,7 @@ async fn read_falls_back_to_single_reads_where_the_device_refuses_a_merged_read_
     )
     .await;
     assert!(out.status.success(), "read failed:\n{}", out.all_output());
+    eprintln!("{}", out.stdout);
     for (point, shown) in [("low", "12"), ("high", "34")] {
         assert!(
             out.stdout
