@@ -1032,7 +1032,7 @@ fn micro(report: &mut Report) {
     let reading = Reading {
         device: Arc::from("m0_1"),
         point: Arc::from("voltage_l1"),
-        value: Value::Float(230.123),
+        value: Ok(Value::Float(230.123)),
         unit: Some(Arc::from("V")),
         ts_ms: 1_764_000_000_000,
     };
@@ -1053,8 +1053,8 @@ fn micro(report: &mut Report) {
         }),
         "ns/op",
     );
-    let values: Vec<(String, Value)> = (0..24)
-        .map(|i| (point_name(i), Value::Float(100.0 + i as f64 * 1.37)))
+    let values: Vec<(String, Result<Value, fieldlink::model::Quality>)> = (0..24)
+        .map(|i| (point_name(i), Ok(Value::Float(100.0 + i as f64 * 1.37))))
         .collect();
     report.add(
         "micro",

@@ -104,11 +104,12 @@ pub fn describe(config: &Config) -> String {
             }
             let _ = writeln!(
                 out,
-                "  device {} (unit {}, every {:?}, {} points)",
+                "  device {} (unit {}, every {:?}, {} points, offline after {} polls without an answer)",
                 device.name,
                 device.unit,
                 device.interval,
-                device.points.len()
+                device.points.len(),
+                device.offline_after
             );
             for p in &device.points {
                 let _ = writeln!(
@@ -133,25 +134,37 @@ pub fn describe(config: &Config) -> String {
                         .unwrap_or_default()
                 );
             }
-            for r in crate::poll::modbus::plan::plan(&device.points, device.max_gap) {
-                let _ = writeln!(
-                    out,
-                    "    read {:?} {}..{} ({} {}) for {} point(s)",
-                    r.table,
-                    r.start,
-                    u32::from(r.start) + u32::from(r.count) - 1,
-                    r.count,
-                    if r.table.is_bits() {
-                        "bits"
-                    } else {
-                        "registers"
-                    },
-                    r.points.len()
-                );
+            // The groups `run` polls: each interval on its own, never merged across.
+            for group in crate::poll::describe_plan(device) {
+                let _ = writeln!(out, "    every {:?}:", group.interval);
+                for r in &group.requests {
+                    let names: Vec<&str> = r
+                        .points
+                        .iter()
+                        .map(|&p| device.points[p].name.as_str())
+                        .collect();
+                    let _ = writeln!(out, "      {}: {}", describe_read(r), names.join(", "));
+                }
             }
         }
     }
     out
+}
+
+/// `read Holding 0..9 (10 registers)`: one request as `check` and `read` show it.
+fn describe_read(r: &crate::poll::ReadRequest) -> String {
+    format!(
+        "read {:?} {}..{} ({} {})",
+        r.table,
+        r.start,
+        u32::from(r.start) + u32::from(r.count) - 1,
+        r.count,
+        if r.table.is_bits() {
+            "bits"
+        } else {
+            "registers"
+        }
+    )
 }
 
 pub fn read(path: &Path, device_name: &str) -> anyhow::Result<ExitCode> {
@@ -196,13 +209,11 @@ fn format_read_report(device: &config::Device, report: &crate::poll::ReadReport)
     let mut out = String::new();
     let _ = writeln!(out, "device {}:", report.device);
     for (i, r) in report.requests.iter().enumerate() {
-        let q = &r.request;
         let _ = write!(
             out,
-            "  request {i}: {:?} {}..{} ({:.1} ms): ",
-            q.table,
-            q.start,
-            u32::from(q.start) + u32::from(q.count) - 1,
+            "  request {i} (every {:?}): {} in {:.1} ms: ",
+            r.interval,
+            describe_read(&r.request),
             r.elapsed.as_secs_f64() * 1000.0
         );
         match &r.outcome {
@@ -213,6 +224,15 @@ fn format_read_report(device: &config::Device, report: &crate::poll::ReadReport)
             Ok(RawData::Bits(bits)) => {
                 let b: String = bits.iter().map(|&b| if b { '1' } else { '0' }).collect();
                 let _ = writeln!(out, "{b}");
+            }
+            Err(crate::poll::RequestFailure::Exception(e))
+                if *e == crate::poll::ExceptionCode::IllegalDataAddress
+                    && r.request.points.len() > 1 =>
+            {
+                let _ = writeln!(
+                    out,
+                    "refused as a whole (exception 2): read point by point below, as run does"
+                );
             }
             Err(e) => {
                 let _ = writeln!(out, "FAILED: {e}");

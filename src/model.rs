@@ -16,12 +16,68 @@ pub enum Value {
     Text(String),
 }
 
-/// One good reading of one point, as the poller produced it.
+/// Why a point has no value: it could not be read. A reading carries it in place of a value
+/// when the point turns bad; `uplink::topic` encodes it, in one place per payload mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quality {
+    /// No reply within the response timeout: a register block the device never answers, or
+    /// always answers too late.
+    Timeout,
+    /// The device answered the read with this Modbus exception code (2: illegal data
+    /// address, 6: busy…). The device is alive; this point is not readable now.
+    Exception(u8),
+    /// The answer (or a serial line) held no valid value for the point's type.
+    Decode,
+    /// A serial_line sensor sent no good line within `stale_after`.
+    Stale,
+    /// The replies to this read were no valid answer, also when asked again (line noise, a
+    /// wrong baud rate or parity, two units with the same id).
+    Garbled,
+    /// The device or gateway closed or reset the connection on this read, also on a fresh
+    /// connection.
+    Disconnected,
+}
+
+impl std::fmt::Display for Quality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quality::Timeout => f.write_str("no reply within the timeout"),
+            Quality::Exception(code) => write!(
+                f,
+                "the device refused the read with exception {code} ({})",
+                exception_name(*code)
+            ),
+            Quality::Decode => f.write_str("the answer holds no valid value for the point"),
+            Quality::Stale => f.write_str("no good line from the sensor for stale_after"),
+            Quality::Garbled => f.write_str("the replies were garbled"),
+            Quality::Disconnected => f.write_str("the device closed the connection on this read"),
+        }
+    }
+}
+
+/// The Modbus spec's name for an exception code, in words.
+pub fn exception_name(code: u8) -> &'static str {
+    match code {
+        1 => "illegal function",
+        2 => "illegal data address: the device does not map these registers",
+        3 => "illegal data value",
+        4 => "server device failure",
+        5 => "acknowledge",
+        6 => "server device busy",
+        8 => "memory parity error",
+        10 => "gateway path unavailable",
+        11 => "gateway target device failed to respond",
+        _ => "unknown exception",
+    }
+}
+
+/// One reading of one point, as the poller produced it: a value, or why there is none.
+/// A bad point is sent once, when it turns bad (or its cause changes), not at every poll.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     pub device: Arc<str>,
     pub point: Arc<str>,
-    pub value: Value,
+    pub value: Result<Value, Quality>,
     pub unit: Option<Arc<str>>,
     /// Wall-clock time of the poll that produced it, in unix milliseconds.
     pub ts_ms: u64,
@@ -36,9 +92,10 @@ pub enum Sample {
         device: Arc<str>,
         online: bool,
     },
-    /// The device's poll (one interval group, or one accepted line of a serial sensor) ended:
-    /// the readings sent since belong together. Device-batched payloads publish on it; other
-    /// modes ignore it. Sent after every poll, also one that failed part-way.
+    /// The device's poll (one interval group, or one accepted line of a serial sensor, or a
+    /// serial sensor going stale) ended: the readings sent since belong together.
+    /// Device-batched payloads publish on it; other modes ignore it. Sent after every poll,
+    /// also one that failed part-way.
     PollDone {
         device: Arc<str>,
     },

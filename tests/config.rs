@@ -241,6 +241,7 @@ fn defaults_fill_every_optional_key() {
     let device = &config.devices[0];
     assert_eq!(device.interval, Duration::from_secs(5));
     assert_eq!(device.max_gap, 8);
+    assert_eq!(device.offline_after, 3);
     let point = &device.points[0];
     assert_eq!((point.table, point.address), (Table::Holding, 0));
     assert_eq!(point.order, WordOrder::Abcd);

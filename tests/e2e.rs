@@ -779,6 +779,163 @@ async fn read_prints_the_decoded_values_of_one_device() {
     }
 }
 
+/// Issue 10 item 7: `check` shows the reads `run` makes, one interval group at a time: a
+/// point with its own interval is never merged into the device's read.
+#[tokio::test]
+async fn check_prints_the_reads_of_each_interval_group_as_run_polls_them() {
+    let toml = GOOD_CHECK_CONFIG.replace(
+        "unit = \"°C\"\n",
+        "unit = \"°C\"\n\n[[device.point]]\nname = \"setpoint\"\ntable = \"input\"\naddress = 1\ntype = \"i16\"\ninterval = \"10s\"\n",
+    );
+    let dir = ConfigDir::new(&toml);
+    let out = agent::run_to_end(
+        &["check", "--config", dir.path_str()],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(out.status.success(), "check failed:\n{}", out.all_output());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let after = |heading: &str, read: &str| {
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(heading));
+        at.is_some_and(|i| lines.get(i + 1).is_some_and(|l| l.contains(read)))
+    };
+    assert!(
+        after("every 1s", "read Input 0..0") && after("every 10s", "read Input 1..1"),
+        "check should list the 1 s and the 10 s reads apart:\n{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("0..1"),
+        "check shows a merged read that run never makes:\n{}",
+        out.stdout
+    );
+}
+
+/// Issue 10 item 7: `read` polls like `run`, including the fallback to single reads when a
+/// device refuses a read merged across registers it does not map.
+#[tokio::test]
+async fn read_falls_back_to_single_reads_where_the_device_refuses_a_merged_read_as_run_does() {
+    let dev = SimDevice::new(1);
+    // 1..4 unmapped: the default max_gap (8) merges 0 and 5 into one read, which is refused.
+    dev.set_registers(Bank::Holding, 0, &[12])
+        .set_registers(Bank::Holding, 5, &[34]);
+    let sim = modbus::serve_tcp(&[&dev]).await;
+    let toml = format!(
+        "{}{}{}{}{}",
+        agent::head(support::free_port(), "t/read-split"),
+        tcp_bus("tcp0", &sim.address()),
+        device("m1", "tcp0", 1, "1s"),
+        single_point("low", "holding", 0, "u16"),
+        single_point("high", "holding", 5, "u16"),
+    );
+    let dir = ConfigDir::new(&toml);
+    let out = agent::run_to_end(
+        &["read", "--config", dir.path_str(), "--device", "m1"],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(out.status.success(), "read failed:\n{}", out.all_output());
+    eprintln!("{}", out.stdout);
+    for (point, shown) in [("low", "12"), ("high", "34")] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(point) && l.contains(shown)),
+            "no line with {point} = {shown} in:\n{}",
+            out.stdout
+        );
+    }
+}
+
+/// Issue 10 item 7: in `payload = "plain"` an empty string would be a zero-length retained
+/// message, which deletes the topic's retained value: it is never published.
+#[tokio::test]
+async fn plain_mode_never_publishes_an_empty_string_as_a_zero_length_payload() {
+    let broker = Broker::start();
+    let prefix = agent::prefix("plain-empty");
+    let dev = SimDevice::new(1);
+    dev.set_registers(Bank::Holding, 0, &words::ascii("AB", 2))
+        .set_registers(Bank::Holding, 10, &[5]);
+    let sim = modbus::serve_tcp(&[&dev]).await;
+    let toml = format!(
+        "{}payload = \"plain\"\n{}{}{}\nregisters = 2\n{}",
+        agent::head(broker.port, &prefix),
+        tcp_bus("tcp0", &sim.address()),
+        device("d1", "tcp0", 1, "100ms"),
+        single_point("name", "holding", 0, "string").trim_end(),
+        single_point("n", "holding", 10, "u16"),
+    );
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let _agent = Agent::start(&toml);
+    let (name, n) = (format!("{prefix}/d1/name"), format!("{prefix}/d1/n"));
+    watch
+        .wait_for(&name, FIRST_READING, |m| m.payload == "AB")
+        .await;
+    dev.set_registers(Bank::Holding, 0, &[0, 0]);
+    let seen = watch.on(&n).len();
+    support::wait_until("10 more polls", Duration::from_secs(10), || {
+        (watch.on(&n).len() >= seen + 10).then_some(())
+    })
+    .await;
+    let empty: Vec<_> = watch
+        .on(&name)
+        .into_iter()
+        .filter(|m| m.payload.is_empty())
+        .collect();
+    assert!(
+        empty.is_empty(),
+        "zero-length payloads on {name}: {empty:?}"
+    );
+}
+
+/// Issue 10 item 2 with `payload = "device"`: a silent block is `null` in `values` and named
+/// in the `quality` map beside it, in the poll where it turned bad.
+#[tokio::test]
+async fn device_mode_names_a_silent_block_in_the_quality_map_with_a_null_value() {
+    let broker = Broker::start();
+    let prefix = agent::prefix("device-quality");
+    let dev = SimDevice::new(1);
+    dev.set_registers(Bank::Holding, 0, &[1])
+        .set_registers(Bank::Holding, 100, &[2]);
+    dev.set_silent_at(Bank::Holding, 100);
+    let sim = modbus::serve_tcp(&[&dev]).await;
+    let toml = format!(
+        "{}payload = \"device\"\n{}{}{}{}",
+        agent::head(broker.port, &prefix),
+        tcp_bus("tcp0", &sim.address()),
+        device("d1", "tcp0", 1, "100ms"),
+        single_point("good", "holding", 0, "u16"),
+        single_point("block", "holding", 100, "u16"),
+    );
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let _agent = Agent::start(&toml);
+    let topic = format!("{prefix}/d1");
+    let bad = watch
+        .wait_for(&topic, FIRST_READING, |m| {
+            m.json()["quality"]["block"] == "timeout"
+        })
+        .await;
+    let json = bad.json();
+    assert!(json["values"]["block"].is_null(), "{json}");
+    assert!(json["ts"].is_u64() && json["seq"].is_u64(), "{json}");
+    let seen = watch.on(&topic).len();
+    support::wait_until("10 more polls", Duration::from_secs(10), || {
+        (watch.on(&topic).len() >= seen + 10).then_some(())
+    })
+    .await;
+    let marked = watch
+        .on(&topic)
+        .iter()
+        .filter(|m| m.json().get("quality").is_some())
+        .count();
+    assert_eq!(marked, 1, "the block turned bad once");
+    assert!(watch.on(&topic)[seen..]
+        .iter()
+        .all(|m| m.json()["values"]["good"] == 1));
+}
+
 #[tokio::test]
 async fn demo_prints_online_and_retained_readings() {
     let out = agent::run_to_end(&["demo", "--seconds", "10"], Duration::from_secs(40)).await;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fieldlink::config::{Deadband, PayloadMode, ReportByException};
-use fieldlink::model::{Reading, Sample, SampleSink, Value};
+use fieldlink::model::{Quality, Reading, Sample, SampleSink, Value};
 use support::watch::Watch;
 use support::{unique, wait_until, Broker};
 use uplink_agent::{mqtt, Agent};
@@ -21,6 +21,16 @@ const DEADLINE: Duration = Duration::from_secs(15);
 const T0: u64 = 1_800_000_000_000;
 
 fn reading(device: &str, point: &str, value: Value, unit: Option<&str>, ts_ms: u64) -> Sample {
+    bad_or_good(device, point, Ok(value), unit, ts_ms)
+}
+
+fn bad_or_good(
+    device: &str,
+    point: &str,
+    value: Result<Value, Quality>,
+    unit: Option<&str>,
+    ts_ms: u64,
+) -> Sample {
     Sample::Reading(Reading {
         device: Arc::from(device),
         point: Arc::from(point),
@@ -210,4 +220,92 @@ async fn with_a_deadband_device_mode_batches_only_the_points_that_moved() {
             serde_json::json!({"a":102.0}),
         ]
     );
+}
+
+/// Issue 10 item 2: with report by exception, a point turning bad, changing cause, and coming
+/// back (to the very value it had) is each published; a repeat of the same bad cause is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_by_exception_publishes_every_change_of_quality_and_only_those() {
+    let broker = Broker::start();
+    let prefix = unique("fl/rbe-quality");
+    let mut cfg = mqtt(broker.port, &prefix, KA);
+    cfg.report = Some(ReportByException {
+        deadband: Deadband::Absolute(5.0),
+        max_interval: Duration::from_secs(60),
+    });
+    let (watch, agent) = online(&broker, &prefix, cfg).await;
+    let series = [
+        Ok(Value::Float(10.0)),
+        Err(Quality::Timeout),
+        Err(Quality::Timeout),
+        Err(Quality::Exception(2)),
+        Ok(Value::Float(10.0)),
+        Ok(Value::Float(11.0)),
+    ];
+    for (i, value) in series.into_iter().enumerate() {
+        agent.publisher.send(bad_or_good(
+            "meter",
+            "v",
+            value,
+            Some("V"),
+            T0 + i as u64 * 1000,
+        ));
+    }
+    agent
+        .publisher
+        .send(reading("meter", "marker", Value::Bool(true), None, T0));
+    watch
+        .wait_for(&format!("{prefix}/meter/marker"), DEADLINE, |_| true)
+        .await;
+    let sent: Vec<(serde_json::Value, serde_json::Value)> = watch
+        .on(&format!("{prefix}/meter/v"))
+        .iter()
+        .map(|m| {
+            let j = m.json();
+            (j["value"].clone(), j["quality"].clone())
+        })
+        .collect();
+    use serde_json::{json, Value::Null};
+    assert_eq!(
+        sent,
+        [
+            (json!(10.0), Null),
+            (Null, json!("timeout")),
+            (Null, json!("exception:2")),
+            (json!(10.0), Null),
+        ]
+    );
+}
+
+/// Issue 10 items 2 and 7: plain mode publishes nothing for a bad point or an empty string
+/// (a zero-length retained message would delete the retained value); the next good reading
+/// goes out as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_mode_publishes_nothing_for_a_bad_point_or_an_empty_string() {
+    let broker = Broker::start();
+    let prefix = unique("fl/plain-bad");
+    let mut cfg = mqtt(broker.port, &prefix, KA);
+    cfg.payload = PayloadMode::Plain;
+    let (watch, agent) = online(&broker, &prefix, cfg).await;
+    agent
+        .publisher
+        .send(reading("m", "s", Value::Text("ok".into()), None, T0));
+    agent
+        .publisher
+        .send(bad_or_good("m", "s", Err(Quality::Timeout), None, T0 + 1));
+    agent
+        .publisher
+        .send(reading("m", "s", Value::Text(String::new()), None, T0 + 2));
+    agent
+        .publisher
+        .send(reading("m", "s", Value::Text("back".into()), None, T0 + 3));
+    watch
+        .wait_for(&format!("{prefix}/m/s"), DEADLINE, |m| m.payload == "back")
+        .await;
+    let payloads: Vec<String> = watch
+        .on(&format!("{prefix}/m/s"))
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(payloads, ["ok", "back"]);
 }

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::modbus::{self, words, Bank, Behaviour, PyModbus, SimDevice};
+use support::modbus::{self, words, Bank, Behaviour, Habit, PyModbus, Read, SimDevice};
 use support::pty::PtyPair;
 use tokio_modbus::client::{rtu, tcp, Context};
 use tokio_modbus::prelude::*;
@@ -66,6 +66,125 @@ async fn a_stopped_tcp_sim_comes_back_on_the_same_port() {
     let _sim = modbus::serve_tcp_at(addr, &[&dev]).await;
     let mut ctx = tcp_client(addr, 1).await;
     assert_eq!(ctx.read_input_registers(0, 1).await.unwrap().unwrap(), [5]);
+}
+
+#[tokio::test]
+async fn a_tcp_sim_that_closes_after_every_reply_ends_the_connection_once_it_answered() {
+    let dev = SimDevice::new(1);
+    dev.set_registers(Bank::Holding, 0, &[7]);
+    let sim = modbus::serve_tcp_with(&[&dev], Habit::CloseAfterReply).await;
+    let mut ctx = tcp_client(sim.addr, 1).await;
+    assert_eq!(
+        ctx.read_holding_registers(0, 1).await.unwrap().unwrap(),
+        [7]
+    );
+    let second = tokio::time::timeout(Duration::from_secs(2), ctx.read_holding_registers(0, 1))
+        .await
+        .expect("a closed connection fails at once, it does not hang");
+    assert!(
+        second.is_err(),
+        "the second request on the closed connection: {second:?}"
+    );
+    let mut fresh = tcp_client(sim.addr, 1).await;
+    assert_eq!(
+        fresh.read_holding_registers(0, 1).await.unwrap().unwrap(),
+        [7]
+    );
+    assert_eq!(sim.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_tcp_sim_that_closes_idle_connections_keeps_a_busy_one_open() {
+    let dev = SimDevice::new(1);
+    dev.set_registers(Bank::Holding, 0, &[7]);
+    let sim =
+        modbus::serve_tcp_with(&[&dev], Habit::CloseWhenIdle(Duration::from_millis(300))).await;
+    let mut ctx = tcp_client(sim.addr, 1).await;
+    for _ in 0..5 {
+        assert_eq!(
+            ctx.read_holding_registers(0, 1).await.unwrap().unwrap(),
+            [7]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let late = tokio::time::timeout(Duration::from_secs(2), ctx.read_holding_registers(0, 1))
+        .await
+        .expect("a closed connection fails at once");
+    assert!(
+        late.is_err(),
+        "the idle connection should have been closed: {late:?}"
+    );
+    assert_eq!(sim.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_unit_can_be_silent_on_one_block_or_for_its_next_requests_and_logs_every_read() {
+    let dev = SimDevice::new(1);
+    dev.set_registers(Bank::Holding, 0, &[1, 2])
+        .set_registers(Bank::Holding, 100, &[3]);
+    dev.set_silent_at(Bank::Holding, 100);
+    let sim = modbus::serve_tcp(&[&dev]).await;
+    let mut ctx = tcp_client(sim.addr, 1).await;
+    assert_eq!(
+        ctx.read_holding_registers(0, 2).await.unwrap().unwrap(),
+        [1, 2]
+    );
+    let silent = tokio::time::timeout(
+        Duration::from_millis(300),
+        ctx.read_holding_registers(100, 1),
+    )
+    .await;
+    assert!(silent.is_err(), "block 100 must stay silent: {silent:?}");
+
+    let mut ctx = tcp_client(sim.addr, 1).await;
+    dev.silent_for_next(1);
+    let first =
+        tokio::time::timeout(Duration::from_millis(300), ctx.read_holding_registers(0, 1)).await;
+    assert!(
+        first.is_err(),
+        "the next request must go unanswered: {first:?}"
+    );
+    let mut ctx = tcp_client(sim.addr, 1).await;
+    assert_eq!(
+        ctx.read_holding_registers(0, 1).await.unwrap().unwrap(),
+        [1]
+    );
+    let read = |start, count| Read {
+        bank: Bank::Holding,
+        start,
+        count,
+    };
+    assert_eq!(
+        dev.reads(),
+        vec![read(0, 2), read(100, 1), read(0, 1), read(0, 1)]
+    );
+}
+
+#[tokio::test]
+async fn a_garbled_rtu_reply_is_refused_by_a_client_and_the_next_one_is_clean() {
+    let pty = PtyPair::start();
+    let dev = SimDevice::new(3);
+    dev.set_registers(Bank::Holding, 0, &[0x1234, 0x5678]);
+    let _sim = modbus::serve_rtu(&pty.sim, 19200, &[&dev]);
+    let mut ctx = rtu_client(&pty.agent, 3);
+    dev.garble_next(1);
+    let garbled =
+        tokio::time::timeout(Duration::from_millis(300), ctx.read_holding_registers(0, 2)).await;
+    assert!(
+        !matches!(garbled, Ok(Ok(Ok(_)))),
+        "a reply with a broken CRC must not be taken: {garbled:?}"
+    );
+    assert_eq!(dev.garbled_replies(), 1);
+    // A fresh client: tokio-modbus' codec stays errored after a bad frame.
+    drop(ctx);
+    let mut ctx = rtu_client(&pty.agent, 3);
+    let clean = tokio::time::timeout(Duration::from_secs(2), ctx.read_holding_registers(0, 2))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(clean, [0x1234, 0x5678]);
 }
 
 /// The trap the agent must avoid (FIELD-NOTES): a naive client that times out and asks again

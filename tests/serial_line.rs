@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fieldlink::config::{self, Bus, Device};
 use fieldlink::health::Health;
-use fieldlink::model::{Sample, SampleSink, Value};
+use fieldlink::model::{Quality, Sample, SampleSink, Value};
 use fieldlink::poll::serial_line::{self, read_serial_line_once, run_serial_line_bus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::SerialStream;
@@ -95,7 +95,16 @@ impl SampleSink for Recorder {
 }
 
 impl Recorder {
+    /// The values read for `point`, leaving out its bad-quality readings.
     fn values(&self, device: &str, point: &str) -> Vec<Value> {
+        self.readings(device, point)
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// Every reading of `point`: a value, or the quality it was published bad with.
+    fn readings(&self, device: &str, point: &str) -> Vec<Result<Value, Quality>> {
         self.0
             .lock()
             .unwrap()
@@ -113,7 +122,7 @@ impl Recorder {
     fn reading_at(&self, device: &str, point: &str, value: &Value) -> Option<Instant> {
         self.0.lock().unwrap().iter().find_map(|(at, s)| match s {
             Sample::Reading(r)
-                if &*r.device == device && &*r.point == point && &r.value == value =>
+                if &*r.device == device && &*r.point == point && r.value.as_ref() == Ok(value) =>
             {
                 Some(*at)
             }
@@ -281,6 +290,56 @@ async fn nmea_sentences_become_readings_and_bad_checksums_are_counted_and_skippe
     sensor.send(gga(601.0, 9).as_bytes()).await;
     wait_until("online again with the next line", DEADLINE, || {
         (rec.availability("gps") == vec![true, false, true]).then_some(())
+    })
+    .await;
+    agent.stop().await;
+}
+
+/// Issue 10 item 2: a field that holds no value in its sensor's line is published bad once as
+/// `decode`; a sensor gone silent has every point published bad once as `stale`; values
+/// resume with the next good line.
+#[tokio::test]
+async fn an_unparsable_field_is_published_as_decode_and_a_silent_sensor_as_stale_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usb-gps-quality-if00");
+    let mut sensor = Sensor::plug(&link);
+    let agent = Agent::start(dir.path(), &config_text(&link, "", GPS));
+    let rec = agent.recorder.clone();
+    stream_until(&mut sensor, &gga(545.4, 8), || {
+        !rec.values("gps", "satellites").is_empty()
+    })
+    .await;
+
+    let no_satellites = nmea("GPGGA,123519,4807.038,N,01131.000,E,1,xx,0.9,546.0,M,46.9,M,,");
+    stream_until(&mut sensor, &no_satellites, || {
+        rec.values("gps", "altitude").contains(&Value::Float(546.0))
+            && rec.values("gps", "altitude").len() >= 5
+    })
+    .await;
+    assert_eq!(
+        rec.readings("gps", "satellites")
+            .into_iter()
+            .filter(|r| r.is_err())
+            .collect::<Vec<_>>(),
+        [Err(Quality::Decode)],
+        "published bad once, however many lines lack it"
+    );
+
+    wait_until("offline after 1.5 s of silence", DEADLINE, || {
+        (rec.availability("gps") == vec![true, false]).then_some(())
+    })
+    .await;
+    for point in ["fix", "satellites", "altitude"] {
+        let bad: Vec<_> = rec
+            .readings("gps", point)
+            .into_iter()
+            .filter(|r| *r == Err(Quality::Stale))
+            .collect();
+        assert_eq!(bad.len(), 1, "{point} stale once: {bad:?}");
+    }
+    sensor.send(gga(601.0, 9).as_bytes()).await;
+    wait_until("values again with the next line", DEADLINE, || {
+        (rec.readings("gps", "satellites").last() == Some(&Ok(Value::Int(9)))).then_some(())
     })
     .await;
     agent.stop().await;

@@ -240,12 +240,22 @@ pub struct Device {
     pub interval: Duration,
     /// Largest run of unwanted registers (or bits) the planner may read to merge two requests.
     pub max_gap: u16,
+    /// Modbus: polls in a row in which the device answers nothing before it is reported
+    /// offline (1..=[`Device::MAX_OFFLINE_AFTER`], default [`Device::DEFAULT_OFFLINE_AFTER`]).
+    /// A serial_line device goes offline after its `stale_after` instead, whose default
+    /// (3 x interval) is the same rule in time; for it this field is the default, unused.
+    pub offline_after: u32,
     /// Modbus points; empty for a device on a serial_line bus.
     pub points: Vec<Point>,
     /// Extraction rules for a device on a serial_line bus (`None` for Modbus devices, whose
     /// `unit` is then 0 and `max_gap` meaningless). For a query sensor `interval` is the
     /// query period; for a streaming one it is the expected time between lines.
     pub serial_line: Option<SerialLineDevice>,
+}
+
+impl Device {
+    pub const DEFAULT_OFFLINE_AFTER: u32 = 3;
+    pub const MAX_OFFLINE_AFTER: u32 = 100;
 }
 
 /// How one sensor on a serial_line bus is read.

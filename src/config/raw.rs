@@ -170,6 +170,7 @@ pub struct RawDevice {
     pub unit: Option<Spanned<i64>>,
     pub interval: Option<Spanned<HumanDuration>>,
     pub max_gap: Option<Spanned<i64>>,
+    pub offline_after: Option<Spanned<i64>>,
     pub profile: Option<Spanned<String>>,
 }
 

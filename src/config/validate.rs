@@ -1767,6 +1767,13 @@ impl Checker {
                 .map(|g| g as u16),
         };
 
+        let offline_after = match &raw.offline_after {
+            None => Some(Device::DEFAULT_OFFLINE_AFTER),
+            Some(n) => self
+                .int_in(file, n, "offline_after", 1..=i64::from(Device::MAX_OFFLINE_AFTER), "the polls in a row without an answer before the device is reported offline must be {range}")
+                .map(|n| n as u32),
+        };
+
         let profile = match &raw.profile {
             None => Some(None),
             Some(p) => self.profile(file, p, search).map(Some),
@@ -1807,6 +1814,7 @@ impl Checker {
             unit: unit?,
             interval: interval?,
             max_gap: max_gap?,
+            offline_after: offline_after?,
             points: points.into_iter().map(|p| p.point).collect(),
             serial_line: None,
         })
@@ -2002,6 +2010,7 @@ impl Checker {
             unit: 0,
             interval: interval?,
             max_gap: 0,
+            offline_after: Device::DEFAULT_OFFLINE_AFTER,
             points: Vec::new(),
             serial_line: Some(SerialLineDevice {
                 query,

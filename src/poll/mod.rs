@@ -33,6 +33,7 @@ use crate::health::Health;
 use crate::model::{SampleSink, Value};
 
 pub use modbus::plan::{describe_plan, plan, plan_groups, PlanGroup, ReadRequest};
+pub use modbus::reads::{Slot, SlotChange};
 pub use modbus::{ExceptionCode, LinkError, RawData};
 pub use scheduler::{BACKOFF_MAX, BACKOFF_MIN};
 
@@ -100,6 +101,8 @@ fn allowance(devices: &[PolledDevice], per_request: Duration) -> Duration {
 /// One request of a [`read_once`], as it went.
 #[derive(Debug)]
 pub struct RequestReport {
+    /// The interval group the request belongs to.
+    pub interval: Duration,
     pub request: ReadRequest,
     /// The raw registers or bits, or why there are none.
     pub outcome: Result<RawData, RequestFailure>,
@@ -110,15 +113,21 @@ pub struct RequestReport {
 pub enum RequestFailure {
     /// The device answered and refused.
     Exception(ExceptionCode),
-    /// The wire failed: `kind` is "timeout", "transport", "protocol" or "unreachable".
+    /// The wire failed: `kind` is "timeout", "closed", "transport", "protocol" or
+    /// "unreachable"; `message` says what happened in words.
     Link { kind: &'static str, message: String },
 }
 
 impl std::fmt::Display for RequestFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RequestFailure::Exception(e) => write!(f, "exception {e:?} ({})", u8::from(*e)),
-            RequestFailure::Link { kind, message } => write!(f, "{kind}: {message}"),
+            RequestFailure::Exception(e) => write!(
+                f,
+                "exception {} ({})",
+                u8::from(*e),
+                crate::model::exception_name(u8::from(*e))
+            ),
+            RequestFailure::Link { message, .. } => f.write_str(message),
         }
     }
 }
@@ -134,8 +143,9 @@ pub struct PointReport {
     pub value: Result<Value, String>,
 }
 
-/// What `fieldlink read` prints: every planned request (all interval groups) once, in plan
-/// order, then every point in config order.
+/// What `fieldlink read` prints: every request made (all interval groups, in plan order: the
+/// reads `run` makes, including a merged read the device refused and the single reads that
+/// replaced it), then every point in config order.
 #[derive(Debug)]
 pub struct ReadReport {
     pub device: String,
@@ -156,8 +166,9 @@ pub enum ReadOnceError {
     Unreachable(String),
 }
 
-/// One poll of one device, for commissioning: every request is tried even after a failure
-/// (the transport resets itself in between), so the report shows the whole picture.
+/// One poll of one device, for commissioning: the reads `run` makes ([`Slot`], with the
+/// exception-2 fallback to single reads), every one tried even after a failure (the
+/// transport resets itself in between), so the report shows the whole picture.
 pub async fn read_once(bus: &Bus, device: &Device) -> Result<ReadReport, ReadOnceError> {
     if device.bus != bus.name {
         return Err(ReadOnceError::WrongBus {
@@ -179,37 +190,60 @@ async fn read_with<L: ModbusLink>(
     mut link: L,
     device: &Device,
 ) -> Result<ReadReport, ReadOnceError> {
-    let requests: Vec<ReadRequest> = plan_groups(device)
-        .into_iter()
-        .flat_map(|g| g.requests)
-        .collect();
-    let mut reports = Vec::with_capacity(requests.len());
-    for (i, request) in requests.into_iter().enumerate() {
-        let started = Instant::now();
-        let result = link.read(device.unit, &request).await;
-        let elapsed = started.elapsed();
-        let outcome = match result {
-            Ok(Ok(raw)) => Ok(raw),
-            Ok(Err(exception)) => Err(RequestFailure::Exception(exception)),
-            Err(LinkError::Unreachable(message)) if i == 0 => {
-                return Err(ReadOnceError::Unreachable(message))
+    let mut reports: Vec<RequestReport> = Vec::new();
+    for group in plan_groups(device) {
+        for planned in group.requests {
+            let mut slot: Slot<()> = Slot::new(planned, &device.points);
+            let mut i = 0;
+            while i < slot.reads().len() {
+                let request = slot.reads()[i].request.clone();
+                let started = Instant::now();
+                let result = link.read(device.unit, &request).await;
+                let elapsed = started.elapsed();
+                let outcome = match result {
+                    Ok(answer) => {
+                        let change = slot.answered(i, &answer);
+                        let outcome = answer.map_err(RequestFailure::Exception);
+                        reports.push(RequestReport {
+                            interval: group.interval,
+                            request,
+                            outcome,
+                            elapsed,
+                        });
+                        if change == SlotChange::Split {
+                            i = 0;
+                        } else {
+                            i += 1;
+                        }
+                        continue;
+                    }
+                    Err(LinkError::Unreachable(message)) if reports.is_empty() => {
+                        return Err(ReadOnceError::Unreachable(message))
+                    }
+                    Err(e) => {
+                        slot.failed(i);
+                        Err(RequestFailure::Link {
+                            kind: e.kind(),
+                            message: e.to_string(),
+                        })
+                    }
+                };
+                reports.push(RequestReport {
+                    interval: group.interval,
+                    request,
+                    outcome,
+                    elapsed,
+                });
+                i += 1;
             }
-            Err(e) => Err(RequestFailure::Link {
-                kind: e.kind(),
-                message: e.to_string(),
-            }),
-        };
-        reports.push(RequestReport {
-            request,
-            outcome,
-            elapsed,
-        });
+        }
     }
     let mut points = Vec::with_capacity(device.points.len());
     for (index, point) in device.points.iter().enumerate() {
+        // The last request that read the point: after a split, its single read.
         let Some(r) = reports
             .iter()
-            .position(|r| r.request.points.contains(&index))
+            .rposition(|r| r.request.points.contains(&index))
         else {
             continue;
         };

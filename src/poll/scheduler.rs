@@ -1,24 +1,42 @@
-//! The poll loop of one wire: which device is due, its reads, availability and backoff.
+//! The poll loop of one wire: which device is due, its reads, availability, backoff and the
+//! quality of every point.
 //!
-//! Owns per-device runtime state (due times, backoff, availability, the last problem of each
-//! point) and turns link results into samples. Generic over [`ModbusLink`], so the same loop
-//! serves one RTU line (all its devices, strictly one request at a time) or one TCP device.
-//! Never opens sockets or ports itself.
+//! Owns per-device runtime state (due times, the health of every read, availability, the
+//! last published quality of each point) and turns link results into samples. Generic over
+//! [`ModbusLink`], so the same loop serves one RTU line (all its devices, strictly one
+//! request at a time) or one TCP device. Never opens sockets or ports itself.
 //!
 //! Rules:
 //! - The next due (device, interval group) is served first; ties go to the one served least
 //!   recently, so devices on a line take turns.
-//! - The first outer error (timeout, transport) ends that device's cycle: a dead device costs
-//!   the line one timeout, not one per request. The device is reported offline at once (one
-//!   failed cycle) and backs off exponentially with jitter ([`BACKOFF_MIN`] ..
-//!   [`BACKOFF_MAX`]); when the backoff expires it is probed with one cycle, whose first
-//!   request fails fast if it is still dead. The other devices keep their rate meanwhile.
+//! - A poll of a group makes its reads in three passes: healthy reads in plan order, then
+//!   suspect ones, then the blamed ones whose backoff expired. A read that fails now and
+//!   then, or a block the device never answers, so never costs the good reads their turn.
+//! - The first outer error (timeout, garbled reply, closed connection) ends the poll: a dead
+//!   device costs the line one timeout per poll, not one per request.
+//! - Availability means "the device answers". A poll in which the device answered anything
+//!   (data or an exception) keeps or brings it online. A poll in which it answered nothing
+//!   is a failed poll; the device goes offline after `offline_after` failed polls in a row
+//!   (default 3), polled at its own interval until then, so one burst of noise does not take
+//!   it offline. Offline, it is probed with exponential backoff and jitter ([`BACKOFF_MIN`] ..
+//!   [`BACKOFF_MAX`]), one request per probe, as a dead unit must not cost the line more.
+//! - Blame: a read that failed is suspect until the device answers some other read; then the
+//!   failure is the read's own (a block the device never or always late answers): the read
+//!   is blamed, its points are published bad once (`timeout`, `garbled`, `disconnected`) and
+//!   it is tried again with its own exponential backoff, last in its group's polls, while the
+//!   group keeps its interval. A failed try of a blamed read is not a failed poll of the
+//!   device. When the device goes offline, the failures were the device's: every read starts
+//!   afresh. A failed connect is always the device's, never a read's.
 //! - An exception (the device answered and refused) keeps the device online; the points of
-//!   that request are bad (no reading) and logged once per change, not per poll.
-//! - When the link itself cannot try (serial port missing), devices go offline once and the
-//!   loop waits for the link's reopen time instead of backing devices off; they are polled
-//!   as soon as the link is back. The link reports the outage itself (once), so devices log
-//!   going offline and coming back for this cause at debug only.
+//!   that request are published bad (`exception:<code>`) once per change. A decode failure
+//!   publishes the point bad (`decode`). A bad point's next good value is published as usual.
+//!   While a device is offline its points keep their last message; its status says why.
+//! - A merged read refused with exception 2 falls back to single reads and comes back per
+//!   [`reads`](super::modbus::reads) (the same code `fieldlink read` uses).
+//! - When the link itself cannot try (serial port missing), devices go offline at once and
+//!   the loop waits for the link's reopen time instead of backing devices off; they are
+//!   polled as soon as the link is back. The link reports the outage itself (once), so
+//!   devices log going offline and coming back for this cause at debug only.
 //! - The loop wakes at least every [`IDLE_TICK`] (or the link's shorter watch period), lets
 //!   the link look after its wire ([`ModbusLink::watch`]), and ticks its health beat each
 //!   turn. A wire found gone while idle takes every device offline at once.
@@ -31,12 +49,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Device, Point};
 use crate::health::Beat;
-use crate::model::{unix_ms_now, Reading, Sample, SampleSink, Value};
+use crate::model::{unix_ms_now, Quality, Reading, Sample, SampleSink, Value};
 
 use super::backoff;
 use super::modbus::decode::{decode_bit, decode_registers};
 use super::modbus::link::{LinkError, ModbusLink, RawData};
 use super::modbus::plan::{plan_groups, ReadRequest};
+use super::modbus::reads::{Slot, SlotChange};
 use super::modbus::ExceptionCode;
 
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -50,9 +69,49 @@ enum Availability {
     Offline,
 }
 
+/// What the loop keeps about one read (one wire request).
+#[derive(Debug, Default)]
+pub(crate) struct ReadHealth {
+    standing: Standing,
+    /// Consecutive polls in which this read failed.
+    failures: u32,
+    /// The poll that made this read last, so one poll makes each read once.
+    polled_in: u64,
+}
+
+#[derive(Debug, Default)]
+enum Standing {
+    #[default]
+    Healthy,
+    /// Failed before the device answered anything else: its fault or the device's.
+    Suspect(LinkError),
+    /// Failed while the device answered other reads: its own fault. Tried again from
+    /// `retry_at`, last in its group's polls.
+    Blamed { retry_at: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Pass {
+    Healthy,
+    Suspect,
+    Probe,
+}
+
+impl Pass {
+    /// Whether a read of this standing is made in this pass (a healthy read made by a split
+    /// mid-poll is made in any pass).
+    fn takes(self, standing: &Standing, now: Instant) -> bool {
+        match standing {
+            Standing::Healthy => true,
+            Standing::Suspect(_) => self >= Pass::Suspect,
+            Standing::Blamed { retry_at } => self == Pass::Probe && *retry_at <= now,
+        }
+    }
+}
+
 struct Group {
     interval: Duration,
-    requests: Vec<ReadRequest>,
+    slots: Vec<Slot<ReadHealth>>,
     next_due: Instant,
     last_served: u64,
 }
@@ -64,13 +123,19 @@ pub(crate) struct PolledDevice {
     points: Vec<Point>,
     point_names: Vec<Arc<str>>,
     point_units: Vec<Option<Arc<str>>>,
-    /// The last problem of each point (`None` = fine or never read), to log changes only.
-    point_problem: Vec<Option<String>>,
+    /// Why each point is bad, as last published (`None`: good, or never read).
+    point_quality: Vec<Option<Quality>>,
     groups: Vec<Group>,
     availability: Availability,
-    failures: u32,
+    offline_after: u32,
+    /// Consecutive polls in which the device answered nothing.
+    failed_polls: u32,
+    /// Offline: failed probes so far (for the backoff) and when the next probe is due.
+    probe_failures: u32,
+    probe_at: Option<Instant>,
     /// Offline only because the link was down: its return is not news.
     offline_with_link: bool,
+    polls: u64,
 }
 
 impl PolledDevice {
@@ -88,39 +153,69 @@ impl PolledDevice {
                 .iter()
                 .map(|p| p.unit.as_deref().map(Arc::from))
                 .collect(),
-            point_problem: vec![None; device.points.len()],
+            point_quality: vec![None; device.points.len()],
             points: device.points.clone(),
             groups: plan_groups(device)
                 .into_iter()
                 .map(|g| Group {
                     interval: g.interval,
-                    requests: g.requests,
+                    slots: g
+                        .requests
+                        .into_iter()
+                        .map(|r| Slot::new(r, &device.points))
+                        .collect(),
                     next_due: now,
                     last_served: 0,
                 })
                 .collect(),
             availability: Availability::Unknown,
-            failures: 0,
+            offline_after: device.offline_after.max(1),
+            failed_polls: 0,
+            probe_failures: 0,
+            probe_at: None,
             offline_with_link: false,
+            polls: 0,
         }
     }
 
-    /// Longest a single cycle of this device can keep the loop busy, given a per-request
-    /// bound: used to size the health allowance.
+    /// Longest a single poll of this device can keep the loop busy, given a per-request
+    /// bound: used to size the health allowance. A split slot reads each point on its own.
     pub(crate) fn worst_cycle(&self, per_request: Duration) -> Duration {
         let most = self
             .groups
             .iter()
-            .map(|g| g.requests.len())
+            .map(|g| {
+                g.slots
+                    .iter()
+                    .map(|s| s.planned().points.len() + 1)
+                    .sum::<usize>()
+            })
             .max()
             .unwrap_or(0);
         per_request.saturating_mul(most as u32)
     }
+
+    /// When group `g` may be polled: its cadence, or the next probe while offline.
+    fn due(&self, g: usize) -> Instant {
+        let due = self.groups[g].next_due;
+        self.probe_at.map_or(due, |p| p.max(due))
+    }
+
+    fn reads_mut(&mut self) -> impl Iterator<Item = &mut ReadHealth> {
+        self.groups
+            .iter_mut()
+            .flat_map(|g| g.slots.iter_mut())
+            .flat_map(|s| s.reads_mut().iter_mut().map(|r| &mut r.state))
+    }
 }
 
-enum Cycle {
-    Answered,
-    Failed(LinkError),
+/// How one poll of a group went.
+#[derive(Debug, Default)]
+struct PollEnd {
+    /// The device answered at least one read (data or exception).
+    answered: bool,
+    /// The outer error that ended the poll, and whether it was the try of a blamed read.
+    failure: Option<(LinkError, bool)>,
 }
 
 /// Serves `devices` over `link` until `cancel` fires.
@@ -153,9 +248,14 @@ pub(crate) async fn run_loop<L: ModbusLink>(
         let next = devices
             .iter()
             .enumerate()
-            .flat_map(|(d, dev)| dev.groups.iter().enumerate().map(move |(g, gr)| (d, g, gr)))
-            .min_by_key(|(_, _, gr)| (gr.next_due, gr.last_served))
-            .map(|(d, g, gr)| (d, g, gr.next_due));
+            .flat_map(|(d, dev)| {
+                dev.groups
+                    .iter()
+                    .enumerate()
+                    .map(move |(g, gr)| (d, g, dev.due(g), gr.last_served))
+            })
+            .min_by_key(|&(_, _, due, last_served)| (due, last_served))
+            .map(|(d, g, due, _)| (d, g, due));
         let Some((d, g, due)) = next else {
             // No points at all: stay alive (and healthy) doing nothing.
             tokio::select! {
@@ -172,12 +272,12 @@ pub(crate) async fn run_loop<L: ModbusLink>(
         }
         served += 1;
         devices[d].groups[g].last_served = served;
-        let cycle = tokio::select! {
+        let end = tokio::select! {
             _ = cancel.cancelled() => return,
-            c = poll_group(bus, &mut link, &mut devices[d], g, sink) => c,
+            end = poll_group(bus, &mut link, &mut devices[d], g, sink) => end,
         };
         let not_before = link.not_before();
-        after_cycle(bus, &mut devices[d], g, cycle, not_before, sink);
+        after_poll(bus, &mut devices[d], g, end, not_before, sink);
         sink.send(Sample::PollDone {
             device: devices[d].name.clone(),
         });
@@ -190,143 +290,315 @@ async fn poll_group<L: ModbusLink>(
     dev: &mut PolledDevice,
     g: usize,
     sink: &dyn SampleSink,
-) -> Cycle {
-    let mut r = 0;
-    while r < dev.groups[g].requests.len() {
-        let result = link.read(dev.unit, &dev.groups[g].requests[r]).await;
-        let ts_ms = unix_ms_now();
-        match result {
-            Err(e) => return Cycle::Failed(e),
-            Ok(Err(ExceptionCode::IllegalDataAddress))
-                if dev.groups[g].requests[r].points.len() > 1 =>
-            {
-                // Many devices refuse a read that spans registers they do not map, which
-                // the planner merged across (max_gap). Read these points one by one from now
-                // on rather than losing all of them; a bad point then only costs itself.
-                let merged = dev.groups[g].requests.remove(r);
-                tracing::info!(
-                    bus,
-                    device = %dev.name,
-                    table = ?merged.table,
-                    start = merged.start,
-                    count = merged.count,
-                    "device refuses reads across unmapped addresses: reading these points \
-                     one by one (set max_gap = 0 on this device to plan it that way)"
-                );
-                let singles = merged.points.iter().map(|&p| ReadRequest {
-                    table: merged.table,
-                    start: dev.points[p].address,
-                    count: dev.points[p].data_type.width(),
-                    points: vec![p],
-                });
-                dev.groups[g].requests.splice(r..r, singles);
-                continue;
-            }
-            Ok(Err(exception)) => {
-                let problem = format!("device refused the read: {exception:?}");
-                let request = &dev.groups[g].requests[r];
-                let points: Vec<usize> = request.points.clone();
-                let changed: Vec<&str> = points
-                    .iter()
-                    .filter(|&&p| dev.point_problem[p].as_deref() != Some(problem.as_str()))
-                    .map(|&p| dev.point_names[p].as_ref())
-                    .collect();
-                if !changed.is_empty() {
-                    tracing::warn!(
-                        bus,
-                        device = %dev.name,
-                        points = %changed.join(","),
-                        table = ?request.table,
-                        start = request.start,
-                        count = request.count,
-                        error_kind = "exception",
-                        exception = ?exception,
-                        "points bad: the device answered with an exception"
-                    );
+) -> PollEnd {
+    dev.polls += 1;
+    let poll = dev.polls;
+    let now = Instant::now();
+    for slot in dev.groups[g].slots.iter_mut() {
+        slot.start_poll();
+    }
+    let mut end = PollEnd::default();
+    for pass in [Pass::Healthy, Pass::Suspect, Pass::Probe] {
+        for s in 0..dev.groups[g].slots.len() {
+            let mut i = 0;
+            while i < dev.groups[g].slots[s].reads().len() {
+                let read = &mut dev.groups[g].slots[s].reads_mut()[i];
+                if read.state.polled_in == poll || !pass.takes(&read.state.standing, now) {
+                    i += 1;
+                    continue;
                 }
-                for p in points {
-                    dev.point_problem[p] = Some(problem.clone());
+                read.state.polled_in = poll;
+                let request = read.request.clone();
+                let result = link.read(dev.unit, &request).await;
+                let ts_ms = unix_ms_now();
+                let slot = &mut dev.groups[g].slots[s];
+                let answer = match result {
+                    Err(error) => {
+                        let probe = record_failure(&mut slot.reads_mut()[i].state, &error, now);
+                        slot.failed(i);
+                        end.failure = Some((error, probe));
+                        return end;
+                    }
+                    Ok(answer) => answer,
+                };
+                end.answered = true;
+                let health = &mut slot.reads_mut()[i].state;
+                health.failures = 0;
+                health.standing = Standing::Healthy;
+                match slot.answered(i, &answer) {
+                    SlotChange::Split => {
+                        tracing::info!(
+                            bus,
+                            device = %dev.name,
+                            table = ?request.table,
+                            start = request.start,
+                            count = request.count,
+                            "device refuses a read across registers (exception 2): reading \
+                             these points one by one for now, and the whole read again later"
+                        );
+                        i = 0;
+                        continue;
+                    }
+                    SlotChange::StillSplit { proven: true } => {
+                        tracing::info!(
+                            bus,
+                            device = %dev.name,
+                            table = ?request.table,
+                            start = request.start,
+                            count = request.count,
+                            "device refuses this read as a whole while it answers each point: \
+                             the registers between them are not mapped; reading the points one \
+                             by one from now on (max_gap = 0 on this device plans it that way)"
+                        );
+                        i = 0;
+                        continue;
+                    }
+                    SlotChange::StillSplit { proven: false } => {
+                        tracing::debug!(bus, device = %dev.name, start = request.start, "device still refuses the whole read; trying again later");
+                        i = 0;
+                        continue;
+                    }
+                    SlotChange::Merged => {
+                        tracing::info!(
+                            bus,
+                            device = %dev.name,
+                            table = ?request.table,
+                            start = request.start,
+                            count = request.count,
+                            "device answers the whole read again: reading these points in one \
+                             request again"
+                        );
+                    }
+                    SlotChange::None => {}
                 }
+                publish_answer(bus, dev, &request, &answer, ts_ms, sink);
+                i += 1;
             }
-            Ok(Ok(raw)) => {
-                let request = dev.groups[g].requests[r].clone();
-                for &p in &request.points {
-                    match decode_point(&dev.points[p], &request, &raw) {
-                        Ok(value) => {
-                            if dev.point_problem[p].take().is_some() {
-                                tracing::info!(bus, device = %dev.name, point = %dev.point_names[p], "point good again");
-                            }
-                            sink.send(Sample::Reading(Reading {
-                                device: dev.name.clone(),
-                                point: dev.point_names[p].clone(),
-                                value,
-                                unit: dev.point_units[p].clone(),
-                                ts_ms,
-                            }));
+        }
+    }
+    end
+}
+
+/// Notes a failed read; true when it was the try of a blamed read (a known bad block).
+fn record_failure(health: &mut ReadHealth, error: &LinkError, now: Instant) -> bool {
+    if matches!(error, LinkError::Unreachable(_)) {
+        // Nothing was asked: the device (or the line) is unreachable, the read is not at fault.
+        return false;
+    }
+    health.failures = health.failures.saturating_add(1);
+    match &mut health.standing {
+        Standing::Blamed { retry_at } => {
+            *retry_at = now + backoff::delay(health.failures, BACKOFF_MIN, BACKOFF_MAX);
+            true
+        }
+        standing => {
+            *standing = Standing::Suspect(error.clone());
+            false
+        }
+    }
+}
+
+/// Turns the device's answer to `request` into readings, or bad points.
+fn publish_answer(
+    bus: &str,
+    dev: &mut PolledDevice,
+    request: &ReadRequest,
+    answer: &Result<RawData, ExceptionCode>,
+    ts_ms: u64,
+    sink: &dyn SampleSink,
+) {
+    match answer {
+        Ok(raw) => {
+            for &p in &request.points {
+                match decode_point(&dev.points[p], request, raw) {
+                    Ok(value) => {
+                        if dev.point_quality[p].take().is_some() {
+                            tracing::info!(bus, device = %dev.name, point = %dev.point_names[p], "point good again");
                         }
-                        Err(problem) => {
-                            if dev.point_problem[p].as_deref() != Some(problem.as_str()) {
-                                tracing::warn!(bus, device = %dev.name, point = %dev.point_names[p], error_kind = "decode", "point bad: {problem}");
-                                dev.point_problem[p] = Some(problem);
-                            }
+                        send_reading(dev, p, Ok(value), ts_ms, sink);
+                    }
+                    Err(problem) => {
+                        if dev.point_quality[p] != Some(Quality::Decode) {
+                            tracing::warn!(bus, device = %dev.name, point = %dev.point_names[p], error_kind = "decode", "point bad: {problem}");
                         }
+                        mark_bad(dev, &[p], Quality::Decode, ts_ms, sink);
                     }
                 }
             }
         }
-        r += 1;
+        Err(exception) => {
+            let quality = Quality::Exception(u8::from(*exception));
+            let changed = changed_points(dev, &request.points, quality);
+            if !changed.is_empty() {
+                tracing::warn!(
+                    bus,
+                    device = %dev.name,
+                    points = %changed.join(","),
+                    table = ?request.table,
+                    start = request.start,
+                    count = request.count,
+                    error_kind = "exception",
+                    exception = u8::from(*exception),
+                    "points bad: {quality}"
+                );
+            }
+            mark_bad(dev, &request.points, quality, ts_ms, sink);
+        }
     }
-    Cycle::Answered
 }
 
-fn after_cycle(
+/// The names of `points` whose quality is not `quality` yet.
+fn changed_points(dev: &PolledDevice, points: &[usize], quality: Quality) -> Vec<String> {
+    points
+        .iter()
+        .filter(|&&p| dev.point_quality[p] != Some(quality))
+        .map(|&p| dev.point_names[p].to_string())
+        .collect()
+}
+
+/// Publishes each of `points` as bad once: only when its quality changes.
+fn mark_bad(
+    dev: &mut PolledDevice,
+    points: &[usize],
+    quality: Quality,
+    ts_ms: u64,
+    sink: &dyn SampleSink,
+) {
+    for &p in points {
+        if dev.point_quality[p] != Some(quality) {
+            dev.point_quality[p] = Some(quality);
+            send_reading(dev, p, Err(quality), ts_ms, sink);
+        }
+    }
+}
+
+fn send_reading(
+    dev: &PolledDevice,
+    p: usize,
+    value: Result<Value, Quality>,
+    ts_ms: u64,
+    sink: &dyn SampleSink,
+) {
+    sink.send(Sample::Reading(Reading {
+        device: dev.name.clone(),
+        point: dev.point_names[p].clone(),
+        value,
+        unit: dev.point_units[p].clone(),
+        ts_ms,
+    }));
+}
+
+fn after_poll(
     bus: &str,
     dev: &mut PolledDevice,
     g: usize,
-    cycle: Cycle,
+    end: PollEnd,
     link_not_before: Option<Instant>,
     sink: &dyn SampleSink,
 ) {
     let now = Instant::now();
-    match cycle {
-        Cycle::Answered => {
-            let group = &mut dev.groups[g];
-            // Keep the cadence; after a stall, resume from now rather than bursting.
-            group.next_due = (group.next_due + group.interval).max(now);
-            dev.failures = 0;
-            if dev.availability != Availability::Online {
-                if dev.offline_with_link {
-                    tracing::debug!(bus, device = %dev.name, unit = dev.unit, "device answering again");
-                } else {
-                    tracing::info!(bus, device = %dev.name, unit = dev.unit, "device answering");
+    let group = &mut dev.groups[g];
+    // Keep the cadence; after a stall, resume from now rather than bursting.
+    group.next_due = (group.next_due + group.interval).max(now);
+    if end.answered {
+        dev.failed_polls = 0;
+        dev.probe_failures = 0;
+        dev.probe_at = None;
+        if dev.availability != Availability::Online {
+            if dev.offline_with_link {
+                tracing::debug!(bus, device = %dev.name, unit = dev.unit, "device answering again");
+            } else {
+                tracing::info!(bus, device = %dev.name, unit = dev.unit, "device answering");
+            }
+            dev.availability = Availability::Online;
+            dev.offline_with_link = false;
+            sink.send(Sample::DeviceAvailability {
+                device: dev.name.clone(),
+                online: true,
+            });
+        }
+        blame_suspects(bus, dev, now, sink);
+        return;
+    }
+    let Some((error, blamed_try)) = end.failure else {
+        // Nothing was due in this group (its reads are all backing off).
+        return;
+    };
+    if let Some(retry_at) = link_not_before {
+        // The link cannot even try (the serial port is gone): the failure is the wire's,
+        // not this device's. Wait for the wire instead of backing off.
+        dev.groups[g].next_due = retry_at;
+        mark_offline(bus, dev, &error, retry_at, true, sink);
+        return;
+    }
+    if blamed_try {
+        tracing::debug!(bus, device = %dev.name, error_kind = error.kind(), error = %error, "a read known to fail failed again; retrying it with backoff");
+        return;
+    }
+    dev.failed_polls = dev.failed_polls.saturating_add(1);
+    if dev.availability == Availability::Offline {
+        dev.probe_failures = dev.probe_failures.saturating_add(1);
+        dev.probe_at = Some(now + backoff::delay(dev.probe_failures, BACKOFF_MIN, BACKOFF_MAX));
+        tracing::debug!(bus, device = %dev.name, error_kind = error.kind(), error = %error, "device still not answering");
+    } else if dev.failed_polls >= dev.offline_after {
+        // The failures were the device's, not its reads': every read starts afresh.
+        for health in dev.reads_mut() {
+            health.standing = Standing::Healthy;
+            health.failures = 0;
+        }
+        dev.probe_failures = 1;
+        let retry_at = now + backoff::delay(1, BACKOFF_MIN, BACKOFF_MAX);
+        dev.probe_at = Some(retry_at);
+        mark_offline(bus, dev, &error, retry_at, false, sink);
+    } else {
+        tracing::debug!(
+            bus,
+            device = %dev.name,
+            error_kind = error.kind(),
+            error = %error,
+            failed_polls = dev.failed_polls,
+            offline_after = dev.offline_after,
+            "device answered nothing in this poll"
+        );
+    }
+}
+
+/// The device answered: reads that failed since are at fault themselves. Each is tried again
+/// with its own backoff, and its points are published bad.
+fn blame_suspects(bus: &str, dev: &mut PolledDevice, now: Instant, sink: &dyn SampleSink) {
+    let mut blamed: Vec<(ReadRequest, LinkError)> = Vec::new();
+    for group in dev.groups.iter_mut() {
+        for slot in group.slots.iter_mut() {
+            for read in slot.reads_mut() {
+                let health = &mut read.state;
+                if let Standing::Suspect(error) = &health.standing {
+                    blamed.push((read.request.clone(), error.clone()));
+                    health.standing = Standing::Blamed {
+                        retry_at: now + backoff::delay(health.failures, BACKOFF_MIN, BACKOFF_MAX),
+                    };
                 }
-                dev.availability = Availability::Online;
-                dev.offline_with_link = false;
-                sink.send(Sample::DeviceAvailability {
-                    device: dev.name.clone(),
-                    online: true,
-                });
             }
         }
-        Cycle::Failed(error) => {
-            // While the link cannot even try (the serial port is gone), the failure is the
-            // wire's, not this device's: wait for the wire instead of backing off.
-            let (retry_at, link_down) = match link_not_before {
-                Some(at) => (at, true),
-                None => {
-                    dev.failures = dev.failures.saturating_add(1);
-                    (
-                        now + backoff::delay(dev.failures, BACKOFF_MIN, BACKOFF_MAX),
-                        false,
-                    )
-                }
-            };
-            dev.groups[g].next_due = retry_at;
-            for group in dev.groups.iter_mut() {
-                group.next_due = group.next_due.max(retry_at);
-            }
-            mark_offline(bus, dev, &error, retry_at, link_down, sink);
+    }
+    let ts_ms = unix_ms_now();
+    for (request, error) in blamed {
+        let quality = error.quality();
+        let changed = changed_points(dev, &request.points, quality);
+        if !changed.is_empty() {
+            tracing::warn!(
+                bus,
+                device = %dev.name,
+                points = %changed.join(","),
+                table = ?request.table,
+                start = request.start,
+                count = request.count,
+                error_kind = error.kind(),
+                error = %error,
+                "points bad: the device answers other reads but not this one; trying it again \
+                 with backoff"
+            );
         }
+        mark_bad(dev, &request.points, quality, ts_ms, sink);
     }
 }
 
@@ -340,6 +612,9 @@ fn mark_offline(
     link_down: bool,
     sink: &dyn SampleSink,
 ) {
+    if link_down {
+        dev.probe_at = Some(retry_at);
+    }
     if dev.availability == Availability::Offline {
         tracing::debug!(bus, device = %dev.name, error_kind = error.kind(), error = %error, "device still not answering");
         return;
@@ -356,8 +631,9 @@ fn mark_offline(
             unit = dev.unit,
             error_kind = error.kind(),
             error = %error,
+            failed_polls = dev.failed_polls,
             retry_in_ms,
-            "device not answering; retrying with backoff"
+            "device not answering: offline; retrying with backoff"
         );
     }
     dev.availability = Availability::Offline;

@@ -16,7 +16,7 @@ use super::*;
 use crate::config::{
     DataType, ModbusRtu, ModbusTcp, Parity, Point, SerialSettings, Table, WordOrder,
 };
-use crate::model::{Sample, SampleSink, Value};
+use crate::model::{Quality, Sample, SampleSink, Value};
 use crate::sim::{self, serve_rtu, serve_tcp, to_words, Behaviour, SimDevice};
 
 #[derive(Default)]
@@ -45,7 +45,7 @@ impl Recorder {
         let samples = self.samples.lock().unwrap();
         let i = samples.iter().position(|s| {
             matches!(s, Sample::Reading(r)
-                if &*r.device == device && &*r.point == point && r.value == *value)
+                if &*r.device == device && &*r.point == point && r.value.as_ref() == Ok(value))
         })?;
         self.arrivals.lock().unwrap().get(i).copied()
     }
@@ -71,7 +71,16 @@ impl Recorder {
             .collect()
     }
 
+    /// The values read for `point`, leaving out its bad-quality readings.
     fn values(&self, device: &str, point: &str) -> Vec<Value> {
+        self.readings(device, point)
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// Every reading of `point`: a value, or the quality it was published bad with.
+    fn readings(&self, device: &str, point: &str) -> Vec<Result<Value, Quality>> {
         self.samples
             .lock()
             .unwrap()
@@ -82,6 +91,14 @@ impl Recorder {
                 }
                 _ => None,
             })
+            .collect()
+    }
+
+    /// The qualities `point` was published bad with, in order.
+    fn qualities(&self, device: &str, point: &str) -> Vec<Quality> {
+        self.readings(device, point)
+            .into_iter()
+            .filter_map(Result::err)
             .collect()
     }
 
@@ -138,6 +155,7 @@ fn device(name: &str, bus: &str, unit: u8, interval_ms: u64, points: Vec<Point>)
         interval: Duration::from_millis(interval_ms),
         max_gap: 0,
         points,
+        offline_after: 3,
         serial_line: None,
     }
 }
@@ -398,6 +416,11 @@ async fn an_exception_marks_only_its_points_bad_and_the_device_stays_online() {
         .iter()
         .all(|v| *v == Value::Int(42)));
     assert_eq!(run.sink.count("meter", "missing"), 0);
+    assert_eq!(
+        run.sink.qualities("meter", "missing"),
+        [Quality::Exception(2)],
+        "published bad once, not at every poll"
+    );
     assert_eq!(run.sink.availability("meter"), vec![true]);
     run.stop().await;
 
@@ -415,7 +438,7 @@ async fn an_exception_marks_only_its_points_bad_and_the_device_stays_online() {
         .value
         .as_ref()
         .unwrap_err()
-        .contains("IllegalDataAddress"));
+        .contains("exception 2 (illegal data address"));
     server.abort();
 }
 
@@ -453,6 +476,42 @@ async fn a_silent_tcp_device_goes_offline_and_comes_back_while_its_neighbour_kee
     })
     .await;
     assert_eq!(run.sink.values("mute", "v").last(), Some(&Value::Int(2)));
+    run.stop().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_device_with_offline_after_1_goes_offline_at_its_first_failed_poll() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bus = tcp_bus(listener.local_addr().unwrap());
+    let dev = SimDevice::new(1);
+    dev.with_banks(|b| b.set_holding(0, &[1]));
+    let server = serve_tcp(listener, vec![dev.clone()]);
+    let mut impatient = device(
+        "impatient",
+        "tcp0",
+        1,
+        50,
+        vec![point("v", Table::Holding, 0, DataType::U16)],
+    );
+    impatient.offline_after = 1;
+    let run = Running::start(bus, vec![impatient]);
+    wait_until("online", Duration::from_secs(5), || {
+        (run.sink.availability("impatient") == vec![true]).then_some(())
+    })
+    .await;
+    dev.set_behaviour(Behaviour::Silent);
+    // Every request counted from here on goes unanswered (one may have come just before).
+    let before = dev.requests();
+    wait_until("offline", Duration::from_secs(5), || {
+        (run.sink.availability("impatient") == vec![true, false]).then_some(())
+    })
+    .await;
+    let unanswered = dev.requests() - before;
+    assert!(
+        unanswered <= 1,
+        "offline after {unanswered} more unanswered requests"
+    );
     run.stop().await;
     server.abort();
 }

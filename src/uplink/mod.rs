@@ -70,6 +70,9 @@ impl Publisher {
     }
 
     fn push_reading(&self, reading: &Reading) {
+        if !topic::publishes(self.payload, reading) {
+            return;
+        }
         let topic = topic::reading_topic(&self.prefix, &reading.device, &reading.point);
         let mode = self.payload;
         self.outbox.push(topic, reading.ts_ms, |seq| {
@@ -217,7 +220,7 @@ mod tests {
         publisher.send(Sample::Reading(Reading {
             device: Arc::from("m1"),
             point: Arc::from("v"),
-            value: Value::Float(1.5),
+            value: Ok(Value::Float(1.5)),
             unit: Some(Arc::from("V")),
             ts_ms: 5,
         }));

@@ -9,6 +9,9 @@
 //! - A number is published when it moved strictly more than the deadband from the last
 //!   published value (absolute, or percent of that value's magnitude; from 0 any move counts).
 //! - A bool, a text, or a non-finite float is published when it differs from the last one.
+//! - A change of quality is a change: a point turning bad (value `null` with a quality), its
+//!   quality changing (`timeout` to `exception:2`), and a value after a bad spell are all
+//!   published, whatever the deadband.
 //! - Whatever the value, a reading `max_interval` or more after the point's last published
 //!   one is published (the heartbeat that tells a steady value from a dead agent).
 //! - A reading whose `ts_ms` went backwards (wall clock stepped) is published and restarts
@@ -18,11 +21,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Deadband, ReportByException};
-use crate::model::{Reading, Value};
+use crate::model::{Quality, Reading, Value};
 
 #[derive(Debug)]
 struct LastPublished {
-    value: Value,
+    value: Result<Value, Quality>,
     ts_ms: u64,
 }
 
@@ -74,7 +77,15 @@ impl ExceptionFilter {
     }
 }
 
-fn moved(deadband: Deadband, last: &Value, now: &Value) -> bool {
+fn moved(deadband: Deadband, last: &Result<Value, Quality>, now: &Result<Value, Quality>) -> bool {
+    match (last, now) {
+        (Ok(last), Ok(now)) => value_moved(deadband, last, now),
+        (Err(last), Err(now)) => last != now,
+        _ => true,
+    }
+}
+
+fn value_moved(deadband: Deadband, last: &Value, now: &Value) -> bool {
     match (as_number(last), as_number(now)) {
         (Some(a), Some(b)) if a.is_finite() && b.is_finite() => {
             let change = (b - a).abs();
@@ -105,6 +116,10 @@ mod tests {
     use super::*;
 
     fn reading(point: &str, value: Value, ts_ms: u64) -> Reading {
+        bad_or_good(point, Ok(value), ts_ms)
+    }
+
+    fn bad_or_good(point: &str, value: Result<Value, Quality>, ts_ms: u64) -> Reading {
         Reading {
             device: Arc::from("m1"),
             point: Arc::from(point),
@@ -191,6 +206,24 @@ mod tests {
         assert!(admit(Value::Float(f64::NAN), 5));
         assert!(!admit(Value::Float(f64::NAN), 6));
         assert!(admit(Value::Float(1.0), 7));
+    }
+
+    #[test]
+    fn a_quality_change_is_a_change_whatever_the_deadband() {
+        let mut f = filter(Deadband::Absolute(100.0));
+        let mut admit = |v: Result<Value, Quality>, ts| f.admit(&bad_or_good("v", v, ts));
+        assert!(admit(Ok(Value::Float(1.0)), 0));
+        assert!(admit(Err(Quality::Timeout), 1), "turning bad");
+        assert!(
+            !admit(Err(Quality::Timeout), 2),
+            "still bad for the same cause"
+        );
+        assert!(
+            admit(Err(Quality::Exception(2)), 3),
+            "bad for another cause"
+        );
+        assert!(admit(Ok(Value::Float(1.0)), 4), "good again, same value");
+        assert!(!admit(Ok(Value::Float(1.5)), 5), "within the deadband");
     }
 
     #[test]

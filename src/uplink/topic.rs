@@ -2,16 +2,22 @@
 //! payload bytes. Owns the wire format consumers depend on; touches no I/O and no rumqttc.
 //!
 //! Reading payload (`payload = "json"`): `{"value":…,"unit":"V","ts":<unix ms>,"seq":<n>}`.
-//! `unit` is omitted when the point has none. A float that is NaN or infinite cannot be a JSON
-//! number, so it is sent as `"value":null` plus `"quality":"nan"`, `"inf"` or `"-inf"`; every
-//! other reading carries no `quality` key (consumers treat its absence as good).
+//! `unit` is omitted when the point has none. A point without a value carries `"value":null`
+//! and a `quality` saying why: a float that is NaN or infinite (not a JSON number) is
+//! `"nan"`, `"inf"` or `"-inf"`; a point that could not be read ([`Quality`], published once
+//! when it turns bad) is `"timeout"`, `"exception:<code>"`, `"decode"`, `"stale"`,
+//! `"garbled"` or `"disconnected"`. Every other reading carries no `quality` key (consumers
+//! treat its absence as good). [`quality_text`] is the one place these words are made.
 //! With `payload = "plain"` the payload is the value alone as text (`true`, `42`, `230.5`,
-//! `NaN`, `inf`, `-inf`, or the string as is); plain payloads carry no `seq`.
+//! `NaN`, `inf`, `-inf`, or the string as is); plain payloads carry no `seq`. Plain mode
+//! publishes nothing for a point without a value, and nothing for an empty string: a
+//! zero-length retained message would delete the topic's retained value ([`publishes`]).
 //!
 //! With `payload = "device"` each poll of a device is one retained message on
 //! `<prefix>/<device>`: `{"ts":<unix ms>,"seq":<n>,"values":{"voltage":230.1,"status":"ok"}}`,
-//! `ts` being the time of the poll's last read. A non-finite float is `null` in `values`
-//! and named in `"quality":{"<point>":"nan"}` (the key is absent when all are finite). Units
+//! `ts` being the time of the poll's last read. A point without a value (non-finite, or bad)
+//! is `null` in `values` and named in `"quality":{"<point>":"nan"|"timeout"|…}` (the key is
+//! absent when every point has a value). Units
 //! are not repeated per poll: the retained `<prefix>/<device>/meta` holds
 //! `{"units":{"voltage":"V",…}}` (points without a unit left out), published before the
 //! device's first batch and again when a batch brings a point it did not list yet. With a
@@ -20,9 +26,11 @@
 
 use serde_json::{Map, Value as Json};
 
+use std::borrow::Cow;
+
 use crate::config::PayloadMode;
 use crate::health::HealthReport;
-use crate::model::{Reading, Value};
+use crate::model::{Quality, Reading, Value};
 
 /// `<prefix>/<device>/<point>`: one retained reading per point.
 pub fn reading_topic(prefix: &str, device: &str, point: &str) -> String {
@@ -65,10 +73,18 @@ pub fn availability_payload(online: bool) -> &'static [u8] {
     }
 }
 
-/// The payload of one reading; `seq` is the outbox's sequence number for it.
+/// Whether `reading` is published at all in `mode`: plain mode has no way to say "no value"
+/// (a zero-length retained message deletes the retained value instead), so it leaves out
+/// bad points and empty strings. Every reading is published in the other modes.
+pub fn publishes(mode: PayloadMode, reading: &Reading) -> bool {
+    mode != PayloadMode::Plain || plain_value(&reading.value).is_some()
+}
+
+/// The payload of one reading; `seq` is the outbox's sequence number for it. Call only for
+/// readings that [`publishes`] accepts (plain mode would give an empty payload otherwise).
 pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8> {
     match mode {
-        PayloadMode::Plain => plain_value(&reading.value).into_bytes(),
+        PayloadMode::Plain => plain_value(&reading.value).unwrap_or_default().into_bytes(),
         // A lone reading in device mode (the publisher batches; this is for completeness).
         PayloadMode::Device => device_payload(
             reading.ts_ms,
@@ -85,7 +101,7 @@ pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8
             obj.insert("ts".into(), Json::from(reading.ts_ms));
             obj.insert("seq".into(), Json::from(seq));
             if let Some(q) = quality {
-                obj.insert("quality".into(), Json::from(q));
+                obj.insert("quality".into(), Json::from(q.into_owned()));
             }
             // Serializing a map of plain JSON values cannot fail.
             serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
@@ -97,7 +113,7 @@ pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8
 pub fn device_payload<'a>(
     ts_ms: u64,
     seq: u64,
-    values: impl IntoIterator<Item = (&'a str, &'a Value)>,
+    values: impl IntoIterator<Item = (&'a str, &'a Result<Value, Quality>)>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"ts\":");
@@ -105,7 +121,7 @@ pub fn device_payload<'a>(
     out.extend_from_slice(b",\"seq\":");
     out.extend_from_slice(seq.to_string().as_bytes());
     out.extend_from_slice(b",\"values\":{");
-    let mut bad: Vec<(&str, &'static str)> = Vec::new();
+    let mut bad: Vec<(&str, Cow<'static, str>)> = Vec::new();
     for (i, (point, value)) in values.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -128,7 +144,7 @@ pub fn device_payload<'a>(
             }
             write_json_str(&mut out, point);
             out.push(b':');
-            write_json_str(&mut out, q);
+            write_json_str(&mut out, &q);
         }
         out.push(b'}');
     }
@@ -156,27 +172,47 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-fn json_value(value: &Value) -> (Json, Option<&'static str>) {
+/// The word a consumer sees for a point without a value (`"quality":…`).
+pub fn quality_text(quality: Quality) -> Cow<'static, str> {
+    match quality {
+        Quality::Timeout => Cow::Borrowed("timeout"),
+        Quality::Exception(code) => Cow::Owned(format!("exception:{code}")),
+        Quality::Decode => Cow::Borrowed("decode"),
+        Quality::Stale => Cow::Borrowed("stale"),
+        Quality::Garbled => Cow::Borrowed("garbled"),
+        Quality::Disconnected => Cow::Borrowed("disconnected"),
+    }
+}
+
+/// The JSON value of a reading, and the quality word when it has no value.
+fn json_value(value: &Result<Value, Quality>) -> (Json, Option<Cow<'static, str>>) {
+    let value = match value {
+        Ok(v) => v,
+        Err(quality) => return (Json::Null, Some(quality_text(*quality))),
+    };
     match value {
         Value::Bool(b) => (Json::from(*b), None),
         Value::Int(i) => (Json::from(*i), None),
         Value::UInt(u) => (Json::from(*u), None),
-        Value::Float(f) if f.is_nan() => (Json::Null, Some("nan")),
-        Value::Float(f) if f.is_infinite() => {
-            (Json::Null, Some(if *f > 0.0 { "inf" } else { "-inf" }))
-        }
+        Value::Float(f) if f.is_nan() => (Json::Null, Some(Cow::Borrowed("nan"))),
+        Value::Float(f) if f.is_infinite() => (
+            Json::Null,
+            Some(Cow::Borrowed(if *f > 0.0 { "inf" } else { "-inf" })),
+        ),
         Value::Float(f) => (Json::from(*f), None),
         Value::Text(s) => (Json::from(s.as_str()), None),
     }
 }
 
-fn plain_value(value: &Value) -> String {
-    match value {
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Text(s) => s.clone(),
+/// The plain payload, or `None` when there is nothing a plain payload can carry.
+fn plain_value(value: &Result<Value, Quality>) -> Option<String> {
+    match value.as_ref().ok()? {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Text(s) if s.is_empty() => None,
+        Value::Text(s) => Some(s.clone()),
     }
 }
 
@@ -216,6 +252,10 @@ mod tests {
     use crate::health::{LinkReport, LinkState, Section};
 
     fn reading(value: Value, unit: Option<&str>) -> Reading {
+        bad_or_good(Ok(value), unit)
+    }
+
+    fn bad_or_good(value: Result<Value, Quality>, unit: Option<&str>) -> Reading {
         Reading {
             device: Arc::from("meter1"),
             point: Arc::from("voltage"),
@@ -301,10 +341,10 @@ mod tests {
     #[test]
     fn device_payload_holds_every_point_with_ts_and_seq() {
         let v = [
-            Value::Float(230.5),
-            Value::Int(-3),
-            Value::Bool(true),
-            Value::Text("a\"b".into()),
+            Ok(Value::Float(230.5)),
+            Ok(Value::Int(-3)),
+            Ok(Value::Bool(true)),
+            Ok(Value::Text("a\"b".into())),
         ];
         let p = device_payload(
             17,
@@ -324,11 +364,60 @@ mod tests {
 
     #[test]
     fn device_payload_names_non_finite_points_in_quality() {
-        let v = [Value::Float(f64::NAN), Value::Float(1.0)];
+        let v = [Ok(Value::Float(f64::NAN)), Ok(Value::Float(1.0))];
         let p = json(device_payload(1, 2, [("a", &v[0]), ("b", &v[1])]));
         assert_eq!(p["values"]["a"], Json::Null);
         assert_eq!(p["values"]["b"], 1.0);
         assert_eq!(p["quality"], serde_json::json!({"a":"nan"}));
+    }
+
+    #[test]
+    fn a_bad_point_is_null_with_its_quality_in_json_and_device_payloads() {
+        for (quality, word) in [
+            (Quality::Timeout, "timeout"),
+            (Quality::Exception(2), "exception:2"),
+            (Quality::Decode, "decode"),
+            (Quality::Stale, "stale"),
+            (Quality::Garbled, "garbled"),
+            (Quality::Disconnected, "disconnected"),
+        ] {
+            let v = json(reading_payload(
+                PayloadMode::Json,
+                &bad_or_good(Err(quality), Some("V")),
+                3,
+            ));
+            assert_eq!(
+                v,
+                serde_json::json!({"value":null,"quality":word,"unit":"V","ts":1_700_000_000_123u64,"seq":3})
+            );
+            let values = [Ok(Value::Int(1)), Err(quality)];
+            let p = json(device_payload(
+                1,
+                2,
+                [("good", &values[0]), ("bad", &values[1])],
+            ));
+            assert_eq!(
+                p,
+                serde_json::json!({"ts":1,"seq":2,"values":{"good":1,"bad":null},"quality":{"bad":word}})
+            );
+        }
+    }
+
+    #[test]
+    fn plain_mode_publishes_neither_a_bad_point_nor_an_empty_string() {
+        let bad = bad_or_good(Err(Quality::Timeout), None);
+        let empty = reading(Value::Text(String::new()), None);
+        let blank = reading(Value::Text(" ".into()), None);
+        assert!(!publishes(PayloadMode::Plain, &bad));
+        assert!(!publishes(PayloadMode::Plain, &empty));
+        assert!(publishes(PayloadMode::Plain, &blank));
+        for mode in [PayloadMode::Json, PayloadMode::Device] {
+            assert!(publishes(mode, &bad) && publishes(mode, &empty));
+        }
+        assert_eq!(
+            json(reading_payload(PayloadMode::Json, &empty, 1))["value"],
+            ""
+        );
     }
 
     #[test]

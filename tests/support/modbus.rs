@@ -5,18 +5,28 @@
 //! A [`SimDevice`] is a unit id with four register banks and a behaviour (normal, silent,
 //! late, exception), all changeable while it is being polled. Reads of an address that is
 //! not in a bank are refused with IllegalDataAddress, as a real device refuses unmapped
-//! registers. Servers: [`serve_tcp`] on 127.0.0.1 (a port the kernel picks, or a given one
-//! to come back on after a stop) and [`serve_rtu`] on a serial path (one end of a pty pair).
+//! registers. Per register block, a unit can also be late or silent; it can stay silent for
+//! its next n requests, and (on RTU) garble its next n replies. Every read it receives is
+//! logged ([`SimDevice::reads`]), so a test can see how the agent planned its requests.
+//! Servers: [`serve_tcp`] on 127.0.0.1 (a port the kernel picks, or a given one to come back
+//! on after a stop), optionally with a field device's connection habit ([`serve_tcp_with`]:
+//! closing after every reply, or when idle), and [`serve_rtu`] on a serial path (one end of
+//! a pty pair).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_modbus::server::Service;
 
@@ -56,6 +66,14 @@ struct LateRule {
     seen: u64,
 }
 
+/// One read a unit received: the table, first address and quantity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    pub bank: Bank,
+    pub start: u16,
+    pub count: u16,
+}
+
 #[derive(Debug)]
 struct DeviceState {
     banks: Banks,
@@ -63,8 +81,27 @@ struct DeviceState {
     /// Requests that start at (bank, address) are answered late, whatever the behaviour: a
     /// device that is slow on one register block only, possibly only now and then.
     late_at: HashMap<(Bank, u16), LateRule>,
+    /// Requests that start at (bank, address) are never answered: a block the device's
+    /// firmware hangs on.
+    silent_at: HashSet<(Bank, u16)>,
+    /// The next this many requests get no answer (a brown-out, a loose wire for a moment).
+    silent_next: u64,
+    /// RTU only: the next this many replies go out with a broken CRC (line noise).
+    garble_next: u64,
     requests: u64,
     late_replies: u64,
+    garbled_replies: u64,
+    reads: Vec<Read>,
+}
+
+/// What the unit does with one request.
+enum Reply {
+    /// Nothing at all.
+    None,
+    /// This answer, after the delay.
+    Answer(Result<Response, ExceptionCode>, Duration),
+    /// This answer's frame with its CRC broken (RTU only).
+    Garbled(Result<Response, ExceptionCode>),
 }
 
 /// One simulated Modbus unit; clones share state, so a test keeps a handle and changes the
@@ -83,8 +120,13 @@ impl SimDevice {
                 banks: Banks::default(),
                 behaviour: Behaviour::Normal,
                 late_at: HashMap::new(),
+                silent_at: HashSet::new(),
+                silent_next: 0,
+                garble_next: 0,
                 requests: 0,
                 late_replies: 0,
+                garbled_replies: 0,
+                reads: Vec::new(),
             })),
         }
     }
@@ -140,6 +182,30 @@ impl SimDevice {
         );
     }
 
+    /// Makes requests that start exactly at (`bank`, `address`) go unanswered.
+    pub fn set_silent_at(&self, bank: Bank, address: u16) {
+        self.state.lock().unwrap().silent_at.insert((bank, address));
+    }
+
+    /// Answers requests that start at (`bank`, `address`) again.
+    pub fn clear_silent_at(&self, bank: Bank, address: u16) {
+        self.state
+            .lock()
+            .unwrap()
+            .silent_at
+            .remove(&(bank, address));
+    }
+
+    /// Leaves the next `n` requests unanswered, whatever they ask; then answers as before.
+    pub fn silent_for_next(&self, n: u64) {
+        self.state.lock().unwrap().silent_next = n;
+    }
+
+    /// RTU only: sends the next `n` replies with a broken CRC, as line noise would.
+    pub fn garble_next(&self, n: u64) {
+        self.state.lock().unwrap().garble_next = n;
+    }
+
     /// Requests this unit has received (answered or not).
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
@@ -150,17 +216,35 @@ impl SimDevice {
         self.state.lock().unwrap().late_replies
     }
 
-    /// What this unit does with `request`: the reply (or none) and how long to wait first.
-    fn answer(&self, request: &Request<'_>) -> (Option<Result<Response, ExceptionCode>>, Duration) {
+    /// Replies sent with a broken CRC (by `garble_next`).
+    pub fn garbled_replies(&self) -> u64 {
+        self.state.lock().unwrap().garbled_replies
+    }
+
+    /// Every read this unit received, in order.
+    pub fn reads(&self) -> Vec<Read> {
+        self.state.lock().unwrap().reads.clone()
+    }
+
+    /// What this unit does with `request`.
+    fn reply(&self, request: &Request<'_>) -> Reply {
         let mut s = self.state.lock().unwrap();
         s.requests += 1;
-        let (bank, start) = match request {
-            Request::ReadCoils(a, _) => (Bank::Coil, *a),
-            Request::ReadDiscreteInputs(a, _) => (Bank::Discrete, *a),
-            Request::ReadInputRegisters(a, _) => (Bank::Input, *a),
-            Request::ReadHoldingRegisters(a, _) => (Bank::Holding, *a),
-            _ => return (Some(Err(ExceptionCode::IllegalFunction)), Duration::ZERO),
+        let (bank, start, count) = match request {
+            Request::ReadCoils(a, n) => (Bank::Coil, *a, *n),
+            Request::ReadDiscreteInputs(a, n) => (Bank::Discrete, *a, *n),
+            Request::ReadInputRegisters(a, n) => (Bank::Input, *a, *n),
+            Request::ReadHoldingRegisters(a, n) => (Bank::Holding, *a, *n),
+            _ => return Reply::Answer(Err(ExceptionCode::IllegalFunction), Duration::ZERO),
         };
+        s.reads.push(Read { bank, start, count });
+        if s.silent_next > 0 {
+            s.silent_next -= 1;
+            return Reply::None;
+        }
+        if s.silent_at.contains(&(bank, start)) {
+            return Reply::None;
+        }
         let mut delay = match s.late_at.get_mut(&(bank, start)) {
             Some(rule) => {
                 rule.seen += 1;
@@ -172,17 +256,73 @@ impl SimDevice {
             }
             None => Duration::ZERO,
         };
-        match s.behaviour {
-            Behaviour::Silent => return (None, Duration::ZERO),
-            Behaviour::Exception(code) => return (Some(Err(code)), delay),
-            Behaviour::Late(d) => delay = delay.max(d),
-            Behaviour::Normal => {}
+        let answer = match s.behaviour {
+            Behaviour::Silent => return Reply::None,
+            Behaviour::Exception(code) => Err(code),
+            Behaviour::Late(d) => {
+                delay = delay.max(d);
+                s.banks.read(request)
+            }
+            Behaviour::Normal => s.banks.read(request),
+        };
+        if s.garble_next > 0 {
+            s.garble_next -= 1;
+            s.garbled_replies += 1;
+            return Reply::Garbled(answer);
         }
         if !delay.is_zero() {
             s.late_replies += 1;
         }
-        (Some(s.banks.read(request)), delay)
+        Reply::Answer(answer, delay)
     }
+}
+
+/// The RTU frame of an answer (unit, function, data, CRC low byte first), with its CRC
+/// broken: what a reply looks like after line noise flipped a bit.
+fn garbled_rtu_frame(unit: u8, function: u8, answer: &Result<Response, ExceptionCode>) -> Vec<u8> {
+    let mut frame = vec![unit];
+    match answer {
+        Err(code) => frame.extend([function | 0x80, u8::from(*code)]),
+        Ok(Response::ReadHoldingRegisters(words)) | Ok(Response::ReadInputRegisters(words)) => {
+            frame.extend([function, (words.len() * 2) as u8]);
+            for w in words {
+                frame.extend(w.to_be_bytes());
+            }
+        }
+        Ok(Response::ReadCoils(bits)) | Ok(Response::ReadDiscreteInputs(bits)) => {
+            let bytes: Vec<u8> = bits
+                .chunks(8)
+                .map(|c| {
+                    c.iter()
+                        .enumerate()
+                        .fold(0u8, |b, (i, &on)| b | (u8::from(on) << i))
+                })
+                .collect();
+            frame.extend([function, bytes.len() as u8]);
+            frame.extend(bytes);
+        }
+        Ok(_) => frame.extend([function | 0x80, 1]),
+    }
+    let crc = crc16(&frame) ^ 0x5A5A;
+    frame.extend(crc.to_le_bytes());
+    frame
+}
+
+/// Modbus RTU CRC-16 (poly 0xA001, init 0xFFFF), written here rather than borrowed from the
+/// agent so that a shared mistake cannot hide.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0xFFFF;
+    for &b in bytes {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
 }
 
 impl Banks {
@@ -227,6 +367,8 @@ impl Banks {
 #[derive(Clone)]
 struct SimService {
     units: Arc<HashMap<u8, SimDevice>>,
+    /// RTU only: the server's end of the line, to send frames tokio-modbus would not.
+    raw_line: Option<RawFd>,
 }
 
 type ReplyFuture = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
@@ -242,23 +384,136 @@ impl Service for SimService {
         let Some(device) = self.units.get(&req.slave) else {
             return Box::pin(async { Ok(None) });
         };
-        let (reply, delay) = device.answer(&req.request);
-        Box::pin(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+        match device.reply(&req.request) {
+            Reply::None => Box::pin(async { Ok(None) }),
+            Reply::Answer(answer, delay) => Box::pin(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                answer.map(Some)
+            }),
+            Reply::Garbled(answer) => {
+                let frame =
+                    garbled_rtu_frame(req.slave, req.request.function_code().value(), &answer);
+                if let Some(fd) = self.raw_line {
+                    // SAFETY: `fd` is the serial port owned by the RTU server task that is
+                    // calling us, open for this synchronous call; write(2) only reads `frame`.
+                    unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+                }
+                Box::pin(async { Ok(None) })
             }
-            match reply {
-                None => Ok(None),
-                Some(Ok(r)) => Ok(Some(r)),
-                Some(Err(e)) => Err(e),
-            }
-        })
+        }
     }
 }
 
-fn service(devices: &[&SimDevice]) -> SimService {
+fn service(devices: &[&SimDevice], raw_line: Option<RawFd>) -> SimService {
     SimService {
         units: Arc::new(devices.iter().map(|d| (d.unit, (*d).clone())).collect()),
+        raw_line,
+    }
+}
+
+/// How a Modbus TCP server treats its connections, as field devices and cheap TCP-to-RS-485
+/// gateways do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Habit {
+    /// Keeps a connection open until the client closes it.
+    KeepOpen,
+    /// Closes the connection right after each reply.
+    CloseAfterReply,
+    /// Closes a connection that carried no request for this long.
+    CloseWhenIdle(Duration),
+    /// Accepts a connection and closes it at once, without reading a request.
+    CloseAtOnce,
+}
+
+/// A server-side connection that follows a [`Habit`]: when the habit says so, reads end the
+/// stream (EOF), so tokio-modbus' server loop ends and drops (closes) the socket.
+struct HabitStream {
+    inner: tokio::net::TcpStream,
+    habit: Habit,
+    /// A reply went out: with `CloseAfterReply`, the connection ends at the next read.
+    replied: bool,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl HabitStream {
+    fn new(inner: tokio::net::TcpStream, habit: Habit) -> Self {
+        let idle = match habit {
+            Habit::CloseWhenIdle(after) => Some(Box::pin(tokio::time::sleep(after))),
+            _ => None,
+        };
+        HabitStream {
+            inner,
+            habit,
+            replied: false,
+            idle,
+        }
+    }
+}
+
+impl AsyncRead for HabitStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.habit == Habit::CloseAtOnce || this.replied {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    if let (Habit::CloseWhenIdle(after), Some(idle)) = (this.habit, &mut this.idle)
+                    {
+                        idle.as_mut().reset(tokio::time::Instant::now() + after);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let idle_over = match &mut this.idle {
+                    Some(idle) => idle.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if idle_over {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HabitStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) && this.habit == Habit::CloseAfterReply {
+            this.replied = true;
+        }
+        if let (Poll::Ready(Ok(())), Habit::CloseWhenIdle(after), Some(idle)) =
+            (&flushed, this.habit, &mut this.idle)
+        {
+            idle.as_mut().reset(tokio::time::Instant::now() + after);
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -266,12 +521,18 @@ fn service(devices: &[&SimDevice]) -> SimService {
 pub struct TcpSim {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    connections: Arc<AtomicU64>,
 }
 
 impl TcpSim {
     /// `host:port`, as the config's `address` wants it.
     pub fn address(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Kills the server like a crashed process: listener and connections close at once.
@@ -294,20 +555,36 @@ pub async fn serve_tcp(devices: &[&SimDevice]) -> TcpSim {
 
 /// Serves `devices` at `addr` (to come back on the same port after [`TcpSim::stop`]).
 pub async fn serve_tcp_at(addr: SocketAddr, devices: &[&SimDevice]) -> TcpSim {
+    serve_tcp_at_with(addr, devices, Habit::KeepOpen).await
+}
+
+/// Serves `devices` on 127.0.0.1 at a port the kernel picks, treating connections per `habit`.
+pub async fn serve_tcp_with(devices: &[&SimDevice], habit: Habit) -> TcpSim {
+    serve_tcp_at_with("127.0.0.1:0".parse().unwrap(), devices, habit).await
+}
+
+async fn serve_tcp_at_with(addr: SocketAddr, devices: &[&SimDevice], habit: Habit) -> TcpSim {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .unwrap_or_else(|e| panic!("bind Modbus TCP sim on {addr}: {e}"));
     let addr = listener.local_addr().unwrap();
-    let svc = service(devices);
+    let svc = service(devices, None);
     let server = tokio_modbus::server::tcp::Server::new(listener);
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
     let task = tokio::spawn(async move {
         let on_connected = move |stream, _peer| {
             let svc = svc.clone();
-            async move { Ok(Some((svc, stream))) }
+            counted.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(Some((svc, HabitStream::new(stream, habit)))) }
         };
         let _ = server.serve(&on_connected, |_err| {}).await;
     });
-    TcpSim { addr, task }
+    TcpSim {
+        addr,
+        task,
+        connections,
+    }
 }
 
 /// A Modbus RTU server on a serial path.
@@ -334,7 +611,7 @@ pub fn serve_rtu(path: &Path, baud: u32, devices: &[&SimDevice]) -> RtuSim {
     let serial = tokio_serial::new(path.to_string_lossy(), baud)
         .open_native_async()
         .unwrap_or_else(|e| panic!("open {} for the RTU sim: {e}", path.display()));
-    let svc = service(devices);
+    let svc = service(devices, Some(serial.as_raw_fd()));
     let task = tokio::spawn(async move {
         let server = tokio_modbus::server::rtu::Server::new(serial);
         let _ = server.serve_forever(svc).await;

@@ -91,7 +91,7 @@ impl Agent {
         self.publisher.send(Sample::Reading(Reading {
             device: Arc::from("dev"),
             point: Arc::from(point),
-            value: Value::Float(value),
+            value: Ok(Value::Float(value)),
             unit: Some(Arc::from("V")),
             ts_ms: fieldlink::model::unix_ms_now(),
         }));
@@ -115,7 +115,7 @@ impl Agent {
                 publisher.send(Sample::Reading(Reading {
                     device: Arc::from("dev"),
                     point: Arc::from(format!("p{}", n % points as u64)),
-                    value: Value::Float(n as f64),
+                    value: Ok(Value::Float(n as f64)),
                     unit: Some(Arc::from("V")),
                     ts_ms: fieldlink::model::unix_ms_now(),
                 }));

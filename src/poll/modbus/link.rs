@@ -2,6 +2,10 @@
 //!
 //! Owns the error vocabulary and the check that a response answers the request that was
 //! sent (function and exact quantity). Knows nothing about scheduling or devices' state.
+//!
+//! Every error says what happened in words ("no reply within 300ms", "the device closed the
+//! connection before answering", "connection refused by 10.0.0.5:502…"), never a bare errno:
+//! these messages reach the log and `fieldlink read` as they are.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,6 +13,7 @@ use std::time::Duration;
 use tokio_modbus::{ExceptionCode, Request, Response};
 
 use crate::config::Table;
+use crate::model::Quality;
 
 use super::plan::ReadRequest;
 
@@ -20,18 +25,22 @@ pub enum RawData {
 }
 
 /// An outer error: the wire, not the device's logic, failed. Resets the transport.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
-    #[error("no answer within {0:?}")]
+    #[error("no reply within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     /// Connecting or opening the port failed; the link retries it on its own schedule.
     #[error("{0}")]
     Unreachable(String),
-    #[error("transport error: {0}")]
+    /// The device or gateway closed or reset the connection before answering, also after
+    /// the link reopened it and asked again.
+    #[error("{0}")]
+    Closed(String),
+    #[error("the connection failed: {0}")]
     Transport(String),
     /// A reply that does not answer the request (wrong unit, function or quantity, or a
     /// frame the codec rejected): likely a late reply to an earlier request or line noise.
-    #[error("protocol error: {0}")]
+    #[error("{0}")]
     Protocol(String),
 }
 
@@ -41,8 +50,21 @@ impl LinkError {
         match self {
             LinkError::Timeout(_) => "timeout",
             LinkError::Unreachable(_) => "unreachable",
+            LinkError::Closed(_) => "closed",
             LinkError::Transport(_) => "transport",
             LinkError::Protocol(_) => "protocol",
+        }
+    }
+
+    /// What a point read by the failed request is, when the device answers other reads
+    /// (so the failure is this read's, not the device's).
+    pub fn quality(&self) -> Quality {
+        match self {
+            LinkError::Timeout(_) => Quality::Timeout,
+            LinkError::Protocol(_) => Quality::Garbled,
+            LinkError::Unreachable(_) | LinkError::Closed(_) | LinkError::Transport(_) => {
+                Quality::Disconnected
+            }
         }
     }
 }
@@ -91,7 +113,7 @@ pub(crate) fn check_response(r: &ReadRequest, response: Response) -> Result<RawD
     let count = usize::from(r.count);
     let mismatch = |got: usize| {
         LinkError::Protocol(format!(
-            "asked {count} {} from {}, got {got}",
+            "the reply does not answer the request: asked {count} {} from {}, got {got}",
             if r.table.is_bits() {
                 "bits"
             } else {
@@ -117,7 +139,7 @@ pub(crate) fn check_response(r: &ReadRequest, response: Response) -> Result<RawD
             Ok(RawData::Registers(words))
         }
         (_, other) => Err(LinkError::Protocol(format!(
-            "answer {other:?} does not match a read of {:?}",
+            "the reply does not answer the request: got {other:?} for a read of {:?}",
             r.table
         ))),
     }
@@ -126,11 +148,43 @@ pub(crate) fn check_response(r: &ReadRequest, response: Response) -> Result<RawD
 /// Sorts tokio-modbus' outer error into ours.
 pub(crate) fn classify(err: tokio_modbus::Error) -> LinkError {
     match err {
-        tokio_modbus::Error::Protocol(p) => LinkError::Protocol(p.to_string()),
+        tokio_modbus::Error::Protocol(p) => LinkError::Protocol(format!(
+            "the reply does not answer the request ({p}): a late reply to an earlier request, or line noise"
+        )),
         tokio_modbus::Error::Transport(io) if io.kind() == std::io::ErrorKind::InvalidData => {
-            LinkError::Protocol(io.to_string())
+            LinkError::Protocol(format!(
+                "a garbled reply ({io}): line noise, or a wrong baud rate or parity"
+            ))
         }
-        tokio_modbus::Error::Transport(io) => LinkError::Transport(io.to_string()),
+        tokio_modbus::Error::Transport(io) => LinkError::Transport(io_words(&io)),
+    }
+}
+
+/// An I/O error in words: the kind's own words where it has them, the message otherwise,
+/// without the "(os error N)" that means nothing to a reader.
+pub(crate) fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    let text = match e.kind() {
+        ConnectionRefused => "the connection was refused",
+        ConnectionReset => "the connection was reset by the peer",
+        ConnectionAborted => "the connection was aborted",
+        BrokenPipe => "the peer had closed the connection",
+        NotConnected => "not connected",
+        UnexpectedEof => "the peer closed the connection in the middle of a reply",
+        TimedOut => "the operating system timed the connection out",
+        HostUnreachable => "no route to the host",
+        NetworkUnreachable => "the network is unreachable",
+        PermissionDenied => "permission denied",
+        AddrNotAvailable => "the address is not available",
+        _ => "",
+    };
+    if !text.is_empty() {
+        return text.to_owned();
+    }
+    let message = e.to_string();
+    match message.find(" (os error") {
+        Some(at) => message[..at].to_owned(),
+        None => message,
     }
 }
 
@@ -161,6 +215,23 @@ mod tests {
     fn an_answer_for_another_table_is_refused() {
         let r = req(Table::Input, 1);
         assert!(check_response(&r, Response::ReadHoldingRegisters(vec![1])).is_err());
+    }
+
+    #[test]
+    fn errors_read_as_words_without_a_bare_errno() {
+        assert_eq!(
+            LinkError::Timeout(Duration::from_millis(300)).to_string(),
+            "no reply within 300ms"
+        );
+        for raw in [0, 104, 110, 111, 113, 115] {
+            let words = io_words(&std::io::Error::from_raw_os_error(raw));
+            assert!(!words.contains("os error"), "{raw}: {words}");
+            assert!(!words.is_empty(), "{raw}");
+        }
+        assert_eq!(
+            io_words(&std::io::Error::from_raw_os_error(104)),
+            "the connection was reset by the peer"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod link;
 pub mod plan;
+pub mod reads;
 pub mod rtu;
 pub mod tcp;
 

@@ -395,6 +395,7 @@ mod tests {
             interval: Duration::from_secs(1),
             max_gap: 10,
             points: vec![reg(0, DataType::U16), slow, reg(2, DataType::U16)],
+            offline_after: 3,
             serial_line: None,
         };
         let groups = plan_groups(&device);
@@ -422,6 +423,7 @@ mod tests {
             interval: Duration::from_secs(1),
             max_gap: 0,
             points: vec![reg(0, DataType::U16), same],
+            offline_after: 3,
             serial_line: None,
         };
         let groups = plan_groups(&device);

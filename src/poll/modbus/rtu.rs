@@ -16,6 +16,13 @@
 //! unit. It keeps the `inter_request_delay` of silence between exchanges (tokio-modbus does
 //! not keep t3.5, #180).
 //!
+//! RS-485 noise: a garbled reply (bytes arrived but made no valid answer: a CRC error, a
+//! frame cut short, a reply that does not match the request) is asked again once, after the
+//! line settled, before it counts as a failure. tokio-modbus drops bytes it cannot frame and
+//! waits on, so a garbled reply usually ends as a timeout: the port counts the bytes each
+//! exchange received to tell it from silence. Silence is never asked again: a dead unit must
+//! cost the line one response timeout, not two.
+//!
 //! The port's lifecycle follows the policy shared with serial_line buses
 //! ([`serial_port`](crate::poll::serial_port)): an I/O error (unplugged adapter: reads
 //! return 0, writes EIO), a hang-up seen while idle, or the path no longer naming the node
@@ -26,6 +33,7 @@
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -104,7 +112,10 @@ impl RtuLink {
                 self.watch.opened();
                 let now = Instant::now();
                 self.next_node_check = now + WATCH_PERIOD;
-                let shared = SharedPort(Arc::new(Mutex::new(stream)));
+                let shared = SharedPort {
+                    stream: Arc::new(Mutex::new(stream)),
+                    received: Arc::new(AtomicUsize::new(0)),
+                };
                 // Whatever was queued before we owned the port is not an answer to us.
                 shared.flush_input();
                 self.port = Some(OpenPort {
@@ -156,8 +167,9 @@ impl RtuLink {
     }
 }
 
-impl ModbusLink for RtuLink {
-    async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
+impl RtuLink {
+    /// One request and its answer; the line is settled first if the last exchange went wrong.
+    async fn exchange(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
         let port = self.ensure_open()?;
         if self.dirty {
             self.settle(&port).await;
@@ -169,6 +181,7 @@ impl ModbusLink for RtuLink {
             tokio_modbus::client::rtu::attach_slave(port.clone(), Slave(unit))
         });
         ctx.set_slave(Slave(unit));
+        port.received.store(0, Ordering::Relaxed);
         let answer = timeout(
             self.settings.response_timeout,
             ctx.call(to_request(request)),
@@ -176,7 +189,14 @@ impl ModbusLink for RtuLink {
         .await;
         self.last_exchange_end = Some(Instant::now());
         let outcome = match answer {
-            Err(_) => Err(LinkError::Timeout(self.settings.response_timeout)),
+            Err(_) => match port.received.load(Ordering::Relaxed) {
+                0 => Err(LinkError::Timeout(self.settings.response_timeout)),
+                bytes => Err(LinkError::Protocol(format!(
+                    "a garbled reply: {bytes} bytes that made no valid answer within {} (line \
+                     noise, a wrong baud rate or parity, or two units with the same id?)",
+                    humantime::format_duration(self.settings.response_timeout)
+                ))),
+            },
             Ok(Err(e)) => Err(classify(e)),
             Ok(Ok(Err(exception))) => Ok(Err(exception)),
             Ok(Ok(Ok(response))) => check_response(request, response).map(Ok),
@@ -199,6 +219,19 @@ impl ModbusLink for RtuLink {
             }
         }
         outcome
+    }
+}
+
+impl ModbusLink for RtuLink {
+    async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
+        let first = self.exchange(unit, request).await;
+        match first {
+            Err(LinkError::Protocol(why)) if self.port.is_some() => {
+                tracing::debug!(bus = %self.watch.bus(), unit, "{why}; asking again");
+                self.exchange(unit, request).await
+            }
+            other => other,
+        }
     }
 
     fn not_before(&self) -> Option<Instant> {
@@ -232,13 +265,17 @@ impl ModbusLink for RtuLink {
 }
 
 /// The serial stream, shared between the successive client contexts of one open port: a
-/// context owns its transport, and we recreate contexts without reopening the port.
+/// context owns its transport, and we recreate contexts without reopening the port. Counts
+/// the bytes it reads, so an exchange can tell a garbled reply from silence.
 #[derive(Clone)]
-struct SharedPort(Arc<Mutex<SerialStream>>);
+struct SharedPort {
+    stream: Arc<Mutex<SerialStream>>,
+    received: Arc<AtomicUsize>,
+}
 
 impl SharedPort {
     fn lock(&self) -> std::sync::MutexGuard<'_, SerialStream> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.stream.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn flush_input(&self) {
@@ -262,7 +299,11 @@ impl AsyncRead for SharedPort {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.lock()).poll_read(cx, buf);
+        self.received
+            .fetch_add(buf.filled().len() - before, Ordering::Relaxed);
+        polled
     }
 }
 

@@ -13,6 +13,11 @@
 //! [`WATCH_PERIOD`](crate::poll::serial_port::WATCH_PERIOD) and the port reopened as soon as
 //! it is back. A reopened session counts as working after a good line, or [`SETTLED_AFTER`]
 //! without trouble.
+//!
+//! Point quality: a point that finds no value in a line that was its device's (no match, not
+//! a number) is published bad once as `decode`; when its device goes offline (no good line
+//! for `stale_after`, or the port lost) every point is published bad once as `stale`. Each
+//! is published again with its next value.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -27,7 +32,7 @@ use tracing::{debug, warn};
 
 use crate::config::{Bus, BusKind, Device, LineQuery, SerialLine, SerialLineDevice};
 use crate::health::{Beat, Health};
-use crate::model::{unix_ms_now, Reading, Sample, SampleSink, Value};
+use crate::model::{unix_ms_now, Quality, Reading, Sample, SampleSink, Value};
 use crate::poll::serial_port::{self, describe_open_error, PortWatch, WATCH_PERIOD};
 
 use super::codec::{Frame, LineCodec};
@@ -46,6 +51,10 @@ struct Sensor {
     interval: Duration,
     /// Per point: name and unit, shared by every reading.
     labels: Vec<(Arc<str>, Option<Arc<str>>)>,
+    /// Per point: why it is bad, as last published (`None`: good, or never read).
+    quality: Vec<Option<Quality>>,
+    /// A line of this sensor arrived since the start: its points have something to go stale.
+    heard: bool,
     online: Option<bool>,
     last_good: Instant,
 }
@@ -101,6 +110,8 @@ pub async fn run_serial_line_bus(
                 .collect();
             Some(Sensor {
                 name: Arc::from(d.name.as_str()),
+                quality: vec![None; spec.points.len()],
+                heard: false,
                 spec,
                 interval: d.interval,
                 labels,
@@ -181,7 +192,33 @@ impl BusTask {
                 device: sensor.name.clone(),
                 online,
             });
+            if !online && sensor.heard {
+                let ts_ms = unix_ms_now();
+                for point in 0..sensor.labels.len() {
+                    self.point_bad(index, point, Quality::Stale, ts_ms);
+                }
+                self.sink.send(Sample::PollDone {
+                    device: self.sensors[index].name.clone(),
+                });
+            }
         }
+    }
+
+    /// Publishes a point bad, once per change of cause.
+    fn point_bad(&mut self, index: usize, point: usize, quality: Quality, ts_ms: u64) {
+        let sensor = &mut self.sensors[index];
+        if sensor.quality[point] == Some(quality) {
+            return;
+        }
+        sensor.quality[point] = Some(quality);
+        let (name, unit) = &sensor.labels[point];
+        self.sink.send(Sample::Reading(Reading {
+            device: sensor.name.clone(),
+            point: name.clone(),
+            value: Err(quality),
+            unit: unit.clone(),
+            ts_ms,
+        }));
     }
 
     async fn session(&mut self, mut port: SerialStream) -> SessionEnd {
@@ -338,25 +375,31 @@ impl BusTask {
         accepted
     }
 
-    fn publish(&self, index: usize, payload: &str, ts_ms: u64) {
-        let sensor = &self.sensors[index];
-        for (point, (name, unit)) in sensor.spec.points.iter().zip(&sensor.labels) {
-            match extract(point, payload) {
-                Ok(value) => self.sink.send(Sample::Reading(Reading {
-                    device: sensor.name.clone(),
-                    point: name.clone(),
-                    value,
-                    unit: unit.clone(),
-                    ts_ms,
-                })),
+    fn publish(&mut self, index: usize, payload: &str, ts_ms: u64) {
+        self.sensors[index].heard = true;
+        for point in 0..self.sensors[index].spec.points.len() {
+            let sensor = &mut self.sensors[index];
+            let (name, unit) = &sensor.labels[point];
+            match extract(&sensor.spec.points[point], payload) {
+                Ok(value) => {
+                    sensor.quality[point] = None;
+                    self.sink.send(Sample::Reading(Reading {
+                        device: sensor.name.clone(),
+                        point: name.clone(),
+                        value: Ok(value),
+                        unit: unit.clone(),
+                        ts_ms,
+                    }));
+                }
                 Err(e) => {
                     bump(&self.counters.unparsed);
                     debug!(bus = %self.bus, device = %sensor.name, point = %name, "no value: {e}");
+                    self.point_bad(index, point, Quality::Decode, ts_ms);
                 }
             }
         }
         self.sink.send(Sample::PollDone {
-            device: sensor.name.clone(),
+            device: self.sensors[index].name.clone(),
         });
     }
 }
