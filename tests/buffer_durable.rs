@@ -26,11 +26,14 @@ fn settings(dir: &Path, durability: Durability) -> Settings {
         replay_rate: None,
         spill_threshold: usize::MAX,
         capacity: usize::MAX,
+        clock: std::sync::Arc::new(fieldlink::buffer::clock::SystemClock::new()),
     }
 }
 
+/// A record whose payload is its record number, so the model can check what comes back.
 fn push(d: &Durable, topic: u8) -> u64 {
-    d.push(format!("t/{topic}"), 0, |seq| seq.to_string().into_bytes())
+    let seq = d.next_seq();
+    d.push(format!("t/{topic}"), 0, seq.to_string().into_bytes())
 }
 
 #[derive(Debug, Clone)]

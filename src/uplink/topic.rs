@@ -1,15 +1,21 @@
 //! Topics and payloads: pure functions from readings and link facts to MQTT topic strings and
 //! payload bytes. Owns the wire format consumers depend on; touches no I/O and no rumqttc.
 //!
-//! Reading payload (`payload = "json"`): `{"value":…,"unit":"V","ts":<unix ms>,"seq":<n>}`.
-//! `unit` is omitted when the point has none. A float that is NaN or infinite cannot be a JSON
+//! Reading payload (`payload = "json"`):
+//! `{"value":…,"unit":"V","ts":<unix ms>,"seq":<n>,"boot":<b>}`. `unit` is omitted when the
+//! point has none. `(boot, seq)` identifies a reading: `boot` counts the agent's starts and
+//! `seq` counts readings from 1 within one start, taking no number for status or meta
+//! messages, so within one boot every gap in `seq` is a reading lost (and counted in the
+//! health topic's `dropped`); a consumer dedupes on `(boot, seq)`. A float that is NaN or infinite cannot be a JSON
 //! number, so it is sent as `"value":null` plus `"quality":"nan"`, `"inf"` or `"-inf"`; every
 //! other reading carries no `quality` key (consumers treat its absence as good).
 //! With `payload = "plain"` the payload is the value alone as text (`true`, `42`, `230.5`,
 //! `NaN`, `inf`, `-inf`, or the string as is); plain payloads carry no `seq`.
 //!
 //! With `payload = "device"` each poll of a device is one retained message on
-//! `<prefix>/<device>`: `{"ts":<unix ms>,"seq":<n>,"values":{"voltage":230.1,"status":"ok"}}`,
+//! `<prefix>/<device>`:
+//! `{"ts":<unix ms>,"seq":<n>,"boot":<b>,"values":{"voltage":230.1,"status":"ok"}}` (one
+//! `seq` per message),
 //! `ts` being the time of the poll's last read. A non-finite float is `null` in `values`
 //! and named in `"quality":{"<point>":"nan"}` (the key is absent when all are finite). Units
 //! are not repeated per poll: the retained `<prefix>/<device>/meta` holds
@@ -23,6 +29,7 @@ use serde_json::{Map, Value as Json};
 use crate::config::PayloadMode;
 use crate::health::HealthReport;
 use crate::model::{Reading, Value};
+use crate::queue::ReadingNumber;
 
 /// `<prefix>/<device>/<point>`: one retained reading per point.
 pub fn reading_topic(prefix: &str, device: &str, point: &str) -> String {
@@ -65,14 +72,14 @@ pub fn availability_payload(online: bool) -> &'static [u8] {
     }
 }
 
-/// The payload of one reading; `seq` is the outbox's sequence number for it.
-pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8> {
+/// The payload of one reading; `number` is the outbox's `(boot, seq)` for it.
+pub fn reading_payload(mode: PayloadMode, reading: &Reading, number: ReadingNumber) -> Vec<u8> {
     match mode {
         PayloadMode::Plain => plain_value(&reading.value).into_bytes(),
         // A lone reading in device mode (the publisher batches; this is for completeness).
         PayloadMode::Device => device_payload(
             reading.ts_ms,
-            seq,
+            number,
             std::iter::once((reading.point.as_ref(), &reading.value)),
         ),
         PayloadMode::Json => {
@@ -83,7 +90,8 @@ pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8
                 obj.insert("unit".into(), Json::from(unit.as_ref()));
             }
             obj.insert("ts".into(), Json::from(reading.ts_ms));
-            obj.insert("seq".into(), Json::from(seq));
+            obj.insert("seq".into(), Json::from(number.seq));
+            obj.insert("boot".into(), Json::from(number.boot));
             if let Some(q) = quality {
                 obj.insert("quality".into(), Json::from(q));
             }
@@ -93,17 +101,19 @@ pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8
     }
 }
 
-/// `{"ts":…,"seq":…,"values":{…}}` for one device poll; points keep the order given.
+/// `{"ts":…,"seq":…,"boot":…,"values":{…}}` for one device poll; points keep the order given.
 pub fn device_payload<'a>(
     ts_ms: u64,
-    seq: u64,
+    number: ReadingNumber,
     values: impl IntoIterator<Item = (&'a str, &'a Value)>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"ts\":");
     out.extend_from_slice(ts_ms.to_string().as_bytes());
     out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(number.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"boot\":");
+    out.extend_from_slice(number.boot.to_string().as_bytes());
     out.extend_from_slice(b",\"values\":{");
     let mut bad: Vec<(&str, &'static str)> = Vec::new();
     for (i, (point, value)) in values.into_iter().enumerate() {
@@ -225,6 +235,10 @@ mod tests {
         }
     }
 
+    fn n(seq: u64) -> ReadingNumber {
+        ReadingNumber { boot: 3, seq }
+    }
+
     fn json(bytes: Vec<u8>) -> Json {
         serde_json::from_slice(&bytes).unwrap()
     }
@@ -238,21 +252,21 @@ mod tests {
     }
 
     #[test]
-    fn json_reading_carries_value_unit_ts_and_seq() {
+    fn json_reading_carries_value_unit_ts_seq_and_boot() {
         let p = reading_payload(
             PayloadMode::Json,
             &reading(Value::Float(230.5), Some("V")),
-            7,
+            n(7),
         );
         assert_eq!(
             json(p),
-            serde_json::json!({"value":230.5,"unit":"V","ts":1_700_000_000_123u64,"seq":7})
+            serde_json::json!({"value":230.5,"unit":"V","ts":1_700_000_000_123u64,"seq":7,"boot":3})
         );
     }
 
     #[test]
     fn json_reading_without_unit_omits_the_key() {
-        let p = reading_payload(PayloadMode::Json, &reading(Value::Int(-3), None), 1);
+        let p = reading_payload(PayloadMode::Json, &reading(Value::Int(-3), None), n(1));
         let v = json(p);
         assert_eq!(v["value"], -3);
         assert!(v.get("unit").is_none());
@@ -269,7 +283,7 @@ mod tests {
             let v = json(reading_payload(
                 PayloadMode::Json,
                 &reading(Value::Float(f), None),
-                1,
+                n(1),
             ));
             assert_eq!(v["value"], Json::Null);
             assert_eq!(v["quality"], q);
@@ -281,25 +295,25 @@ mod tests {
         let v = json(reading_payload(
             PayloadMode::Json,
             &reading(Value::UInt(u64::MAX), None),
-            1,
+            n(1),
         ));
         assert_eq!(v["value"], u64::MAX);
         let v = json(reading_payload(
             PayloadMode::Json,
             &reading(Value::Bool(true), None),
-            1,
+            n(1),
         ));
         assert_eq!(v["value"], true);
         let v = json(reading_payload(
             PayloadMode::Json,
             &reading(Value::Text("a\"b".into()), None),
-            1,
+            n(1),
         ));
         assert_eq!(v["value"], "a\"b");
     }
 
     #[test]
-    fn device_payload_holds_every_point_with_ts_and_seq() {
+    fn device_payload_holds_every_point_with_ts_seq_and_boot() {
         let v = [
             Value::Float(230.5),
             Value::Int(-3),
@@ -308,7 +322,7 @@ mod tests {
         ];
         let p = device_payload(
             17,
-            5,
+            n(5),
             [
                 ("voltage", &v[0]),
                 ("temp", &v[1]),
@@ -318,14 +332,14 @@ mod tests {
         );
         assert_eq!(
             json(p),
-            serde_json::json!({"ts":17,"seq":5,"values":{"voltage":230.5,"temp":-3,"run":true,"model":"a\"b"}})
+            serde_json::json!({"ts":17,"seq":5,"boot":3,"values":{"voltage":230.5,"temp":-3,"run":true,"model":"a\"b"}})
         );
     }
 
     #[test]
     fn device_payload_names_non_finite_points_in_quality() {
         let v = [Value::Float(f64::NAN), Value::Float(1.0)];
-        let p = json(device_payload(1, 2, [("a", &v[0]), ("b", &v[1])]));
+        let p = json(device_payload(1, n(2), [("a", &v[0]), ("b", &v[1])]));
         assert_eq!(p["values"]["a"], Json::Null);
         assert_eq!(p["values"]["b"], 1.0);
         assert_eq!(p["quality"], serde_json::json!({"a":"nan"}));
@@ -343,7 +357,7 @@ mod tests {
             String::from_utf8(reading_payload(
                 PayloadMode::Plain,
                 &reading(v, Some("V")),
-                9,
+                n(9),
             ))
             .unwrap()
         };

@@ -130,9 +130,9 @@ impl Agent {
         }
     }
 
-    /// Sequence numbers handed out so far are `1..=last_seq()`.
+    /// Reading numbers handed out so far in this boot are `1..=last_seq()`.
     pub fn last_seq(&self) -> u64 {
-        self.outbox.next_seq().saturating_sub(1)
+        self.outbox.last_reading().seq
     }
 }
 
