@@ -77,7 +77,9 @@ fn boots(all: &[Message]) -> Vec<u64> {
 
 /// The seqs seen of one boot.
 fn seqs_of(seen: &BTreeSet<Id>, boot: u64) -> BTreeSet<u64> {
-    seen.range((boot, 0)..=(boot, u64::MAX)).map(|&(_, s)| s).collect()
+    seen.range((boot, 0)..=(boot, u64::MAX))
+        .map(|&(_, s)| s)
+        .collect()
 }
 
 /// Seqs in `from..=upto` not in `seen`.
