@@ -42,6 +42,22 @@
 //! published after that spill looks newest and is replayed retained; the next live reading
 //! of that point (one poll interval) puts the retained value right again.
 //!
+//! # Drops are exact
+//! A bound (`max_size`, `max_age`) never drops from a snapshot: inside its transaction the
+//! store asks [`State::verdicts`] about each candidate under the state lock, which frees
+//! acknowledged rows (no drop), keeps what is in flight or maybe delivered (on the wire
+//! when the link died: `maybe_delivered`, persisted as the store's `sent` flag), and takes
+//! everything else out of memory at that moment, so nothing can hand it out afterwards;
+//! the store counts it in the same transaction. A failed transaction puts back what it
+//! took. The memory-overflow path skips maybe-delivered records too.
+//!
+//! # Numbers
+//! `seq` (the record number) orders records and keys the store; reserved ahead in blocks,
+//! it is never published. Readings also get a published `(boot, seq)`: `boot` is counted
+//! per start in the store's meta (made up from the clock, unix seconds, when the store
+//! cannot be opened at start, and written to it once it can), `seq` counts readings from 1
+//! per start and is assigned under the same lock as the record number.
+//!
 //! # Failing disk
 //! Any store error (disk full, read-only directory, damage) leaves the records in memory,
 //! logs once per episode, and is reported by [`Durable::status`]; records keep flowing to
