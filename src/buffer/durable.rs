@@ -44,7 +44,7 @@
 //!
 //! # Drops are exact
 //! A bound (`max_size`, `max_age`) never drops from a snapshot: inside its transaction the
-//! store asks [`State::verdicts`] about each candidate under the state lock, which frees
+//! store asks `State::verdicts` about each candidate under the state lock, which frees
 //! acknowledged rows (no drop), keeps what is in flight or maybe delivered (on the wire
 //! when the link died: `maybe_delivered`, persisted as the store's `sent` flag), and takes
 //! everything else out of memory at that moment, so nothing can hand it out afterwards;

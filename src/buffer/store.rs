@@ -65,9 +65,10 @@
 //! - The bound is on *stored bytes* = Σ (len(topic) + len(payload) + [`ROW_OVERHEAD`]),
 //!   tracked in memory (summed at open). Chosen over `page_count × page_size` because that
 //!   figure only moves in whole pages, includes free pages and the B-tree's slack, and does
-//!   not tell how many rows to drop. Measured: 550 000 readings of ~100 bytes at the 64 MiB
-//!   bound make a 63 MiB file (B-tree slack is covered by the overhead), plus the WAL, which
-//!   `journal_size_limit` caps at 4 MiB after checkpoints.
+//!   not tell how many rows to drop. Measured (schema 2, rows stamped with the boot-time
+//!   clock): 466 752 readings of ~100 bytes at the 64 MiB bound make a 63.1 MiB file (B-tree
+//!   slack is covered by the overhead), plus the WAL, which `journal_size_limit` caps at
+//!   4 MiB after checkpoints.
 //! - Dropped records are counted in `meta` (`dropped_full`, `dropped_age`) in the same
 //!   transaction that deletes them, so counts survive restarts.
 //! - The store never decides alone that a record is dropped: the bounds walk candidates
@@ -133,9 +134,10 @@ pub(crate) const SCHEMA_SQL: &str = "
     CREATE TABLE IF NOT EXISTS newest (
         topic TEXT PRIMARY KEY,
         seq INTEGER NOT NULL) WITHOUT ROWID;";
-/// Per-row bytes counted against `max_size` on top of topic and payload: rowid, ts and
-/// sum, the record header and the cell pointer, rounded up.
-pub const ROW_OVERHEAD: u64 = 40;
+/// Per-row bytes counted against `max_size` on top of topic and payload: rowid, ts, sum,
+/// os_boot, boot_ms and sent, the record header and the cell pointer, rounded up (40 in
+/// schema 1, which had no boot-time stamps).
+pub const ROW_OVERHEAD: u64 = 44;
 
 /// The bounds a store enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
