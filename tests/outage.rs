@@ -804,11 +804,25 @@ async fn a_full_buffer_drops_the_oldest_counts_them_and_drains_when_the_broker_r
     );
     assert_eq!(after.dropped, after.dropped_full, "no other kind of drop");
     assert!(health_dropped >= full.dropped_full && health_dropped <= after.dropped_full);
+    // drop_oldest takes the oldest records that are not on the wire. While the link is down
+    // that is one run after the maybe-delivered ones; once history is replayed the records
+    // in flight are skipped and what was replayed between two evictions was delivered, so
+    // later drops may form further runs.
     let (oldest_dropped, newest_dropped) = (missing[0], *missing.last().unwrap());
-    assert_eq!(
-        missing,
-        (oldest_dropped..=newest_dropped).collect::<Vec<_>>(),
-        "drop_oldest drops one contiguous run"
+    let first_run = missing
+        .iter()
+        .zip(oldest_dropped..)
+        .take_while(|(s, expected)| *s == expected)
+        .count() as u64;
+    eprintln!(
+        "dropped {oldest_dropped}..={newest_dropped}: a first run of {first_run}, {} more after",
+        missing.len() as u64 - first_run
+    );
+    assert!(
+        first_run >= full.dropped_full,
+        "the {} drops counted while the link was down are one run of the oldest readings; \
+         the first run is {first_run} long",
+        full.dropped_full
     );
     let kept_older = kept_from_outage
         .iter()

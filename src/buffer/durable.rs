@@ -1265,7 +1265,12 @@ fn io_work(
     };
     if let Some(after) = read_from {
         if after == 0 && settings.replay == Replay::Latest {
-            let protect = lock(&shared.state).resident.clone();
+            // Maybe-delivered records go again even if superseded: only their ack retires
+            // them from `maybe_delivered`.
+            let protect: HashSet<u64> = {
+                let st = lock(&shared.state);
+                st.resident.union(&st.maybe_delivered).copied().collect()
+            };
             store.prune_superseded(&protect)?;
         }
         let rows = store.read_after(after, PREFETCH_BATCH)?;
