@@ -32,7 +32,7 @@ use fieldlink::config::{
 use fieldlink::model::{Reading, Value};
 use fieldlink::poll::modbus::decode::decode_registers;
 use fieldlink::poll::modbus::plan::{plan, plan_groups};
-use fieldlink::queue::Outbox;
+use fieldlink::queue::{Outbox, ReadingNumber};
 use fieldlink::sim::{self, SimDevice, WireTiming};
 use fieldlink::uplink::report::ExceptionFilter;
 use fieldlink::uplink::topic;
@@ -1048,7 +1048,7 @@ fn micro(report: &mut Report) {
             black_box(topic::reading_payload(
                 PayloadMode::Json,
                 black_box(&reading),
-                i,
+                ReadingNumber { boot: 1, seq: i },
             ));
         }),
         "ns/op",
@@ -1062,7 +1062,7 @@ fn micro(report: &mut Report) {
         time_ns(200_000, |i| {
             black_box(topic::device_payload(
                 1_764_000_000_000,
-                i,
+                ReadingNumber { boot: 1, seq: i },
                 values.iter().map(|(n, v)| (n.as_str(), v)),
             ));
         }),
@@ -1073,8 +1073,8 @@ fn micro(report: &mut Report) {
         "micro",
         "outbox push + take + ack (memory)",
         time_ns(1_000_000, |i| {
-            outbox.push(format!("fl/gw/m/p{}", i % 100), 0, |s| {
-                s.to_le_bytes().to_vec()
+            outbox.push_reading(format!("fl/gw/m/p{}", i % 100), 0, |n| {
+                n.seq.to_le_bytes().to_vec()
             });
             for r in outbox.take(1) {
                 outbox.ack(r.seq);

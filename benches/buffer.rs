@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fieldlink::buffer::store::{Limits, Store};
+use fieldlink::buffer::store::{protecting, Limits, Store};
 use fieldlink::buffer::{Durable, IoDriver, Settings};
 use fieldlink::config::{Durability, Replay, WhenFull};
 use fieldlink::queue::Record;
@@ -27,6 +27,7 @@ fn reading(seq: u64) -> Record {
         )
         .into_bytes(),
         ts_ms: fieldlink::model::unix_ms_now(),
+        queued_at: fieldlink::buffer::clock::Queued::UNKNOWN,
     }
 }
 
@@ -65,7 +66,9 @@ fn store_throughput(base: &Path) {
     let t = Instant::now();
     for chunk in (1..=n).collect::<Vec<_>>().chunks(100) {
         let batch: Vec<Record> = chunk.iter().map(|&s| reading(s)).collect();
-        store.append(&batch, &HashSet::new()).unwrap();
+        store
+            .append(&batch, &HashSet::new(), &mut protecting(&HashSet::new()))
+            .unwrap();
     }
     let append = t.elapsed();
     let t = Instant::now();
@@ -94,6 +97,7 @@ fn settings(dir: &Path, durability: Durability) -> Settings {
         replay_rate: None,
         spill_threshold: 1000,
         capacity: 100_000,
+        clock: std::sync::Arc::new(fieldlink::buffer::clock::SystemClock::new()),
     }
 }
 
@@ -109,7 +113,7 @@ fn bytes_per_reading(base: &Path, name: &str, durability: Durability, link_up: b
     let t = Instant::now();
     for i in 0..n {
         let r = reading(i);
-        d.push(r.topic, r.ts_ms, |_| r.payload);
+        d.push(r.topic, r.ts_ms, r.payload);
         if link_up {
             for r in d.take(64) {
                 d.ack(r.seq);
@@ -139,7 +143,9 @@ fn integrity_check_cost(base: &Path) {
     let mut seq = 1;
     while store.stored_bytes() < 64 * 1024 * 1024 - 200_000 {
         let batch: Vec<Record> = (seq..seq + 5000).map(reading).collect();
-        store.append(&batch, &HashSet::new()).unwrap();
+        store
+            .append(&batch, &HashSet::new(), &mut protecting(&HashSet::new()))
+            .unwrap();
         seq += 5000;
     }
     let depth = store.depth();

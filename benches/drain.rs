@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fieldlink::buffer::store::{Limits, Store};
+use fieldlink::buffer::store::{protecting, Limits, Store};
 use fieldlink::queue::Record;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use support::agent::{self, Agent, ConfigDir};
@@ -258,10 +258,11 @@ fn fill_buffer(dir: &Path, prefix: &str, n: u64) {
                 topic: topic(prefix, i),
                 payload: payload(i, ts),
                 ts_ms: ts,
+                queued_at: fieldlink::buffer::clock::Queued::UNKNOWN,
             })
             .collect();
         seq += batch.len() as u64;
-        store.append(&batch, &none).unwrap();
+        store.append(&batch, &none, &mut protecting(&none)).unwrap();
     }
 }
 

@@ -26,6 +26,20 @@ const UPLINK_STOP_GRACE: Duration = Duration::from_millis(4000);
 
 /// Runs the agent until `stop` fires (a signal, or the demo's timer).
 pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    // Before anything opens the buffer: a second agent on this directory stops here.
+    let _state_lock = match buffer::lock::StateLock::acquire(&config.buffer.path) {
+        Ok(lock) => Some(lock),
+        Err(held @ buffer::lock::LockError::Held { .. }) => return Err(held.into()),
+        Err(unavailable) => {
+            // The buffer will say what is wrong with the directory and run from memory;
+            // refusing to start over a lock would turn a disk fault into an outage.
+            tracing::warn!(
+                "{unavailable}: running without the lock, so a second agent on it would not \
+                 be refused"
+            );
+            None
+        }
+    };
     let health = Health::new();
     let durable = Durable::open(
         buffer::Settings::new(&config.buffer, config.mqtt.queue_capacity),

@@ -6,19 +6,26 @@
 //! keeps the same contract and adds the disk (see `buffer` for what that adds).
 //!
 //! Invariants:
-//! - `seq` is assigned at `push`, strictly increasing per gateway.
+//! - `seq` (the record number) is assigned at `push`, strictly increasing per gateway; it
+//!   orders records and keys the store, and is never published.
+//! - Readings also get a published [`ReadingNumber`]: the agent's boot epoch and a count
+//!   that starts at 1 at every start and takes no gaps for status or meta records, so within
+//!   one boot every gap a consumer sees is a real loss. Assigned under the same lock as
+//!   `seq`, so the two orders agree.
 //! - A record leaves the outbox only through `ack` (its PUBACK arrived) or by being dropped
 //!   when the outbox is full (counted in `dropped`).
 //! - `take` hands records out oldest first; `requeue_inflight` puts every record that was
 //!   handed out but not acknowledged back at the head, in its original order.
-//! - Only queued records are dropped when full, oldest first: in-flight ones may already be
-//!   on the wire.
+//! - Only queued records are dropped when full, oldest first, and never one that was on the
+//!   wire when the link died: the broker may have it (PUBACK lost), so counting it dropped
+//!   could be a lie. It goes again first after the reconnect.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
+use crate::buffer::clock::{Clock, Queued, SystemClock};
 use crate::buffer::Durable;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +34,17 @@ pub struct Record {
     pub topic: String,
     pub payload: Vec<u8>,
     pub ts_ms: u64,
+    /// When it was queued on the boot-time clock: what the buffer's age bound measures.
+    pub queued_at: Queued,
+}
+
+/// What a reading's payload publishes as its identity: `(boot, seq)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadingNumber {
+    /// The agent's start count (persisted in the buffer; see `buffer::durable`).
+    pub boot: u64,
+    /// 1, 2, 3… per boot, readings only.
+    pub seq: u64,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +52,9 @@ struct State {
     queued: VecDeque<Record>,
     inflight: VecDeque<Record>,
     next_seq: u64,
+    next_reading: u64,
+    /// Requeued at a link loss and not acknowledged since: never dropped.
+    maybe_delivered: HashSet<u64>,
     dropped: u64,
     /// Set while records are being dropped, so the warning is logged once per episode.
     overflowing: bool,
@@ -44,20 +65,26 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     capacity: usize,
+    boot: u64,
+    clock: SystemClock,
     notify: Notify,
     /// When set, every call goes to the durable buffer and `state` stays unused.
     durable: Option<Durable>,
 }
 
 impl Outbox {
-    /// `capacity` bounds queued plus in-flight records.
-    pub fn new(capacity: usize, first_seq: u64) -> Self {
+    /// `capacity` bounds queued plus in-flight records; `boot` is the epoch readings carry
+    /// (a memory-only outbox has no store to count starts in: the caller says).
+    pub fn new(capacity: usize, boot: u64) -> Self {
         Outbox {
             state: Mutex::new(State {
-                next_seq: first_seq,
+                next_seq: 1,
+                next_reading: 1,
                 ..State::default()
             }),
             capacity: capacity.max(1),
+            boot,
+            clock: SystemClock::new(),
             notify: Notify::new(),
             durable: None,
         }
@@ -67,7 +94,7 @@ impl Outbox {
     pub fn with_buffer(durable: Durable) -> Self {
         Outbox {
             durable: Some(durable),
-            ..Outbox::new(1, 1)
+            ..Outbox::new(1, 0)
         }
     }
 
@@ -76,26 +103,73 @@ impl Outbox {
         self.durable.as_ref()
     }
 
-    /// Queues a record; `payload` is built with the record's sequence number. Never blocks:
+    /// Queues a record that carries no reading number (a status, a meta). Never blocks:
     /// when full, the oldest queued record is dropped and counted.
-    pub fn push(&self, topic: String, ts_ms: u64, payload: impl FnOnce(u64) -> Vec<u8>) -> u64 {
+    pub fn push(&self, topic: String, ts_ms: u64, payload: Vec<u8>) -> u64 {
         if let Some(d) = &self.durable {
             return d.push(topic, ts_ms, payload);
         }
+        self.push_numbered(topic, ts_ms, false, |_| payload)
+    }
+
+    /// Queues a reading; `payload` is built with its [`ReadingNumber`]. Returns the record's
+    /// `seq`. Never blocks.
+    pub fn push_reading(
+        &self,
+        topic: String,
+        ts_ms: u64,
+        payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
+    ) -> u64 {
+        if let Some(d) = &self.durable {
+            return d.push_reading(topic, ts_ms, payload);
+        }
+        self.push_numbered(topic, ts_ms, true, payload)
+    }
+
+    fn push_numbered(
+        &self,
+        topic: String,
+        ts_ms: u64,
+        reading: bool,
+        payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
+    ) -> u64 {
+        let queued_at = Queued {
+            os_boot: crate::buffer::clock::OsBoot::This,
+            boot_ms: self.clock.boot_ms(),
+        };
         let mut st = self.state.lock().unwrap();
         let seq = st.next_seq;
         st.next_seq += 1;
+        let number = ReadingNumber {
+            boot: self.boot,
+            seq: st.next_reading,
+        };
+        if reading {
+            st.next_reading += 1;
+        }
         st.newest_seq_by_topic.insert(topic.clone(), seq);
         let record = Record {
             seq,
-            payload: payload(seq),
+            payload: payload(number),
             topic,
             ts_ms,
+            queued_at,
         };
         st.queued.push_back(record);
         let mut dropped_now = 0;
-        while st.queued.len() + st.inflight.len() > self.capacity && st.queued.len() > 1 {
-            st.queued.pop_front();
+        while st.queued.len() + st.inflight.len() > self.capacity {
+            // The newest stays; so does anything that may have reached the broker.
+            let last = st.queued.len().saturating_sub(1);
+            let st = &mut *st;
+            let Some(i) = st
+                .queued
+                .iter()
+                .take(last)
+                .position(|r| !st.maybe_delivered.contains(&r.seq))
+            else {
+                break;
+            };
+            st.queued.remove(i);
             dropped_now += 1;
         }
         if dropped_now > 0 {
@@ -149,6 +223,7 @@ impl Outbox {
             return d.ack(seq);
         }
         let mut st = self.state.lock().unwrap();
+        st.maybe_delivered.remove(&seq);
         if st.inflight.front().is_some_and(|r| r.seq == seq) {
             st.inflight.pop_front();
             return true;
@@ -170,6 +245,7 @@ impl Outbox {
         let mut st = self.state.lock().unwrap();
         let inflight = std::mem::take(&mut st.inflight);
         let n = inflight.len();
+        st.maybe_delivered.extend(inflight.iter().map(|r| r.seq));
         for record in inflight.into_iter().rev() {
             st.queued.push_front(record);
         }
@@ -192,12 +268,16 @@ impl Outbox {
             .is_none_or(|&s| s <= record.seq)
     }
 
-    /// The sequence number the next `push` will get.
-    pub fn next_seq(&self) -> u64 {
+    /// The number of the last reading pushed in this boot (`seq` 0: none yet).
+    pub fn last_reading(&self) -> ReadingNumber {
         if let Some(d) = &self.durable {
-            return d.next_seq();
+            return d.last_reading();
         }
-        self.state.lock().unwrap().next_seq
+        let st = self.state.lock().unwrap();
+        ReadingNumber {
+            boot: self.boot,
+            seq: st.next_reading - 1,
+        }
     }
 
     pub fn depth(&self) -> usize {
@@ -228,7 +308,7 @@ mod tests {
     use super::*;
 
     fn push(o: &Outbox, topic: &str) -> u64 {
-        o.push(topic.into(), 0, |s| s.to_string().into_bytes())
+        o.push_reading(topic.into(), 0, |n| n.seq.to_string().into_bytes())
     }
 
     #[test]
@@ -261,6 +341,32 @@ mod tests {
         assert_eq!(inflight[0].seq, 1);
         let rest = o.take(10);
         assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 5]);
+    }
+
+    #[test]
+    fn a_full_outbox_never_drops_a_record_that_was_on_the_wire_when_the_link_died() {
+        let o = Outbox::new(4, 1);
+        push(&o, "a");
+        push(&o, "a");
+        assert_eq!(o.take(2).len(), 2);
+        o.requeue_inflight(); // 1 and 2 may have reached the broker
+        for _ in 0..4 {
+            push(&o, "a");
+        }
+        let left: Vec<u64> = o.take(10).iter().map(|r| r.seq).collect();
+        assert_eq!(left, [1, 2, 5, 6], "3 and 4 dropped instead");
+        assert_eq!(o.dropped(), 2);
+    }
+
+    #[test]
+    fn readings_are_numbered_densely_and_status_records_take_no_number() {
+        let o = Outbox::new(100, 7);
+        push(&o, "a");
+        o.push("a/status".into(), 0, b"online".to_vec());
+        push(&o, "a");
+        let payloads: Vec<Vec<u8>> = o.take(10).into_iter().map(|r| r.payload).collect();
+        assert_eq!(payloads, [b"1".to_vec(), b"online".to_vec(), b"2".to_vec()]);
+        assert_eq!(o.last_reading(), ReadingNumber { boot: 7, seq: 2 });
     }
 
     #[test]

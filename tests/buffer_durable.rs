@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use fieldlink::buffer::store::Limits;
+use fieldlink::buffer::store::{Limits, ROW_OVERHEAD};
 use fieldlink::buffer::{Durable, IoDriver, Settings};
 use fieldlink::config::{Durability, Replay, WhenFull};
 use proptest::prelude::*;
@@ -26,11 +26,14 @@ fn settings(dir: &Path, durability: Durability) -> Settings {
         replay_rate: None,
         spill_threshold: usize::MAX,
         capacity: usize::MAX,
+        clock: std::sync::Arc::new(fieldlink::buffer::clock::SystemClock::new()),
     }
 }
 
+/// A record whose payload is its record number, so the model can check what comes back.
 fn push(d: &Durable, topic: u8) -> u64 {
-    d.push(format!("t/{topic}"), 0, |seq| seq.to_string().into_bytes())
+    let seq = d.next_seq();
+    d.push(format!("t/{topic}"), 0, seq.to_string().into_bytes())
 }
 
 #[derive(Debug, Clone)]
@@ -369,8 +372,9 @@ fn a_full_disk_buffer_drops_the_configured_side_and_counts_it() {
     for when_full in [WhenFull::DropOldest, WhenFull::DropNewest] {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = settings(tmp.path(), Durability::Outage);
-        // 3-byte topic + 1-2 byte payload + 40 overhead: 44-45 bytes, so 28 fit.
-        s.limits.max_size = 30 * 42;
+        // 3-byte topic + 1-2 byte payload + the row overhead: room for exactly 28 of
+        // either the first or the last records.
+        s.limits.max_size = 28 * (3 + 2 + ROW_OVERHEAD);
         s.limits.when_full = when_full;
         let d = Durable::open(s, 1, IoDriver::Manual);
         for _ in 0..50 {

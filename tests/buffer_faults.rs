@@ -29,12 +29,13 @@ fn settings(dir: &Path, durability: Durability) -> Settings {
         replay_rate: None,
         spill_threshold: usize::MAX,
         capacity: 100_000,
+        clock: std::sync::Arc::new(fieldlink::buffer::clock::SystemClock::new()),
     }
 }
 
 fn push_big(d: &Durable, n: usize) -> Vec<u64> {
     (0..n)
-        .map(|i| d.push(format!("t/{}", i % 5), 0, |_| vec![0x5a; 4096]))
+        .map(|i| d.push(format!("t/{}", i % 5), 0, vec![0x5a; 4096]))
         .collect()
 }
 
@@ -165,7 +166,7 @@ fn a_read_only_state_directory_gives_a_typed_error_and_memory_keeps_working() {
     let d = Durable::open(settings(&at, Durability::Always), 1, IoDriver::Manual);
     let status = d.status();
     assert!(status.disk_error.is_some(), "{status:?}");
-    let seq = d.push("t/x".into(), 0, |_| b"1".to_vec());
+    let seq = d.push("t/x".into(), 0, b"1".to_vec());
     let _ = d.io_step();
     let got = d.take(10);
     assert!(
@@ -193,7 +194,7 @@ async fn the_outbox_with_a_buffer_spills_on_link_death_and_a_new_run_replays_aft
     let seqs: Vec<u64> = (0..100)
         .map(|i| {
             let ts = fieldlink::model::unix_ms_now() + i;
-            outbox.push(format!("t/{}", i % 4), ts, |s| s.to_string().into_bytes())
+            outbox.push(format!("t/{}", i % 4), ts, i.to_string().into_bytes())
         })
         .collect();
     tokio::time::timeout(Duration::from_secs(5), outbox.wait_queued())
@@ -230,7 +231,7 @@ async fn the_outbox_with_a_buffer_spills_on_link_death_and_a_new_run_replays_aft
         }
     }
     assert_eq!(replayed, seqs[30..].to_vec());
-    let next = outbox.push("t/0".into(), 0, |_| Vec::new());
+    let next = outbox.push("t/0".into(), 0, Vec::new());
     assert!(next > seqs[99], "numbering continues after the crash");
     outbox.buffer().unwrap().shutdown().unwrap();
 }
@@ -243,7 +244,7 @@ async fn in_always_mode_a_reading_is_on_disk_before_it_is_handed_out() {
         1,
         IoDriver::Thread,
     );
-    let seq = d.push("t/a".into(), 0, |_| b"42".to_vec());
+    let seq = d.push("t/a".into(), 0, b"42".to_vec());
     let _ = d.take(1); // the link is up, but nothing is committed yet
     tokio::time::timeout(Duration::from_secs(5), d.wait_queued())
         .await

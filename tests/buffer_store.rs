@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use fieldlink::buffer::store::{Limits, Store, FILE_NAME, ROW_OVERHEAD};
+use fieldlink::buffer::clock::Queued;
+use fieldlink::buffer::store::{protecting, Limits, Now, Store, FILE_NAME, ROW_OVERHEAD};
 use fieldlink::config::WhenFull;
 use fieldlink::queue::Record;
 use proptest::prelude::*;
@@ -15,6 +16,7 @@ fn record(seq: u64, topic: &str, len: usize) -> Record {
         topic: topic.to_string(),
         payload: vec![(seq % 251) as u8; len],
         ts_ms: 1_000 + seq,
+        queued_at: Queued::UNKNOWN,
     }
 }
 
@@ -144,7 +146,7 @@ proptest! {
                         next += 1;
                         r
                     }).collect();
-                    let out = store.append(&batch, &HashSet::new()).unwrap();
+                    let out = store.append(&batch, &HashSet::new(), &mut protecting(&HashSet::new())).unwrap();
                     model.append(&batch, &limits);
                     prop_assert_eq!(out.rejected.len() + out.evicted.len() + out.stored.len() >= batch.len(), true);
                 }
@@ -201,7 +203,11 @@ fn sequence_numbers_continue_after_a_restart_even_when_nothing_was_stored() {
     assert_eq!(store.next_seq(), 1);
     store.reserve_seqs(5000).unwrap();
     store
-        .append(&[record(7000, "a", 3)], &HashSet::new())
+        .append(
+            &[record(7000, "a", 3)],
+            &HashSet::new(),
+            &mut protecting(&HashSet::new()),
+        )
         .unwrap();
     store.delete(&[7000]).unwrap();
     drop(store);
@@ -217,7 +223,9 @@ fn latest_per_topic_returns_the_newest_record_of_each_topic() {
     let batch: Vec<Record> = (1..=9)
         .map(|s| record(s, ["a", "b", "c"][(s % 3) as usize], 4))
         .collect();
-    store.append(&batch, &HashSet::new()).unwrap();
+    store
+        .append(&batch, &HashSet::new(), &mut protecting(&HashSet::new()))
+        .unwrap();
     let latest: Vec<(u64, String)> = store
         .latest_per_topic()
         .unwrap()
@@ -239,7 +247,13 @@ fn a_full_buffer_drops_the_oldest_but_never_a_protected_record() {
     };
     let (mut store, _) = Store::open(tmp.path(), limits).unwrap();
     let batch: Vec<Record> = (1..=15).map(|s| record(s, "a", 68)).collect();
-    let out = store.append(&batch, &HashSet::from([1, 2])).unwrap();
+    let out = store
+        .append(
+            &batch,
+            &HashSet::new(),
+            &mut protecting(&HashSet::from([1, 2])),
+        )
+        .unwrap();
     assert_eq!(out.evicted, [3, 4, 5, 6, 7]);
     assert_eq!(store.dropped_full(), 5);
     let left: Vec<u64> = all(&store).iter().map(|r| r.seq).collect();
@@ -259,7 +273,9 @@ fn a_full_buffer_with_drop_newest_keeps_the_start_of_the_outage() {
     };
     let (mut store, _) = Store::open(tmp.path(), limits).unwrap();
     let batch: Vec<Record> = (1..=15).map(|s| record(s, "a", 68)).collect();
-    let out = store.append(&batch, &HashSet::new()).unwrap();
+    let out = store
+        .append(&batch, &HashSet::new(), &mut protecting(&HashSet::new()))
+        .unwrap();
     assert_eq!(out.rejected, [11, 12, 13, 14, 15]);
     assert_eq!(store.dropped_full(), 5);
     assert_eq!(all(&store).last().unwrap().seq, 10);
@@ -280,8 +296,16 @@ fn records_older_than_max_age_are_dropped_and_counted() {
             ..record(s, "a", 8)
         })
         .collect();
-    store.append(&batch, &HashSet::new()).unwrap();
-    let gone = store.expire(now, &HashSet::from([2])).unwrap();
+    store
+        .append(&batch, &HashSet::new(), &mut protecting(&HashSet::new()))
+        .unwrap();
+    let at = Now {
+        wall_ms: now,
+        boot_ms: 0,
+    };
+    let gone = store
+        .expire(at, &mut protecting(&HashSet::from([2])))
+        .unwrap();
     assert_eq!(gone, [1, 3]);
     assert_eq!(store.dropped_age(), 2);
     let stats = store.stats().unwrap();
@@ -300,7 +324,9 @@ fn stats_reads_a_live_buffer_and_prints_depth_age_size_and_drops() {
             ..record(s, "plant/meter1/voltage", 60)
         })
         .collect();
-    store.append(&batch, &HashSet::new()).unwrap();
+    store
+        .append(&batch, &HashSet::new(), &mut protecting(&HashSet::new()))
+        .unwrap();
     let stats = fieldlink::buffer::stats(tmp.path()).unwrap();
     assert_eq!(stats.depth, 100);
     assert_eq!(stats.next_seq, 101);
@@ -324,7 +350,9 @@ fn filled(dir: &Path, n: u64) -> Vec<Record> {
         .map(|s| record(s, &format!("t/{}", s % 7), 200))
         .collect();
     for chunk in batch.chunks(100) {
-        store.append(chunk, &HashSet::new()).unwrap();
+        store
+            .append(chunk, &HashSet::new(), &mut protecting(&HashSet::new()))
+            .unwrap();
     }
     store.reserve_seqs(n + 1000).unwrap();
     drop(store); // checkpoints the WAL into the file

@@ -102,7 +102,12 @@ async fn device_mode_sends_one_retained_message_per_poll_holding_every_point_and
         .iter()
         .map(|m| m.json()["seq"].as_u64().unwrap())
         .collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq rises: {seqs:?}");
+    assert_eq!(
+        seqs,
+        [1, 2, 3],
+        "one seq per device message, none taken by the meta message"
+    );
+    assert!(batches.iter().all(|m| m.json()["boot"] == 1));
     // No per-point topics in device mode.
     assert!(watch.on(&format!("{prefix}/meter/voltage")).is_empty());
 

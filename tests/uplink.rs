@@ -164,6 +164,7 @@ fn buffer_settings(dir: &Path, durability: Durability) -> buffer::Settings {
         replay_rate: None,
         spill_threshold: usize::MAX,
         capacity: 100_000,
+        clock: std::sync::Arc::new(fieldlink::buffer::clock::SystemClock::new()),
     }
 }
 
@@ -273,9 +274,7 @@ async fn a_buffer_disk_that_fills_up_while_running_is_on_the_health_topic_within
     for i in 0..300 {
         agent
             .outbox
-            .push(format!("{prefix}/dev/big{}", i % 5), 0, |_| {
-                vec![b'x'; 4096]
-            });
+            .push(format!("{prefix}/dev/big{}", i % 5), 0, vec![b'x'; 4096]);
     }
     let told = watch
         .wait_for(&format!("{prefix}/health"), DEADLINE, |m| {

@@ -42,6 +42,22 @@
 //! published after that spill looks newest and is replayed retained; the next live reading
 //! of that point (one poll interval) puts the retained value right again.
 //!
+//! # Drops are exact
+//! A bound (`max_size`, `max_age`) never drops from a snapshot: inside its transaction the
+//! store asks `State::verdicts` about each candidate under the state lock, which frees
+//! acknowledged rows (no drop), keeps what is in flight or maybe delivered (on the wire
+//! when the link died: `maybe_delivered`, persisted as the store's `sent` flag), and takes
+//! everything else out of memory at that moment, so nothing can hand it out afterwards;
+//! the store counts it in the same transaction. A failed transaction puts back what it
+//! took. The memory-overflow path skips maybe-delivered records too.
+//!
+//! # Numbers
+//! `seq` (the record number) orders records and keys the store; reserved ahead in blocks,
+//! it is never published. Readings also get a published `(boot, seq)`: `boot` is counted
+//! per start in the store's meta (made up from the clock, unix seconds, when the store
+//! cannot be opened at start, and written to it once it can), `seq` counts readings from 1
+//! per start and is assigned under the same lock as the record number.
+//!
 //! # Failing disk
 //! Any store error (disk full, read-only directory, damage) leaves the records in memory,
 //! logs once per episode, and is reported by [`Durable::status`]; records keep flowing to
@@ -56,10 +72,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::clock::{describe_step, Clock, OsBoot, Queued, StepWatch, SystemClock};
 use super::error::{BufferError, Result};
-use super::store::{Limits, Recovery, Stats, Store};
+use super::store::{Limits, Now, Recovery, Stats, Store, Verdict};
 use crate::config::{Buffer, Durability, Replay};
-use crate::queue::Record;
+use crate::queue::{ReadingNumber, Record};
 
 /// Sequence numbers reserved on disk ahead of use (see the store's invariants).
 pub const SEQ_RESERVE_BLOCK: u64 = 65_536;
@@ -74,7 +91,8 @@ const PREFETCH_LOW: usize = 128;
 /// replays those records again (duplicates, at most this many).
 const DELETE_BATCH: usize = 256;
 const DELETE_EVERY: Duration = Duration::from_secs(10);
-const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// Age checks, on the settings' boot-time clock (so a test's clock drives them too).
+const EXPIRE_EVERY_MS: u64 = 60_000;
 /// Housekeeping period in `outage` mode.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -90,6 +108,8 @@ pub struct Settings {
     pub spill_threshold: usize,
     /// Bound on records held in memory (queued + history + in flight): `mqtt.queue_capacity`.
     pub capacity: usize,
+    /// Wall and boot-time clocks; a [`super::clock::ManualClock`] in tests.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Settings {
@@ -107,6 +127,7 @@ impl Settings {
             replay_rate: buffer.replay_rate,
             spill_threshold: buffer.spill_threshold,
             capacity: capacity.max(1),
+            clock: Arc::new(SystemClock::new()),
         }
     }
 }
@@ -121,6 +142,8 @@ pub struct Status {
     pub dropped: u64,
     /// Set when the store was recovered from a damaged file at open.
     pub recovery: Option<Recovery>,
+    /// The agent's boot epoch (`boot` in reading payloads).
+    pub boot: u64,
 }
 
 impl Status {
@@ -180,13 +203,26 @@ struct State {
     inflight: VecDeque<Entry>,
     next_seq: u64,
     seq_reserved: u64,
+    /// The boot epoch; 0 until decided at open.
+    boot: u64,
+    next_reading: u64,
+    /// Handed out when the link died and not acknowledged since: the broker may have them,
+    /// so no bound ever drops them (see the store's "Maybe delivered").
+    maybe_delivered: HashSet<u64>,
+    /// Of those, the ones whose `sent` flag is not on disk yet.
+    sent_unsaved: HashSet<u64>,
     newest_seq_by_topic: HashMap<String, u64>,
     /// Topics whose newest seq changed since it was last written to the store.
     newest_dirty: HashSet<String>,
     resident: HashSet<u64>,
     persisting: HashSet<u64>,
-    to_delete: Vec<u64>,
+    to_delete: HashSet<u64>,
     deleting: HashSet<u64>,
+    /// Acknowledged rows a bound's transaction is deleting (back to `to_delete` if it fails).
+    freeing: HashSet<u64>,
+    /// Records a bound's open transaction took out of memory, kept until it commits so a
+    /// failed write can put them back.
+    taken_by_bound: Vec<Entry>,
     /// Highest seq read back from disk since the last spill; reads continue after it.
     disk_cursor: u64,
     /// The disk may hold records not in memory (cleared when a read comes back short).
@@ -203,6 +239,8 @@ struct State {
     /// Set while appends find the store at `max_size`, so the warning is logged once per
     /// episode; cleared by the first write that drops nothing.
     store_full: bool,
+    /// Set while expiry runs drop readings, so that is logged once per episode.
+    expiring: bool,
     disk_error: Option<String>,
     store_ok: bool,
     /// Kept here, not with the store: `status` (the health topic, once a second) must never
@@ -224,6 +262,74 @@ impl State {
             self.disk_unread = true;
         }
     }
+
+    /// The memory side of a bound's [`Verdict`], given under this lock so that nothing is
+    /// handed out or acknowledged between the answer and what it does: acknowledged rows
+    /// are freed (no drop), rows on the wire or maybe delivered stay, everything else leaves
+    /// memory now and is dropped (counted by the store in the same transaction).
+    fn verdicts(&mut self, seqs: &[u64]) -> Vec<Verdict> {
+        let on_wire: HashSet<u64> = self.inflight.iter().map(|e| e.record.seq).collect();
+        let mut leaving = HashSet::new();
+        let verdicts = seqs
+            .iter()
+            .map(|&seq| {
+                if self.to_delete.remove(&seq) {
+                    self.freeing.insert(seq);
+                    Verdict::Acknowledged
+                } else if on_wire.contains(&seq) || self.maybe_delivered.contains(&seq) {
+                    Verdict::Keep
+                } else {
+                    if self.resident.remove(&seq) || self.persisting.contains(&seq) {
+                        leaving.insert(seq);
+                    }
+                    Verdict::Drop
+                }
+            })
+            .collect();
+        if !leaving.is_empty() {
+            for e in std::mem::take(&mut self.queued) {
+                if leaving.contains(&e.record.seq) {
+                    self.taken_by_bound.push(e);
+                } else {
+                    self.queued.push_back(e);
+                }
+            }
+            for r in std::mem::take(&mut self.history) {
+                if leaving.contains(&r.seq) {
+                    self.taken_by_bound.push(Entry {
+                        record: r,
+                        persisted: true,
+                    });
+                } else {
+                    self.history.push_back(r);
+                }
+            }
+        }
+        verdicts
+    }
+
+    /// A bound's transaction committed: what it took is gone for good.
+    fn bound_committed(&mut self) {
+        self.taken_by_bound.clear();
+        self.freeing.clear();
+    }
+
+    /// A bound's transaction failed: nothing was deleted, so what it took comes back.
+    fn bound_failed(&mut self) {
+        self.to_delete.extend(self.freeing.drain());
+        let mut back = std::mem::take(&mut self.taken_by_bound);
+        if back.is_empty() {
+            return;
+        }
+        for e in &back {
+            if e.persisted {
+                self.resident.insert(e.record.seq);
+            }
+        }
+        back.extend(self.queued.drain(..));
+        back.sort_by_key(|e| e.record.seq);
+        self.queued = back.into();
+    }
 }
 
 #[derive(Debug)]
@@ -240,8 +346,10 @@ struct StoreSlot {
     store: Option<Store>,
     retry_at: Option<Instant>,
     last_commit: Instant,
-    last_expire: Option<Instant>,
+    /// Boot-time clock (ms) of the last age check.
+    last_expire: Option<u64>,
     last_delete: Instant,
+    step_watch: StepWatch,
 }
 
 #[derive(Debug, Default)]
@@ -282,12 +390,18 @@ impl Durable {
             inflight: VecDeque::new(),
             next_seq: fallback_first_seq.max(1),
             seq_reserved: 0,
+            boot: 0,
+            next_reading: 1,
+            maybe_delivered: HashSet::new(),
+            sent_unsaved: HashSet::new(),
             newest_seq_by_topic: HashMap::new(),
             newest_dirty: HashSet::new(),
             resident: HashSet::new(),
             persisting: HashSet::new(),
-            to_delete: Vec::new(),
+            to_delete: HashSet::new(),
             deleting: HashSet::new(),
+            freeing: HashSet::new(),
+            taken_by_bound: Vec::new(),
             disk_cursor: 0,
             disk_unread: false,
             disk_depth: 0,
@@ -299,6 +413,7 @@ impl Durable {
             store_dropped: 0,
             overflowing: false,
             store_full: false,
+            expiring: false,
             disk_error: None,
             store_ok: false,
             recovery: None,
@@ -309,8 +424,26 @@ impl Durable {
             last_commit: Instant::now(),
             last_expire: None,
             last_delete: Instant::now(),
+            step_watch: StepWatch::new(),
         };
+        slot.step_watch.look(settings.clock.as_ref());
         attach_store(&settings, &mut state, &mut slot);
+        if state.boot == 0 {
+            // Record numbers from memory must not collide with rows a previous run left
+            // in the store once it comes back: the same clock floor as recovery uses.
+            state.next_seq = state
+                .next_seq
+                .max(settings.clock.wall_ms().saturating_mul(1000));
+            // No store to count starts in. The start time in unix seconds is far above any
+            // counted epoch, so no (boot, seq) of an earlier start is reused; it is written
+            // to the store once that works, so later starts count on from above it.
+            state.boot = settings.clock.wall_ms() / 1000;
+            tracing::warn!(
+                boot = state.boot,
+                "the buffer could not be opened at start: this start's boot epoch is made up \
+                 from the clock; readings keep a unique (boot, seq)"
+            );
+        }
         let shared = Arc::new(Shared {
             settings,
             state: Mutex::new(state),
@@ -339,13 +472,45 @@ impl Durable {
         }
     }
 
-    /// Queues a record; `payload` is built with the record's sequence number. Never blocks
-    /// and never touches the disk.
-    pub fn push(&self, topic: String, ts_ms: u64, payload: impl FnOnce(u64) -> Vec<u8>) -> u64 {
+    /// Queues a record that carries no reading number (status, meta). Never blocks and
+    /// never touches the disk.
+    pub fn push(&self, topic: String, ts_ms: u64, payload: Vec<u8>) -> u64 {
+        self.push_numbered(topic, ts_ms, false, |_| payload)
+    }
+
+    /// Queues a reading; `payload` is built with its [`ReadingNumber`] (this start's boot
+    /// epoch, and 1, 2, 3… over the readings of this start). Returns the record's `seq`.
+    pub fn push_reading(
+        &self,
+        topic: String,
+        ts_ms: u64,
+        payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
+    ) -> u64 {
+        self.push_numbered(topic, ts_ms, true, payload)
+    }
+
+    fn push_numbered(
+        &self,
+        topic: String,
+        ts_ms: u64,
+        reading: bool,
+        payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
+    ) -> u64 {
         let settings = &self.shared.settings;
+        let queued_at = Queued {
+            os_boot: OsBoot::This,
+            boot_ms: settings.clock.boot_ms(),
+        };
         let mut st = lock(&self.shared.state);
         let seq = st.next_seq;
         st.next_seq += 1;
+        let number = ReadingNumber {
+            boot: st.boot,
+            seq: st.next_reading,
+        };
+        if reading {
+            st.next_reading += 1;
+        }
         st.newest_seq_by_topic.insert(topic.clone(), seq);
         if !st.newest_dirty.contains(&topic) {
             st.newest_dirty.insert(topic.clone());
@@ -353,9 +518,10 @@ impl Durable {
         st.queued.push_back(Entry {
             record: Record {
                 seq,
-                payload: payload(seq),
+                payload: payload(number),
                 topic,
                 ts_ms,
+                queued_at,
             },
             persisted: false,
         });
@@ -383,10 +549,17 @@ impl Durable {
                 st.forget_resident(r.seq);
                 continue;
             }
-            if st.queued.len() <= 1 {
+            // The newest stays; so does anything that may have reached the broker.
+            let last = st.queued.len().saturating_sub(1);
+            let Some(i) = st
+                .queued
+                .iter()
+                .take(last)
+                .position(|e| !st.maybe_delivered.contains(&e.record.seq))
+            else {
                 break;
-            }
-            let Some(e) = st.queued.pop_front() else {
+            };
+            let Some(e) = st.queued.remove(i) else {
                 break;
             };
             if e.persisted {
@@ -521,11 +694,13 @@ impl Durable {
             return false;
         };
         let entry = st.inflight.remove(i);
+        st.maybe_delivered.remove(&seq);
+        st.sent_unsaved.remove(&seq);
         let on_disk = entry.is_some_and(|e| e.persisted) || st.persisting.contains(&seq);
         let mut wake = false;
         if on_disk {
             st.resident.remove(&seq);
-            st.to_delete.push(seq);
+            st.to_delete.insert(seq);
             wake = st.to_delete.len() >= DELETE_BATCH;
         }
         drop(st);
@@ -543,6 +718,10 @@ impl Durable {
         let mut inflight: Vec<Entry> = std::mem::take(&mut st.inflight).into();
         let n = inflight.len();
         inflight.sort_by_key(|e| e.record.seq);
+        for e in &inflight {
+            st.maybe_delivered.insert(e.record.seq);
+            st.sent_unsaved.insert(e.record.seq);
+        }
         for entry in inflight.into_iter().rev() {
             st.queued.push_front(entry);
         }
@@ -573,9 +752,18 @@ impl Durable {
             .is_none_or(|&s| s <= record.seq)
     }
 
-    /// The sequence number the next `push` will get.
+    /// The record number the next `push` gets (internal: ordering and the store's key).
     pub fn next_seq(&self) -> u64 {
         lock(&self.shared.state).next_seq
+    }
+
+    /// The number of the last reading pushed in this start (`seq` 0: none yet).
+    pub fn last_reading(&self) -> ReadingNumber {
+        let st = lock(&self.shared.state);
+        ReadingNumber {
+            boot: st.boot,
+            seq: st.next_reading - 1,
+        }
     }
 
     /// Records not yet acknowledged, in memory and on disk.
@@ -606,6 +794,7 @@ impl Durable {
             disk_depth: st.disk_depth,
             dropped: st.dropped_memory + st.store_dropped,
             recovery,
+            boot: st.boot,
         }
     }
 
@@ -696,14 +885,26 @@ fn io_loop(shared: &Shared) {
 /// Opens the store and seeds the memory state from it; on failure leaves the state in
 /// memory-only mode with the reason.
 fn attach_store(settings: &Settings, st: &mut State, slot: &mut StoreSlot) {
+    let clock = settings.clock.as_ref();
     let opened = Store::open(&settings.dir, settings.limits).and_then(|(mut store, recovery)| {
         let latest = store.newest_per_topic()?;
         let start = store.next_seq().max(st.next_seq);
         store.reserve_seqs(start + SEQ_RESERVE_BLOCK)?;
-        Ok((store, recovery, latest, start))
+        store.enter_os_boot(&clock.os_boot_id(), clock.boot_ms())?;
+        let boot = if st.boot == 0 {
+            store.next_boot(0)?
+        } else {
+            // Reopened after damage, or the epoch was made up while the store was away.
+            store.raise_boot(st.boot)?;
+            st.boot
+        };
+        let sent = store.maybe_delivered()?;
+        Ok((store, recovery, latest, start, boot, sent))
     });
     match opened {
-        Ok((store, recovery, latest, start)) => {
+        Ok((store, recovery, latest, start, boot, sent)) => {
+            st.boot = boot;
+            st.maybe_delivered.extend(sent);
             for (topic, seq) in latest {
                 let newest = st.newest_seq_by_topic.entry(topic).or_insert(seq);
                 *newest = (*newest).max(seq);
@@ -760,6 +961,14 @@ fn note_failure(st: &mut State, err: &BufferError) {
 fn io_step(shared: &Shared, final_flush: bool) -> Result<()> {
     let settings = &shared.settings;
     let mut slot = lock(&shared.store);
+    if let Some(step) = slot.step_watch.look(settings.clock.as_ref()) {
+        tracing::warn!(
+            "the wall clock stepped {} (NTP sync or a manual change): buffered readings keep \
+             their age by the boot-time clock, so max_age is unaffected; readings keep the \
+             ts they were stamped with",
+            describe_step(step)
+        );
+    }
     if slot.store.is_none() {
         let due = slot.retry_at.is_none_or(|t| Instant::now() >= t) || final_flush;
         if due {
@@ -835,8 +1044,8 @@ fn delete_acknowledged(
         if due {
             *last_delete = now;
         }
-        let doomed = if due {
-            std::mem::take(&mut st.to_delete)
+        let doomed: Vec<u64> = if due {
+            std::mem::take(&mut st.to_delete).into_iter().collect()
         } else {
             Vec::new()
         };
@@ -854,7 +1063,7 @@ fn delete_acknowledged(
 
 struct Timers<'a> {
     last_commit: &'a mut Instant,
-    last_expire: &'a mut Option<Instant>,
+    last_expire: &'a mut Option<u64>,
     last_delete: &'a mut Instant,
 }
 
@@ -867,9 +1076,10 @@ fn io_work(
     let settings = &shared.settings;
     let now = Instant::now();
 
-    // 0. A write that overflows `max_size` evicts the oldest rows. Acknowledged rows still
-    // waiting for their batched delete give their space up first: evicted, they would be
-    // counted as dropped although the broker has them.
+    // 0. A write that overflows `max_size` makes room. Acknowledged rows still waiting for
+    // their batched delete go first, all of them: the bound would otherwise drop an unsent
+    // older record while delivered newer ones hold space. (Acks after this point are still
+    // told apart by the verdicts below; they just free less.)
     let overflowing_write = {
         let st = lock(&shared.state);
         let commit_due = settings.durability == Durability::Always
@@ -891,8 +1101,9 @@ fn io_work(
     }
 
     // 1. Write: a spill (everything not on disk, then drop queued copies from memory) or,
-    // in `always` mode, the periodic commit.
-    let (batch, spill, protect, newest) = {
+    // in `always` mode, the periodic commit. The bound asks the memory state about every
+    // record it wants gone, under the state lock, inside the store's transaction.
+    let (batch, spill, sent, newest) = {
         let mut st = lock(&shared.state);
         let spill = st.spill_requested || final_flush;
         let commit_due = settings.durability == Durability::Always
@@ -910,12 +1121,10 @@ fn io_work(
             }
         }
         st.spill_requested = false;
-        // Bounds never drop what stays in memory: after a spill only the in-flight records
-        // do (the rest is evicted and comes back through replay); after a commit, all.
-        let protect: HashSet<u64> = if spill {
-            st.inflight.iter().map(|e| e.record.seq).collect()
+        let sent: HashSet<u64> = if spill || commit_due {
+            st.sent_unsaved.clone()
         } else {
-            st.resident.union(&st.persisting).copied().collect()
+            HashSet::new()
         };
         let newest: Vec<(String, u64)> = if spill || commit_due {
             let dirty = std::mem::take(&mut st.newest_dirty);
@@ -926,18 +1135,20 @@ fn io_work(
         } else {
             Vec::new()
         };
-        (batch, spill, protect, newest)
+        (batch, spill, sent, newest)
     };
     if settings.durability == Durability::Always || spill {
         *timers.last_commit = now;
     }
+    let mut decide = |seqs: &[u64]| lock(&shared.state).verdicts(seqs);
     let appended = match store
-        .append(&batch, &protect)
+        .append(&batch, &sent, &mut decide)
         .and_then(|a| store.note_newest(&newest).map(|()| a))
     {
         Ok(a) => a,
         Err(e) => {
             let mut st = lock(&shared.state);
+            st.bound_failed();
             st.spill_requested |= spill;
             st.newest_dirty.extend(newest.into_iter().map(|(t, _)| t));
             return Err(e);
@@ -945,9 +1156,17 @@ fn io_work(
     };
     {
         let mut st = lock(&shared.state);
+        st.bound_committed();
         st.persisting.clear();
+        // With the memory changes below, under one lock: `depth` never sees a record
+        // that left memory for the disk as gone, and `dropped` catches up with what the
+        // verdicts took out of memory.
+        st.disk_depth = store.depth();
+        st.store_dropped = store.dropped_full() + store.dropped_age();
+        for seq in &sent {
+            st.sent_unsaved.remove(seq);
+        }
         let stored: HashSet<u64> = appended.stored.iter().copied().collect();
-        let rejected: HashSet<u64> = appended.rejected.iter().copied().collect();
         let st = &mut *st;
         let dropped_now = appended.rejected.len() + appended.evicted.len();
         if dropped_now > 0 && !st.store_full {
@@ -973,18 +1192,6 @@ fn io_work(
                 st.resident.insert(e.record.seq);
             }
         }
-        // `drop_newest`: what did not fit is dropped from the queue too (the store counted
-        // it); records already on the wire stay.
-        if !rejected.is_empty() {
-            st.queued.retain(|e| !rejected.contains(&e.record.seq));
-        }
-        // `drop_oldest`: records evicted from disk to make room are gone from memory too.
-        if !appended.evicted.is_empty() {
-            let evicted: HashSet<u64> = appended.evicted.iter().copied().collect();
-            st.queued.retain(|e| !evicted.contains(&e.record.seq));
-            st.history.retain(|r| !evicted.contains(&r.seq));
-            st.resident.retain(|s| !evicted.contains(s));
-        }
         if spill {
             let mut evicted = Vec::new();
             st.queued.retain(|e| {
@@ -1006,14 +1213,37 @@ fn io_work(
     // 2. Deletes of acknowledged records.
     delete_acknowledged(shared, store, spill || final_flush, timers.last_delete, now)?;
 
-    // 3. Age bound.
+    // 3. Age bound, on the boot-time clock (see the store's "Age").
+    let at = Now {
+        wall_ms: settings.clock.wall_ms(),
+        boot_ms: settings.clock.boot_ms(),
+    };
     let expire_due = timers
         .last_expire
-        .is_none_or(|t| now.saturating_duration_since(t) >= EXPIRE_EVERY);
+        .is_none_or(|t| at.boot_ms.saturating_sub(t) >= EXPIRE_EVERY_MS);
     if expire_due && store.depth() > 0 {
-        *timers.last_expire = Some(now);
-        let protect = lock(&shared.state).resident.clone();
-        store.expire(crate::model::unix_ms_now(), &protect)?;
+        *timers.last_expire = Some(at.boot_ms);
+        let mut decide = |seqs: &[u64]| lock(&shared.state).verdicts(seqs);
+        let expired = store.expire(at, &mut decide);
+        let mut st = lock(&shared.state);
+        match &expired {
+            Ok(_) => st.bound_committed(),
+            Err(_) => st.bound_failed(),
+        }
+        st.disk_depth = store.depth();
+        st.store_dropped = store.dropped_full() + store.dropped_age();
+        let expired = expired?;
+        if !expired.is_empty() && !st.expiring {
+            st.expiring = true;
+            tracing::warn!(
+                dropped = expired.len(),
+                max_age = %humantime::format_duration(settings.limits.max_age),
+                "dropping buffered readings older than max_age (the link has been down that \
+                 long); raise [buffer] max_age to keep them longer"
+            );
+        } else if expired.is_empty() && st.expiring {
+            st.expiring = false;
+        }
     }
 
     // 4. Sequence numbers reserved ahead, so a crash never leads to reuse.
@@ -1035,7 +1265,12 @@ fn io_work(
     };
     if let Some(after) = read_from {
         if after == 0 && settings.replay == Replay::Latest {
-            let protect = lock(&shared.state).resident.clone();
+            // Maybe-delivered records go again even if superseded: only their ack retires
+            // them from `maybe_delivered`.
+            let protect: HashSet<u64> = {
+                let st = lock(&shared.state);
+                st.resident.union(&st.maybe_delivered).copied().collect()
+            };
             store.prune_superseded(&protect)?;
         }
         let rows = store.read_after(after, PREFETCH_BATCH)?;

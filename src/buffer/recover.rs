@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::clock::OsBoot;
 use super::error::{BufferError, Result};
 use super::store::{read_record, row_sum, unix_now_secs, SCHEMA_SQL};
 use crate::queue::Record;
@@ -52,14 +53,20 @@ pub(crate) fn salvage(path: &Path, reason: &str) -> Result<Recovery> {
 
 pub use super::store::Recovery;
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct SurvivingMeta {
     next_seq: Option<u64>,
     dropped_full: Option<u64>,
     dropped_age: Option<u64>,
+    boot: Option<u64>,
+    /// `os_boots` rows (id, boot_id, last_ms): rows refer to them by id.
+    os_boots: Vec<(i64, String, i64)>,
 }
 
-fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
+/// A salvaged row: the record and its `sent` flag.
+type Row = (Record, bool);
+
+fn read_what_survives(damaged: &Path) -> (Vec<Row>, SurvivingMeta, u64) {
     let mut errors = 0;
     let conn = match Connection::open_with_flags(
         damaged,
@@ -81,10 +88,19 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
         .flatten()
         .and_then(|v| u64::try_from(v).ok())
     };
+    let os_boots = conn
+        .prepare("SELECT id, boot_id, last_ms FROM os_boots")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .unwrap_or_default();
     let meta = SurvivingMeta {
         next_seq: meta_value("next_seq"),
         dropped_full: meta_value("dropped_full"),
         dropped_age: meta_value("dropped_age"),
+        boot: meta_value("boot"),
+        os_boots,
     };
 
     // Seek by primary key from the last good row. A damaged leaf fails the seek into it;
@@ -94,9 +110,19 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
     let mut from: i64 = i64::MIN;
     let mut stride: i64 = 1;
     let mut failed_seeks = 0;
-    let Ok(mut stmt) = conn.prepare(
-        "SELECT seq, topic, payload, ts_ms, sum FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 512",
-    ) else {
+    // Schema 2 first; a schema-1 file has no boot-time columns (its rows keep NULLs).
+    let Ok(mut stmt) = conn
+        .prepare(
+            "SELECT seq, topic, payload, ts_ms, sum, os_boot, boot_ms, sent FROM records
+             WHERE seq >= ?1 ORDER BY seq LIMIT 512",
+        )
+        .or_else(|_| {
+            conn.prepare(
+                "SELECT seq, topic, payload, ts_ms, sum, NULL, NULL, 0 FROM records
+                 WHERE seq >= ?1 ORDER BY seq LIMIT 512",
+            )
+        })
+    else {
         return (rows, meta, errors + 1);
     };
     loop {
@@ -105,12 +131,14 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
         match stmt.query(params![from]) {
             Ok(mut cursor) => loop {
                 match cursor.next() {
-                    Ok(Some(row)) => match read_record(row) {
-                        Ok(record) => {
-                            from = i64::try_from(record.seq)
+                    Ok(Some(row)) => match read_record(row)
+                        .and_then(|record| Ok((record, row.get::<_, i64>(7)? != 0)))
+                    {
+                        Ok(salvaged) => {
+                            from = i64::try_from(salvaged.0.seq)
                                 .unwrap_or(i64::MAX)
                                 .saturating_add(1);
-                            rows.push(record);
+                            rows.push(salvaged);
                             got += 1;
                         }
                         Err(_) => {
@@ -149,18 +177,18 @@ fn read_what_survives(damaged: &Path) -> (Vec<Record>, SurvivingMeta, u64) {
         }
     }
     // A damaged page can yield rows out of place; keep each seq once, in order.
-    rows.sort_by_key(|r| r.seq);
-    rows.dedup_by_key(|r| r.seq);
+    rows.sort_by_key(|(r, _)| r.seq);
+    rows.dedup_by_key(|(r, _)| r.seq);
     (rows, meta, errors)
 }
 
-fn write_fresh(path: &Path, rows: &[Record], meta: SurvivingMeta) -> Result<()> {
+fn write_fresh(path: &Path, rows: &[Row], meta: SurvivingMeta) -> Result<()> {
     let sql = |e| BufferError::from_sqlite(path, e);
     let mut conn = Connection::open(path).map_err(sql)?;
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;")
         .map_err(sql)?;
     conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
-    let max_seq = rows.last().map_or(0, |r| r.seq);
+    let max_seq = rows.last().map_or(0, |(r, _)| r.seq);
     // Without a trustworthy next_seq, numbers already published might be handed out again
     // and de-duplicating consumers would discard new readings: jump to a clock-derived
     // floor that grows faster than any gateway consumes numbers.
@@ -173,20 +201,37 @@ fn write_fresh(path: &Path, rows: &[Record], meta: SurvivingMeta) -> Result<()> 
     {
         let mut insert = tx
             .prepare(
-                "INSERT OR IGNORE INTO records (seq, topic, payload, ts_ms, sum)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO records
+                   (seq, topic, payload, ts_ms, sum, os_boot, boot_ms, sent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .map_err(sql)?;
-        for r in rows {
+        for (r, sent) in rows {
+            let (os_boot, boot_ms) = match r.queued_at.os_boot {
+                OsBoot::Stored(id) => (
+                    Some(id),
+                    Some(i64::try_from(r.queued_at.boot_ms).unwrap_or(i64::MAX)),
+                ),
+                OsBoot::This | OsBoot::Unknown => (None, None),
+            };
             insert
                 .execute(params![
                     i64::try_from(r.seq).unwrap_or(i64::MAX),
                     r.topic,
                     r.payload,
                     i64::try_from(r.ts_ms).unwrap_or(i64::MAX),
-                    row_sum(r)
+                    row_sum(r),
+                    os_boot,
+                    boot_ms,
+                    i64::from(*sent),
                 ])
                 .map_err(sql)?;
+        }
+        let mut boot = tx
+            .prepare("INSERT OR IGNORE INTO os_boots (id, boot_id, last_ms) VALUES (?1, ?2, ?3)")
+            .map_err(sql)?;
+        for (id, boot_id, last_ms) in &meta.os_boots {
+            boot.execute(params![id, boot_id, last_ms]).map_err(sql)?;
         }
         let mut set = tx
             .prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
@@ -196,6 +241,12 @@ fn write_fresh(path: &Path, rows: &[Record], meta: SurvivingMeta) -> Result<()> 
             ("next_seq", Some(next_seq)),
             ("dropped_full", meta.dropped_full),
             ("dropped_age", meta.dropped_age),
+            // Lost with `meta`: a made-up epoch above any counted one (see `durable`),
+            // so no reading number of an earlier start is reused.
+            (
+                "boot",
+                meta.boot.or(meta.next_seq.is_none().then(unix_now_secs)),
+            ),
         ] {
             if let Some(v) = value {
                 set.execute(params![key, i64::try_from(v).unwrap_or(i64::MAX)])

@@ -1,19 +1,47 @@
 //! The on-disk store: one SQLite database, `buffer.db`, in the state directory.
 //!
 //! Owns the file, its schema, its bounds and its recovery. Knows nothing about links,
-//! retain flags or what is in flight: callers say which sequence numbers they still hold
-//! in memory (`protect`) so bounds never drop a record that is on the wire.
+//! retain flags or what is in flight: when a bound wants a record gone it asks the caller
+//! for a [`Verdict`], so it never drops a record that is on the wire or was acknowledged.
 //!
-//! # Schema (version 1)
+//! # Schema (version 2)
 //! ```sql
 //! CREATE TABLE records (seq INTEGER PRIMARY KEY,   -- the rowid: ordered, no extra index
 //!                       topic TEXT NOT NULL, payload BLOB NOT NULL, ts_ms INTEGER NOT NULL,
-//!                       sum INTEGER NOT NULL);     -- FNV-1a 64 of seq, topic, payload, ts_ms
+//!                       sum INTEGER NOT NULL,      -- FNV-1a 64 of seq, topic, payload, ts_ms
+//!                       os_boot INTEGER,           -- os_boots.id; NULL in schema-1 rows
+//!                       boot_ms INTEGER,           -- CLOCK_BOOTTIME (ms) when queued; idem
+//!                       sent INTEGER NOT NULL DEFAULT 0); -- 1: maybe delivered (see below)
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-//!   -- schema_version, next_seq, dropped_full, dropped_age
+//!   -- schema_version, next_seq, dropped_full, dropped_age, boot
 //! CREATE TABLE newest (topic TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 //!   -- the newest seq ever pushed per topic, as of the last spill or commit
+//! CREATE TABLE os_boots (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE,
+//!                        last_ms INTEGER NOT NULL);
+//!   -- every OS boot that wrote here, numbered in order; last_ms: the highest boot-time
+//!   -- clock value written in it (a lower bound of how long that boot lasted)
 //! ```
+//! Schema 1 (fieldlink before boot-time stamps) is migrated in place at open, in one
+//! transaction: `ALTER TABLE ... ADD COLUMN` (no row is rewritten, so a .deb upgrade keeps a
+//! full backlog and costs no SD-card wear), then `schema_version = 2`.
+//!
+//! `meta.boot` is the agent's boot epoch: raised by one at every start ([`Store::next_boot`])
+//! and published beside `seq`, so that `(boot, seq)` identifies a reading for good.
+//!
+//! # Age (`max_age`)
+//! Measured on the boot-time clock, never on the wall clock, so an NTP step during an
+//! outage cannot age readings. For a row queued in this OS boot: now − `boot_ms`. For a row
+//! from an earlier OS boot the time the gateway was off is unknowable (no RTC), so its age
+//! is the least it can be: what is left of its boot after it (`last_ms` − `boot_ms`), plus
+//! every later boot's `last_ms`, plus this boot's clock. A reading is therefore never dropped
+//! before it is `max_age` old; time powered off does not count. Schema-1 rows have only
+//! their wall-clock `ts_ms` and are aged by it, as before.
+//!
+//! # Maybe delivered (`sent`)
+//! A record that was on the wire when the link died may have reached the broker (its PUBACK
+//! lost). Counting it as dropped could be a lie, so the bounds never drop it; it goes
+//! again first after the reconnect. `sent` keeps that knowledge across a clean restart.
+//!
 //! `newest` lets a new run tell that a stored record was superseded by a reading that was
 //! published (and acknowledged, so deleted) before the restart: without it that stored
 //! record would look newest and be replayed retained over a newer retained value.
@@ -37,11 +65,17 @@
 //! - The bound is on *stored bytes* = Σ (len(topic) + len(payload) + [`ROW_OVERHEAD`]),
 //!   tracked in memory (summed at open). Chosen over `page_count × page_size` because that
 //!   figure only moves in whole pages, includes free pages and the B-tree's slack, and does
-//!   not tell how many rows to drop. Measured: 550 000 readings of ~100 bytes at the 64 MiB
-//!   bound make a 63 MiB file (B-tree slack is covered by the overhead), plus the WAL, which
-//!   `journal_size_limit` caps at 4 MiB after checkpoints.
+//!   not tell how many rows to drop. Measured (schema 2, rows stamped with the boot-time
+//!   clock): 466 752 readings of ~100 bytes at the 64 MiB bound make a 63.1 MiB file (B-tree
+//!   slack is covered by the overhead), plus the WAL, which `journal_size_limit` caps at
+//!   4 MiB after checkpoints.
 //! - Dropped records are counted in `meta` (`dropped_full`, `dropped_age`) in the same
 //!   transaction that deletes them, so counts survive restarts.
+//! - The store never decides alone that a record is dropped: the bounds walk candidates
+//!   oldest first and ask the caller ([`Verdict`]) inside the transaction. Only what the
+//!   caller gave up (removed from memory at that moment) is counted; what the broker already
+//!   acknowledged is deleted uncounted; what is on the wire or maybe delivered stays, even
+//!   past `max_size` (by at most the send window per link loss).
 //!
 //! # Durability: WAL, `synchronous = NORMAL`, and FULL for commits that add records
 //! WAL appends instead of rewriting pages in place (less SD wear than a rollback journal)
@@ -71,29 +105,39 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::clock::{OsBoot, Queued};
 use super::error::{BufferError, Result};
 use crate::config::WhenFull;
 use crate::queue::Record;
 
 pub const FILE_NAME: &str = "buffer.db";
-pub const SCHEMA_VERSION: i64 = 1;
-/// The tables, as the module doc describes them (also used by recovery).
+pub const SCHEMA_VERSION: i64 = 2;
+/// The tables, as the module doc describes them (also used by recovery). On a schema-1
+/// file `records` exists already and keeps its columns until [`migrate_from_1`] adds them.
 pub(crate) const SCHEMA_SQL: &str = "
     CREATE TABLE IF NOT EXISTS records (
         seq INTEGER PRIMARY KEY,
         topic TEXT NOT NULL,
         payload BLOB NOT NULL,
         ts_ms INTEGER NOT NULL,
-        sum INTEGER NOT NULL);
+        sum INTEGER NOT NULL,
+        os_boot INTEGER,
+        boot_ms INTEGER,
+        sent INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE IF NOT EXISTS os_boots (
+        id INTEGER PRIMARY KEY,
+        boot_id TEXT NOT NULL UNIQUE,
+        last_ms INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS meta (
         key TEXT PRIMARY KEY,
         value INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS newest (
         topic TEXT PRIMARY KEY,
         seq INTEGER NOT NULL) WITHOUT ROWID;";
-/// Per-row bytes counted against `max_size` on top of topic and payload: rowid, ts and
-/// sum, the record header and the cell pointer, rounded up.
-pub const ROW_OVERHEAD: u64 = 40;
+/// Per-row bytes counted against `max_size` on top of topic and payload: rowid, ts, sum,
+/// os_boot, boot_ms and sent, the record header and the cell pointer, rounded up (40 in
+/// schema 1, which had no boot-time stamps).
+pub const ROW_OVERHEAD: u64 = 44;
 
 /// The bounds a store enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,11 +162,55 @@ impl Default for Limits {
 pub struct Appended {
     /// Records now on disk (new or already there), in seq order.
     pub stored: Vec<u64>,
-    /// Records of the batch not stored because the buffer was full (`drop_newest`).
+    /// Records of the batch not stored because the buffer was full (`drop_newest`): dropped
+    /// and counted.
     pub rejected: Vec<u64>,
-    /// Older records removed to make room (`drop_oldest`).
+    /// Older records removed to make room (`drop_oldest`): dropped and counted.
     pub evicted: Vec<u64>,
+    /// Acknowledged records whose rows went to make room (no drop).
+    pub freed: Vec<u64>,
 }
+
+/// The caller's answer for a record a bound (`max_size`, `max_age`) wants gone, given
+/// while the store's transaction is open so nothing changes between the answer and the
+/// delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The broker acknowledged it: delete it; it is not a drop.
+    Acknowledged,
+    /// On the wire or maybe delivered: keep it, the bound waits.
+    Keep,
+    /// The caller let it go (and forgot it in memory): delete it and count it dropped.
+    Drop,
+}
+
+/// Asked with candidates in seq order; answers one verdict per candidate.
+pub type Decide<'a> = dyn FnMut(&[u64]) -> Vec<Verdict> + 'a;
+
+/// A [`Decide`] for callers that hold nothing else: keep `protect`, drop the rest.
+pub fn protecting(protect: &HashSet<u64>) -> impl FnMut(&[u64]) -> Vec<Verdict> + '_ {
+    |seqs| {
+        seqs.iter()
+            .map(|s| {
+                if protect.contains(s) {
+                    Verdict::Keep
+                } else {
+                    Verdict::Drop
+                }
+            })
+            .collect()
+    }
+}
+
+/// Now, on both clocks, for [`Store::expire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub wall_ms: u64,
+    pub boot_ms: u64,
+}
+
+/// Candidates asked about per verdict call: one lock of the caller's state per chunk.
+const VERDICT_CHUNK: usize = 256;
 
 /// What [`Store::open`] had to do to a damaged file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -161,6 +249,8 @@ pub struct Stats {
     pub dropped_full: u64,
     pub dropped_age: u64,
     pub next_seq: u64,
+    /// The agent's boot epoch of the last start (`boot` in reading payloads).
+    pub boot: u64,
     /// When the snapshot was taken (unix ms), for the age of the oldest reading.
     pub taken_at_ms: u64,
 }
@@ -188,13 +278,14 @@ impl std::fmt::Display for Stats {
             bytesize::ByteSize::b(self.bytes_on_disk).display().iec(),
             bytesize::ByteSize::b(self.stored_bytes).display().iec()
         )?;
-        write!(
+        writeln!(
             f,
             "dropped:  {} (buffer full: {}, older than max_age: {})",
             self.dropped(),
             self.dropped_full,
             self.dropped_age
-        )
+        )?;
+        write!(f, "boot:     {} (the agent's start count)", self.boot)
     }
 }
 
@@ -208,6 +299,8 @@ pub struct Store {
     next_seq: u64,
     dropped_full: u64,
     dropped_age: u64,
+    /// This OS boot's number in `os_boots`, once [`Store::enter_os_boot`] ran.
+    os_boot: Option<i64>,
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -314,6 +407,13 @@ impl Store {
                     known: SCHEMA_VERSION,
                 })
             }
+            Some(1) => {
+                migrate_from_1(&conn).map_err(sql)?;
+                tracing::info!(
+                    path = %path.display(),
+                    "buffer migrated from schema 1 to {SCHEMA_VERSION}: stored readings kept"
+                );
+            }
             Some(_) => {}
         }
         let (depth, stored_bytes, max_seq): (i64, i64, Option<i64>) = conn
@@ -335,8 +435,76 @@ impl Store {
             next_seq,
             dropped_full: to_u64(meta("dropped_full")?.unwrap_or(0)),
             dropped_age: to_u64(meta("dropped_age")?.unwrap_or(0)),
+            os_boot: None,
             conn,
         })
+    }
+
+    /// Registers the OS boot this process runs in (by the kernel's boot id) and returns its
+    /// number: records queued in it are stored with that number (see "Age").
+    pub fn enter_os_boot(&mut self, boot_id: &str, boot_ms: u64) -> Result<i64> {
+        let path = self.path.clone();
+        let sql = |e| BufferError::from_sqlite(&path, e);
+        self.conn
+            .execute(
+                "INSERT INTO os_boots (boot_id, last_ms) VALUES (?1, ?2)
+                 ON CONFLICT(boot_id) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
+                params![boot_id, to_i64(boot_ms)],
+            )
+            .map_err(sql)?;
+        let id: i64 = self
+            .conn
+            .query_row(
+                "SELECT id FROM os_boots WHERE boot_id = ?1",
+                [boot_id],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        self.os_boot = Some(id);
+        Ok(id)
+    }
+
+    /// The agent's next boot epoch: `meta.boot` + 1, raised to `at_least`, written before it
+    /// is returned so no two starts get the same one.
+    pub fn next_boot(&mut self, at_least: u64) -> Result<u64> {
+        let path = self.path.clone();
+        let sql = |e| BufferError::from_sqlite(&path, e);
+        let stored: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'boot'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql)?;
+        let boot = (stored.map_or(0, to_u64) + 1).max(at_least);
+        self.raise_boot(boot)?;
+        Ok(boot)
+    }
+
+    /// Makes sure every later start gets an epoch above `boot` (used when the epoch had to
+    /// be made up without the store, see `durable`).
+    pub fn raise_boot(&mut self, boot: u64) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('boot', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                [to_i64(boot)],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Seqs of stored records that were on the wire when a link died (see "Maybe delivered").
+    pub fn maybe_delivered(&self) -> Result<Vec<u64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq FROM records WHERE sent != 0")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, i64>(0).map(to_u64))
+            .map_err(self.sql())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sql())
     }
 
     pub fn path(&self) -> &Path {
@@ -385,17 +553,24 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a batch in one durable transaction (see the module doc), then enforces
-    /// `max_size`. `protect` names records still held in memory, which `drop_oldest` skips.
-    pub fn append(&mut self, records: &[Record], protect: &HashSet<u64>) -> Result<Appended> {
+    /// Writes a batch in one durable transaction (see the module doc), flags `sent` records
+    /// (of the batch or stored before) as maybe delivered, then enforces `max_size`: every
+    /// record the bound wants gone, oldest first (`drop_oldest`) or of the batch
+    /// (`drop_newest`), is only dropped if `decide` says so, inside the transaction.
+    pub fn append(
+        &mut self,
+        records: &[Record],
+        sent: &HashSet<u64>,
+        decide: &mut Decide<'_>,
+    ) -> Result<Appended> {
         let mut out = Appended::default();
-        if records.is_empty() {
+        if records.is_empty() && sent.is_empty() {
             return Ok(out);
         }
         self.conn
             .execute_batch("PRAGMA synchronous = FULL")
             .map_err(self.sql())?;
-        let result = self.append_tx(records, protect, &mut out);
+        let result = self.append_tx(records, sent, decide, &mut out);
         // Restore NORMAL even when the write failed, so deletes stay cheap.
         let restore = self
             .conn
@@ -409,83 +584,153 @@ impl Store {
     fn append_tx(
         &mut self,
         records: &[Record],
-        protect: &HashSet<u64>,
+        sent: &HashSet<u64>,
+        decide: &mut Decide<'_>,
         out: &mut Appended,
     ) -> Result<()> {
         let path = self.path.clone();
         let sql = |e| BufferError::from_sqlite(&path, e);
+        let os_boot = self.os_boot;
         let tx = self.conn.transaction().map_err(sql)?;
         let mut bytes = self.stored_bytes;
         let mut depth = self.depth;
         let mut max_seq = 0;
+        let mut newest_boot_ms = None;
+
+        // `drop_newest`: what does not fit is asked about; what the caller keeps (on the
+        // wire, maybe delivered) is stored past the bound.
+        let mut store_it = vec![true; records.len()];
+        if self.limits.when_full == WhenFull::DropNewest {
+            let mut exists = tx
+                .prepare_cached("SELECT 1 FROM records WHERE seq = ?1")
+                .map_err(sql)?;
+            let mut would_be = bytes;
+            let mut misfits = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                let size = row_bytes(&r.topic, &r.payload);
+                if would_be + size <= self.limits.max_size {
+                    would_be += size;
+                } else if !exists.exists([to_i64(r.seq)]).map_err(sql)? {
+                    store_it[i] = false;
+                    misfits.push(i);
+                }
+            }
+            for chunk in misfits.chunks(VERDICT_CHUNK) {
+                let seqs: Vec<u64> = chunk.iter().map(|&i| records[i].seq).collect();
+                for (&i, verdict) in chunk.iter().zip(ask(decide, &seqs)) {
+                    match verdict {
+                        Verdict::Keep => store_it[i] = true,
+                        Verdict::Drop => out.rejected.push(records[i].seq),
+                        Verdict::Acknowledged => {}
+                    }
+                }
+            }
+        }
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO records (seq, topic, payload, ts_ms, sum)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO records
+                       (seq, topic, payload, ts_ms, sum, os_boot, boot_ms, sent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(sql)?;
-            for r in records {
-                let size = row_bytes(&r.topic, &r.payload);
-                if self.limits.when_full == WhenFull::DropNewest
-                    && bytes + size > self.limits.max_size
-                {
-                    out.rejected.push(r.seq);
-                    continue;
-                }
+            for (r, _) in records.iter().zip(&store_it).filter(|(_, &keep)| keep) {
+                let (boot, boot_ms) = match r.queued_at.os_boot {
+                    OsBoot::This => {
+                        newest_boot_ms = newest_boot_ms.max(Some(r.queued_at.boot_ms));
+                        (os_boot, os_boot.map(|_| to_i64(r.queued_at.boot_ms)))
+                    }
+                    OsBoot::Stored(id) => (Some(id), Some(to_i64(r.queued_at.boot_ms))),
+                    OsBoot::Unknown => (None, None),
+                };
                 let added = insert
                     .execute(params![
                         to_i64(r.seq),
                         r.topic,
                         r.payload,
                         to_i64(r.ts_ms),
-                        row_sum(r)
+                        row_sum(r),
+                        boot,
+                        boot_ms,
+                        i64::from(sent.contains(&r.seq)),
                     ])
                     .map_err(sql)?;
                 if added == 1 {
-                    bytes += size;
+                    bytes += row_bytes(&r.topic, &r.payload);
                     depth += 1;
                 }
                 max_seq = max_seq.max(r.seq);
                 out.stored.push(r.seq);
             }
         }
-        let mut evicted_bytes = 0;
-        if bytes > self.limits.max_size {
-            let excess = bytes - self.limits.max_size;
-            let mut oldest = tx
-                .prepare_cached(
-                    "SELECT seq, length(topic) + length(payload) FROM records ORDER BY seq",
-                )
+        if !sent.is_empty() {
+            // Most are in the batch (inserted flagged above); this catches those stored
+            // by an earlier write (`always` mode commits before sending).
+            let mut flag = tx
+                .prepare_cached("UPDATE records SET sent = 1 WHERE seq = ?1 AND sent = 0")
                 .map_err(sql)?;
-            let mut rows = oldest.query([]).map_err(sql)?;
-            while evicted_bytes < excess {
-                let Some(row) = rows.next().map_err(sql)? else {
-                    break;
-                };
-                let seq = to_u64(row.get(0).map_err(sql)?);
-                if protect.contains(&seq) {
-                    continue;
-                }
-                let len: i64 = row.get(1).map_err(sql)?;
-                evicted_bytes += to_u64(len) + ROW_OVERHEAD;
-                out.evicted.push(seq);
+            for seq in sent {
+                flag.execute([to_i64(*seq)]).map_err(sql)?;
             }
         }
-        if !out.evicted.is_empty() {
+
+        // `drop_oldest`: walk from the oldest row, asking only about as many rows as the
+        // excess needs (a `Drop` verdict already took the record out of the caller's memory).
+        let mut gone_bytes = 0;
+        if self.limits.when_full == WhenFull::DropOldest && bytes > self.limits.max_size {
+            let excess = bytes - self.limits.max_size;
+            let mut after = 0u64;
+            let mut next_rows = tx
+                .prepare_cached(
+                    "SELECT seq, length(topic) + length(payload) FROM records WHERE seq > ?1
+                     ORDER BY seq LIMIT ?2",
+                )
+                .map_err(sql)?;
             let mut delete = tx
                 .prepare_cached("DELETE FROM records WHERE seq = ?1")
                 .map_err(sql)?;
-            for seq in &out.evicted {
-                delete.execute([to_i64(*seq)]).map_err(sql)?;
+            while gone_bytes < excess {
+                let rows: Vec<(u64, u64)> = next_rows
+                    .query_map(params![to_i64(after), VERDICT_CHUNK as i64], |r| {
+                        Ok((to_u64(r.get(0)?), to_u64(r.get(1)?) + ROW_OVERHEAD))
+                    })
+                    .map_err(sql)?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(sql)?;
+                if rows.is_empty() {
+                    break;
+                }
+                // Just enough candidates to cover what is still missing if all go.
+                let mut want = 0;
+                let mut covered = 0;
+                for (_, size) in &rows {
+                    want += 1;
+                    covered += size;
+                    if gone_bytes + covered >= excess {
+                        break;
+                    }
+                }
+                let chunk = &rows[..want];
+                after = chunk[want - 1].0;
+                let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
+                for (&(seq, size), verdict) in chunk.iter().zip(ask(decide, &seqs)) {
+                    match verdict {
+                        Verdict::Keep => continue,
+                        Verdict::Drop => out.evicted.push(seq),
+                        Verdict::Acknowledged => out.freed.push(seq),
+                    }
+                    delete.execute([to_i64(seq)]).map_err(sql)?;
+                    gone_bytes += size;
+                }
             }
         }
-        if !out.evicted.is_empty() {
+        let removed = out.evicted.len() + out.freed.len();
+        if removed > 0 {
             // A set, not `Vec::contains`: a full buffer under a sustained backlog evicts
             // thousands per append, and the quadratic scan took 37 % of the agent's CPU
             // (perf, throughput bench).
-            let evicted: std::collections::HashSet<u64> = out.evicted.iter().copied().collect();
-            out.stored.retain(|s| !evicted.contains(s));
+            let gone: HashSet<u64> = out.evicted.iter().chain(&out.freed).copied().collect();
+            out.stored.retain(|s| !gone.contains(s));
         }
         let dropped_now = (out.evicted.len() + out.rejected.len()) as u64;
         if dropped_now > 0 {
@@ -505,9 +750,16 @@ impl Store {
             )
             .map_err(sql)?;
         }
+        if let (Some(id), Some(ms)) = (os_boot, newest_boot_ms) {
+            tx.execute(
+                "UPDATE os_boots SET last_ms = max(last_ms, ?2) WHERE id = ?1",
+                params![id, to_i64(ms)],
+            )
+            .map_err(sql)?;
+        }
         tx.commit().map_err(sql)?;
-        self.stored_bytes = bytes.saturating_sub(evicted_bytes);
-        self.depth = depth.saturating_sub(out.evicted.len() as u64);
+        self.stored_bytes = bytes.saturating_sub(gone_bytes);
+        self.depth = depth.saturating_sub(removed as u64);
         self.dropped_full += dropped_now;
         self.next_seq = next_seq;
         Ok(())
@@ -558,8 +810,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, topic, payload, ts_ms, sum FROM records WHERE seq > ?1
-                 ORDER BY seq LIMIT ?2",
+                "SELECT seq, topic, payload, ts_ms, sum, os_boot, boot_ms FROM records
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .map_err(self.sql())?;
         let rows = stmt
@@ -616,9 +868,9 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, topic, payload, ts_ms, sum FROM
-                   (SELECT max(seq) AS seq, topic, payload, ts_ms, sum FROM records
-                    GROUP BY topic)
+                "SELECT seq, topic, payload, ts_ms, sum, os_boot, boot_ms FROM
+                   (SELECT max(seq) AS seq, topic, payload, ts_ms, sum, os_boot, boot_ms
+                    FROM records GROUP BY topic)
                  ORDER BY seq",
             )
             .map_err(self.sql())?;
@@ -649,44 +901,110 @@ impl Store {
         self.delete(&doomed)
     }
 
-    /// Drops records older than `max_age` (by reading time) except `protect`ed ones, and
-    /// counts them. Walks from the oldest seq and stops at the first record young enough,
-    /// so it reads only what it drops (a record stamped earlier than a younger predecessor
-    /// after a clock jump waits for its neighbours). Returns the dropped seqs.
-    pub fn expire(&mut self, now_ms: u64, protect: &HashSet<u64>) -> Result<Vec<u64>> {
-        let cutoff = now_ms.saturating_sub(self.limits.max_age.as_millis() as u64);
-        let doomed: Vec<u64> = {
+    /// Drops records older than `max_age` (see "Age" in the module doc) that `decide` lets
+    /// go, counting them in the same transaction. Walks from the oldest seq and stops at the
+    /// first record young enough, so it reads only what it drops. Returns the dropped seqs.
+    pub fn expire(&mut self, now: Now, decide: &mut Decide<'_>) -> Result<Vec<u64>> {
+        let max_age = self.limits.max_age.as_millis() as u64;
+        let ages = self.age_rule(now)?;
+        let path = self.path.clone();
+        let sql = |e| BufferError::from_sqlite(&path, e);
+        let old: Vec<u64> = {
             let mut stmt = self
                 .conn
-                .prepare_cached("SELECT seq, ts_ms FROM records ORDER BY seq")
-                .map_err(self.sql())?;
-            let mut rows = stmt.query([]).map_err(self.sql())?;
-            let mut doomed = Vec::new();
-            while let Some(row) = rows.next().map_err(self.sql())? {
-                let seq = to_u64(row.get(0).map_err(self.sql())?);
-                let ts = to_u64(row.get(1).map_err(self.sql())?);
-                if ts >= cutoff {
+                .prepare_cached("SELECT seq, ts_ms, os_boot, boot_ms FROM records ORDER BY seq")
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            let mut old = Vec::new();
+            while let Some(row) = rows.next().map_err(sql)? {
+                let seq = to_u64(row.get(0).map_err(sql)?);
+                let ts = to_u64(row.get(1).map_err(sql)?);
+                let os_boot: Option<i64> = row.get(2).map_err(sql)?;
+                let boot_ms: Option<i64> = row.get(3).map_err(sql)?;
+                if ages.age(ts, os_boot, boot_ms.map(to_u64)) < max_age {
                     break;
                 }
-                if !protect.contains(&seq) {
-                    doomed.push(seq);
+                old.push(seq);
+            }
+            old
+        };
+        if old.is_empty() {
+            return Ok(old);
+        }
+        let mut doomed = Vec::new();
+        let mut freed = Vec::new();
+        for chunk in old.chunks(VERDICT_CHUNK) {
+            for (&seq, verdict) in chunk.iter().zip(ask(decide, chunk)) {
+                match verdict {
+                    Verdict::Drop => doomed.push(seq),
+                    Verdict::Acknowledged => freed.push(seq),
+                    Verdict::Keep => {}
                 }
             }
-            doomed
-        };
-        if doomed.is_empty() {
-            return Ok(doomed);
         }
-        let removed = self.delete(&doomed)?;
-        self.dropped_age += removed;
-        self.conn
-            .execute(
+        let tx = self.conn.transaction().map_err(sql)?;
+        let mut removed = 0;
+        let mut bytes = 0;
+        {
+            let mut delete = tx
+                .prepare_cached(
+                    "DELETE FROM records WHERE seq = ?1
+                     RETURNING length(topic) + length(payload)",
+                )
+                .map_err(sql)?;
+            for seq in doomed.iter().chain(&freed) {
+                let len: Option<i64> = delete
+                    .query_row([to_i64(*seq)], |r| r.get(0))
+                    .optional()
+                    .map_err(sql)?;
+                if let Some(len) = len {
+                    removed += 1;
+                    bytes += to_u64(len) + ROW_OVERHEAD;
+                }
+            }
+        }
+        if !doomed.is_empty() {
+            tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('dropped_age', ?1)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [to_i64(self.dropped_age)],
+                [to_i64(self.dropped_age + doomed.len() as u64)],
             )
-            .map_err(self.sql())?;
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        self.depth = self.depth.saturating_sub(removed);
+        self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
+        self.dropped_age += doomed.len() as u64;
         Ok(doomed)
+    }
+
+    /// What the age rule needs from `os_boots`, read once per expiry run.
+    fn age_rule(&self, now: Now) -> Result<AgeRule> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, last_ms FROM os_boots ORDER BY id DESC")
+            .map_err(self.sql())?;
+        let boots: Vec<(i64, u64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, to_u64(r.get(1)?))))
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sql())?;
+        // For each earlier boot: its last_ms, and the sum of last_ms of the boots between
+        // it and this one (each lasted at least that long).
+        let mut earlier = std::collections::HashMap::new();
+        let mut later_sum = 0u64;
+        for (id, last_ms) in boots {
+            if Some(id) == self.os_boot {
+                continue;
+            }
+            earlier.insert(id, (last_ms, later_sum));
+            later_sum = later_sum.saturating_add(last_ms);
+        }
+        Ok(AgeRule {
+            now,
+            this_boot: self.os_boot,
+            earlier,
+        })
     }
 
     pub fn stats(&self) -> Result<Stats> {
@@ -706,9 +1024,68 @@ impl Store {
             dropped_full: self.dropped_full,
             dropped_age: self.dropped_age,
             next_seq: self.next_seq,
+            boot: to_u64(
+                self.conn
+                    .query_row("SELECT value FROM meta WHERE key = 'boot'", [], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(self.sql())?
+                    .unwrap_or(0),
+            ),
             taken_at_ms: crate::model::unix_ms_now(),
         })
     }
+}
+
+/// Asks `decide` about `seqs`; a short answer keeps the rest (never drop unanswered).
+fn ask(decide: &mut Decide<'_>, seqs: &[u64]) -> Vec<Verdict> {
+    let mut verdicts = decide(seqs);
+    verdicts.resize(seqs.len(), Verdict::Keep);
+    verdicts
+}
+
+/// The age of a stored row, per "Age" in the module doc.
+struct AgeRule {
+    now: Now,
+    this_boot: Option<i64>,
+    /// Earlier OS boots: (last_ms, sum of last_ms of the boots after it).
+    earlier: std::collections::HashMap<i64, (u64, u64)>,
+}
+
+impl AgeRule {
+    fn age(&self, ts_ms: u64, os_boot: Option<i64>, boot_ms: Option<u64>) -> u64 {
+        match (os_boot, boot_ms) {
+            (Some(id), Some(at)) if Some(id) == self.this_boot => {
+                self.now.boot_ms.saturating_sub(at)
+            }
+            (Some(id), Some(at)) => match self.earlier.get(&id) {
+                Some(&(last_ms, later)) => last_ms
+                    .saturating_sub(at)
+                    .saturating_add(later)
+                    .saturating_add(self.now.boot_ms),
+                // A boot the table lost (damage): only this boot's time is certain.
+                None => self.now.boot_ms,
+            },
+            _ => self.now.wall_ms.saturating_sub(ts_ms),
+        }
+    }
+}
+
+/// Schema 1 -> 2 in one transaction: new columns (NULL in old rows: aged by the wall
+/// clock as before), `sent` = 0, the `os_boots` table (created by `SCHEMA_SQL` already).
+fn migrate_from_1(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE records ADD COLUMN os_boot INTEGER;
+         ALTER TABLE records ADD COLUMN boot_ms INTEGER;
+         ALTER TABLE records ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;
+         UPDATE meta SET value = 2 WHERE key = 'schema_version';
+         COMMIT;",
+    )
+    .inspect_err(|_| {
+        let _ = conn.execute_batch("ROLLBACK");
+    })
 }
 
 /// An existing, empty database file without a WAL: every store writes its schema at
@@ -738,13 +1115,22 @@ pub(crate) fn row_sum(r: &Record) -> i64 {
     h as i64
 }
 
-/// Reads `seq, topic, payload, ts_ms, sum` and checks the sum.
+/// Reads `seq, topic, payload, ts_ms, sum, os_boot, boot_ms` and checks the sum.
 pub(crate) fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let os_boot: Option<i64> = r.get(5)?;
+    let boot_ms: Option<i64> = r.get(6)?;
     let record = Record {
         seq: to_u64(r.get(0)?),
         topic: r.get(1)?,
         payload: r.get(2)?,
         ts_ms: to_u64(r.get(3)?),
+        queued_at: match (os_boot, boot_ms) {
+            (Some(id), Some(ms)) => Queued {
+                os_boot: OsBoot::Stored(id),
+                boot_ms: to_u64(ms),
+            },
+            _ => Queued::UNKNOWN,
+        },
     };
     let sum: i64 = r.get(4)?;
     if sum != row_sum(&record) {
@@ -817,6 +1203,7 @@ pub fn stats(path: &Path) -> Result<Stats> {
         dropped_full: meta("dropped_full")?,
         dropped_age: meta("dropped_age")?,
         next_seq: meta("next_seq")?,
+        boot: meta("boot")?,
         taken_at_ms: crate::model::unix_ms_now(),
         path: db,
     })

@@ -75,16 +75,18 @@ impl Publisher {
         }
         let topic = topic::reading_topic(&self.prefix, &reading.device, &reading.point);
         let mode = self.payload;
-        self.outbox.push(topic, reading.ts_ms, |seq| {
-            topic::reading_payload(mode, reading, seq)
+        self.outbox.push_reading(topic, reading.ts_ms, |number| {
+            topic::reading_payload(mode, reading, number)
         });
     }
 
     fn push_availability(&self, device: &str, online: bool) {
         let topic = topic::device_status_topic(&self.prefix, device);
-        self.outbox.push(topic, crate::model::unix_ms_now(), |_| {
-            topic::availability_payload(online).to_vec()
-        });
+        self.outbox.push(
+            topic,
+            crate::model::unix_ms_now(),
+            topic::availability_payload(online).to_vec(),
+        );
     }
 
     /// Publishes one device's batch: its meta first when it names a unit not announced yet.
@@ -105,17 +107,14 @@ impl Publisher {
         if new_unit {
             let meta =
                 topic::device_meta_payload(announced.iter().map(|(p, u)| (p.as_ref(), u.as_ref())));
-            self.outbox.push(
-                topic::device_meta_topic(&self.prefix, device),
-                ts_ms,
-                |_| meta,
-            );
+            self.outbox
+                .push(topic::device_meta_topic(&self.prefix, device), ts_ms, meta);
         }
         self.outbox
-            .push(topic::device_topic(&self.prefix, device), ts_ms, |seq| {
+            .push_reading(topic::device_topic(&self.prefix, device), ts_ms, |number| {
                 topic::device_payload(
                     ts_ms,
-                    seq,
+                    number,
                     batch.iter().map(|r| (r.point.as_ref(), &r.value)),
                 )
             });
@@ -214,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reading_becomes_a_record_with_its_seq_in_the_payload() {
+    fn a_reading_becomes_a_record_with_its_boot_and_seq_in_the_payload() {
         let outbox = Arc::new(Outbox::new(10, 41));
         let publisher = Publisher::new(&mqtt(PayloadMode::Json), outbox.clone());
         publisher.send(Sample::Reading(Reading {
@@ -231,8 +230,17 @@ mod tests {
         let records = outbox.take(10);
         assert_eq!(records[0].topic, "fl/gw1/m1/v");
         let json: serde_json::Value = serde_json::from_slice(&records[0].payload).unwrap();
-        assert_eq!(json["seq"], 41);
+        assert_eq!((&json["boot"], &json["seq"]), (&41.into(), &1.into()));
         assert_eq!(records[1].topic, "fl/gw1/m1/status");
         assert_eq!(records[1].payload, b"offline");
+        publisher.send(Sample::Reading(Reading {
+            device: Arc::from("m1"),
+            point: Arc::from("v"),
+            value: Ok(Value::Float(1.6)),
+            unit: Some(Arc::from("V")),
+            ts_ms: 6,
+        }));
+        let json: serde_json::Value = serde_json::from_slice(&outbox.take(10)[0].payload).unwrap();
+        assert_eq!(json["seq"], 2, "the status record took no reading number");
     }
 }

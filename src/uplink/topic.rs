@@ -1,23 +1,30 @@
 //! Topics and payloads: pure functions from readings and link facts to MQTT topic strings and
 //! payload bytes. Owns the wire format consumers depend on; touches no I/O and no rumqttc.
 //!
-//! Reading payload (`payload = "json"`): `{"value":…,"unit":"V","ts":<unix ms>,"seq":<n>}`.
-//! `unit` is omitted when the point has none. A point without a value carries `"value":null`
-//! and a `quality` saying why: a float that is NaN or infinite (not a JSON number) is
-//! `"nan"`, `"inf"` or `"-inf"`; a point that could not be read ([`Quality`], published once
-//! when it turns bad) is `"timeout"`, `"exception:<code>"`, `"decode"`, `"stale"`,
-//! `"garbled"` or `"disconnected"`. Every other reading carries no `quality` key (consumers
-//! treat its absence as good). [`quality_text`] is the one place these words are made.
+//! Reading payload (`payload = "json"`):
+//! `{"value":…,"unit":"V","ts":<unix ms>,"seq":<n>,"boot":<b>}`. `unit` is omitted when the
+//! point has none. `(boot, seq)` identifies a reading: `boot` counts the agent's starts and
+//! `seq` counts readings from 1 within one start, taking no number for status or meta
+//! messages, so within one boot every gap in `seq` is a reading lost (and counted in the
+//! health topic's `dropped`); a consumer dedupes on `(boot, seq)`. A point without a value
+//! carries `"value":null` and a `quality` saying why: a float that is NaN or infinite (not a
+//! JSON number) is `"nan"`, `"inf"` or `"-inf"`; a point that could not be read ([`Quality`],
+//! published once when it turns bad) is `"timeout"`, `"exception:<code>"`, `"decode"`,
+//! `"stale"`, `"garbled"` or `"disconnected"`. Every other reading carries no `quality` key
+//! (consumers treat its absence as good). [`quality_text`] is the one place these words are
+//! made.
 //! With `payload = "plain"` the payload is the value alone as text (`true`, `42`, `230.5`,
 //! `NaN`, `inf`, `-inf`, or the string as is); plain payloads carry no `seq`. Plain mode
 //! publishes nothing for a point without a value, and nothing for an empty string: a
 //! zero-length retained message would delete the topic's retained value ([`publishes`]).
 //!
 //! With `payload = "device"` each poll of a device is one retained message on
-//! `<prefix>/<device>`: `{"ts":<unix ms>,"seq":<n>,"values":{"voltage":230.1,"status":"ok"}}`,
-//! `ts` being the time of the poll's last read. A point without a value (non-finite, or bad)
-//! is `null` in `values` and named in `"quality":{"<point>":"nan"|"timeout"|…}` (the key is
-//! absent when every point has a value). Units
+//! `<prefix>/<device>`:
+//! `{"ts":<unix ms>,"seq":<n>,"boot":<b>,"values":{"voltage":230.1,"status":"ok"}}` (one
+//! `seq` per message), `ts` being the time of the poll's last read. A point without a value
+//! (non-finite, or bad) is `null` in `values` and named in
+//! `"quality":{"<point>":"nan"|"timeout"|…}` (the key is absent when every point has a
+//! value). Units
 //! are not repeated per poll: the retained `<prefix>/<device>/meta` holds
 //! `{"units":{"voltage":"V",…}}` (points without a unit left out), published before the
 //! device's first batch and again when a batch brings a point it did not list yet. With a
@@ -31,6 +38,7 @@ use std::borrow::Cow;
 use crate::config::PayloadMode;
 use crate::health::HealthReport;
 use crate::model::{Quality, Reading, Value};
+use crate::queue::ReadingNumber;
 
 /// `<prefix>/<device>/<point>`: one retained reading per point.
 pub fn reading_topic(prefix: &str, device: &str, point: &str) -> String {
@@ -80,15 +88,15 @@ pub fn publishes(mode: PayloadMode, reading: &Reading) -> bool {
     mode != PayloadMode::Plain || plain_value(&reading.value).is_some()
 }
 
-/// The payload of one reading; `seq` is the outbox's sequence number for it. Call only for
+/// The payload of one reading; `number` is the outbox's `(boot, seq)` for it. Call only for
 /// readings that [`publishes`] accepts (plain mode would give an empty payload otherwise).
-pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8> {
+pub fn reading_payload(mode: PayloadMode, reading: &Reading, number: ReadingNumber) -> Vec<u8> {
     match mode {
         PayloadMode::Plain => plain_value(&reading.value).unwrap_or_default().into_bytes(),
         // A lone reading in device mode (the publisher batches; this is for completeness).
         PayloadMode::Device => device_payload(
             reading.ts_ms,
-            seq,
+            number,
             std::iter::once((reading.point.as_ref(), &reading.value)),
         ),
         PayloadMode::Json => {
@@ -99,7 +107,8 @@ pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8
                 obj.insert("unit".into(), Json::from(unit.as_ref()));
             }
             obj.insert("ts".into(), Json::from(reading.ts_ms));
-            obj.insert("seq".into(), Json::from(seq));
+            obj.insert("seq".into(), Json::from(number.seq));
+            obj.insert("boot".into(), Json::from(number.boot));
             if let Some(q) = quality {
                 obj.insert("quality".into(), Json::from(q.into_owned()));
             }
@@ -109,17 +118,19 @@ pub fn reading_payload(mode: PayloadMode, reading: &Reading, seq: u64) -> Vec<u8
     }
 }
 
-/// `{"ts":…,"seq":…,"values":{…}}` for one device poll; points keep the order given.
+/// `{"ts":…,"seq":…,"boot":…,"values":{…}}` for one device poll; points keep the order given.
 pub fn device_payload<'a>(
     ts_ms: u64,
-    seq: u64,
+    number: ReadingNumber,
     values: impl IntoIterator<Item = (&'a str, &'a Result<Value, Quality>)>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"ts\":");
     out.extend_from_slice(ts_ms.to_string().as_bytes());
     out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(number.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"boot\":");
+    out.extend_from_slice(number.boot.to_string().as_bytes());
     out.extend_from_slice(b",\"values\":{");
     let mut bad: Vec<(&str, Cow<'static, str>)> = Vec::new();
     for (i, (point, value)) in values.into_iter().enumerate() {
@@ -265,6 +276,10 @@ mod tests {
         }
     }
 
+    fn n(seq: u64) -> ReadingNumber {
+        ReadingNumber { boot: 3, seq }
+    }
+
     fn json(bytes: Vec<u8>) -> Json {
         serde_json::from_slice(&bytes).unwrap()
     }
@@ -278,21 +293,21 @@ mod tests {
     }
 
     #[test]
-    fn json_reading_carries_value_unit_ts_and_seq() {
+    fn json_reading_carries_value_unit_ts_seq_and_boot() {
         let p = reading_payload(
             PayloadMode::Json,
             &reading(Value::Float(230.5), Some("V")),
-            7,
+            n(7),
         );
         assert_eq!(
             json(p),
-            serde_json::json!({"value":230.5,"unit":"V","ts":1_700_000_000_123u64,"seq":7})
+            serde_json::json!({"value":230.5,"unit":"V","ts":1_700_000_000_123u64,"seq":7,"boot":3})
         );
     }
 
     #[test]
     fn json_reading_without_unit_omits_the_key() {
-        let p = reading_payload(PayloadMode::Json, &reading(Value::Int(-3), None), 1);
+        let p = reading_payload(PayloadMode::Json, &reading(Value::Int(-3), None), n(1));
         let v = json(p);
         assert_eq!(v["value"], -3);
         assert!(v.get("unit").is_none());
@@ -309,7 +324,7 @@ mod tests {
             let v = json(reading_payload(
                 PayloadMode::Json,
                 &reading(Value::Float(f), None),
-                1,
+                n(1),
             ));
             assert_eq!(v["value"], Json::Null);
             assert_eq!(v["quality"], q);
@@ -321,25 +336,25 @@ mod tests {
         let v = json(reading_payload(
             PayloadMode::Json,
             &reading(Value::UInt(u64::MAX), None),
-            1,
+            n(1),
         ));
         assert_eq!(v["value"], u64::MAX);
         let v = json(reading_payload(
             PayloadMode::Json,
             &reading(Value::Bool(true), None),
-            1,
+            n(1),
         ));
         assert_eq!(v["value"], true);
         let v = json(reading_payload(
             PayloadMode::Json,
             &reading(Value::Text("a\"b".into()), None),
-            1,
+            n(1),
         ));
         assert_eq!(v["value"], "a\"b");
     }
 
     #[test]
-    fn device_payload_holds_every_point_with_ts_and_seq() {
+    fn device_payload_holds_every_point_with_ts_seq_and_boot() {
         let v = [
             Ok(Value::Float(230.5)),
             Ok(Value::Int(-3)),
@@ -348,7 +363,7 @@ mod tests {
         ];
         let p = device_payload(
             17,
-            5,
+            n(5),
             [
                 ("voltage", &v[0]),
                 ("temp", &v[1]),
@@ -358,14 +373,14 @@ mod tests {
         );
         assert_eq!(
             json(p),
-            serde_json::json!({"ts":17,"seq":5,"values":{"voltage":230.5,"temp":-3,"run":true,"model":"a\"b"}})
+            serde_json::json!({"ts":17,"seq":5,"boot":3,"values":{"voltage":230.5,"temp":-3,"run":true,"model":"a\"b"}})
         );
     }
 
     #[test]
     fn device_payload_names_non_finite_points_in_quality() {
         let v = [Ok(Value::Float(f64::NAN)), Ok(Value::Float(1.0))];
-        let p = json(device_payload(1, 2, [("a", &v[0]), ("b", &v[1])]));
+        let p = json(device_payload(1, n(2), [("a", &v[0]), ("b", &v[1])]));
         assert_eq!(p["values"]["a"], Json::Null);
         assert_eq!(p["values"]["b"], 1.0);
         assert_eq!(p["quality"], serde_json::json!({"a":"nan"}));
@@ -384,21 +399,21 @@ mod tests {
             let v = json(reading_payload(
                 PayloadMode::Json,
                 &bad_or_good(Err(quality), Some("V")),
-                3,
+                n(3),
             ));
             assert_eq!(
                 v,
-                serde_json::json!({"value":null,"quality":word,"unit":"V","ts":1_700_000_000_123u64,"seq":3})
+                serde_json::json!({"value":null,"quality":word,"unit":"V","ts":1_700_000_000_123u64,"seq":3,"boot":3})
             );
             let values = [Ok(Value::Int(1)), Err(quality)];
             let p = json(device_payload(
                 1,
-                2,
+                n(2),
                 [("good", &values[0]), ("bad", &values[1])],
             ));
             assert_eq!(
                 p,
-                serde_json::json!({"ts":1,"seq":2,"values":{"good":1,"bad":null},"quality":{"bad":word}})
+                serde_json::json!({"ts":1,"seq":2,"boot":3,"values":{"good":1,"bad":null},"quality":{"bad":word}})
             );
         }
     }
@@ -415,7 +430,7 @@ mod tests {
             assert!(publishes(mode, &bad) && publishes(mode, &empty));
         }
         assert_eq!(
-            json(reading_payload(PayloadMode::Json, &empty, 1))["value"],
+            json(reading_payload(PayloadMode::Json, &empty, n(1)))["value"],
             ""
         );
     }
@@ -432,7 +447,7 @@ mod tests {
             String::from_utf8(reading_payload(
                 PayloadMode::Plain,
                 &reading(v, Some("V")),
-                9,
+                n(9),
             ))
             .unwrap()
         };

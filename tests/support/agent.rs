@@ -183,9 +183,15 @@ impl Agent {
     /// `fieldlink buffer stats --config <this agent's config>` on this agent's state
     /// directory (it may be running: the command only reads).
     pub async fn buffer_stats(&self) -> Finished {
-        let mut cmd = command(&["buffer", "stats", "--config", self.config.path_str()]);
-        use_state_dir(&mut cmd, self.state_dir());
+        let cmd = self.command_beside(&["buffer", "stats", "--config", self.config.path_str()]);
         run_command_to_end(cmd, "buffer stats", Duration::from_secs(20)).await
+    }
+
+    /// `fieldlink <args>` on this agent's state directory, e.g. a second `run`.
+    pub fn command_beside(&self, args: &[&str]) -> Command {
+        let mut cmd = command(args);
+        use_state_dir(&mut cmd, self.state_dir());
+        cmd
     }
 
     pub fn pid(&self) -> i32 {

@@ -130,9 +130,9 @@ impl Agent {
         }
     }
 
-    /// Sequence numbers handed out so far are `1..=last_seq()`.
+    /// Reading numbers handed out so far in this boot are `1..=last_seq()`.
     pub fn last_seq(&self) -> u64 {
-        self.outbox.next_seq().saturating_sub(1)
+        self.outbox.last_reading().seq
     }
 }
 
@@ -143,11 +143,17 @@ impl Drop for Agent {
     }
 }
 
-/// Every `seq` seen in reading payloads under `prefix`.
+/// Every `seq` seen in reading payloads under `prefix`. These agents run one boot (the
+/// memory outbox's epoch 1), so `seq` alone identifies a reading and must be dense.
 pub fn seqs(messages: &[Message]) -> BTreeSet<u64> {
     messages
         .iter()
-        .filter_map(|m| m.json().get("seq").and_then(|s| s.as_u64()))
+        .filter_map(|m| {
+            let json = m.json();
+            let seq = json.get("seq").and_then(|s| s.as_u64())?;
+            assert_eq!(json["boot"], 1, "one boot: {}", m.payload);
+            Some(seq)
+        })
         .collect()
 }
 
