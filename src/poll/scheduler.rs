@@ -17,9 +17,11 @@
 //! - Availability means "the device answers". A poll in which the device answered anything
 //!   (data or an exception) keeps or brings it online. A poll in which it answered nothing
 //!   is a failed poll; the device goes offline after `offline_after` failed polls in a row
-//!   (default 3), polled at its own interval until then, so one burst of noise does not take
-//!   it offline. Offline, it is probed with exponential backoff and jitter ([`BACKOFF_MIN`] ..
-//!   [`BACKOFF_MAX`]), one request per probe, as a dead unit must not cost the line more.
+//!   (default 3), so one burst of noise does not take it offline. Until then it is polled
+//!   again at its interval or after a short backoff (1 s, 2 s, ...), whichever comes first,
+//!   so a slow-polled device is not reported offline hours late. Offline, it is probed with
+//!   exponential backoff and jitter ([`BACKOFF_MIN`] .. [`BACKOFF_MAX`]), one request per
+//!   probe, as a dead unit must not cost the line more.
 //! - Blame: a read that failed is suspect until the device answers some other read; then the
 //!   failure is the read's own (a block the device never or always late answers): the read
 //!   is blamed, its points are published bad once (`timeout`, `garbled`, `disconnected`) and
@@ -551,6 +553,11 @@ fn after_poll(
         dev.probe_at = Some(retry_at);
         mark_offline(bus, dev, &error, retry_at, false, sink);
     } else {
+        // Confirm the outage on a short backoff rather than a whole interval later: a meter
+        // polled every hour must not take three hours to be reported offline.
+        let confirm_at = now + backoff::delay(dev.failed_polls, BACKOFF_MIN, BACKOFF_MAX);
+        let group = &mut dev.groups[g];
+        group.next_due = group.next_due.min(confirm_at);
         tracing::debug!(
             bus,
             device = %dev.name,
