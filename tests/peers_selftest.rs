@@ -59,10 +59,10 @@ async fn a_stopped_tcp_sim_comes_back_on_the_same_port() {
     let sim = modbus::serve_tcp(&[&dev]).await;
     let addr = sim.addr;
     sim.stop().await;
-    assert!(
-        tcp::connect_slave(addr, Slave(1)).await.is_err(),
-        "stopped sim still listens"
-    );
+    // A stopped sim has closed its listener: its exact address can be bound again at once
+    // (`serve_tcp_at` panics on AddrInUse otherwise). Not checked by connecting to the freed
+    // port: another test of this binary may be handed that port by the kernel meanwhile,
+    // which made this test fail now and then.
     let _sim = modbus::serve_tcp_at(addr, &[&dev]).await;
     let mut ctx = tcp_client(addr, 1).await;
     assert_eq!(ctx.read_input_registers(0, 1).await.unwrap().unwrap(), [5]);
