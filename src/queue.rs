@@ -7,8 +7,9 @@
 //!
 //! Invariants:
 //! - `seq` is assigned at `push`, strictly increasing per gateway.
-//! - A record leaves the outbox only through `ack` (its PUBACK arrived) or by being dropped
-//!   when the outbox is full (counted in `dropped`).
+//! - A record leaves the outbox only through `ack` (its PUBACK arrived), by being dropped
+//!   when the outbox is full, or by `discard` (the broker will never take it, see
+//!   `uplink::quarantine`); both of the latter are counted in `dropped`.
 //! - `take` hands records out oldest first; `requeue_inflight` puts every record that was
 //!   handed out but not acknowledged back at the head, in its original order.
 //! - Only queued records are dropped when full, oldest first: in-flight ones may already be
@@ -162,6 +163,21 @@ impl Outbox {
         }
     }
 
+    /// Gives up on the in-flight record `seq` (the broker will never take it): it leaves like
+    /// an acknowledged one but is counted as dropped. False if `seq` is not in flight.
+    pub fn discard(&self, seq: u64) -> bool {
+        if let Some(d) = &self.durable {
+            return d.discard(seq);
+        }
+        let mut st = self.state.lock().unwrap();
+        let Some(i) = st.inflight.iter().position(|r| r.seq == seq) else {
+            return false;
+        };
+        st.inflight.remove(i);
+        st.dropped += 1;
+        true
+    }
+
     /// The link died: every unacknowledged record goes back to the head of the queue.
     pub fn requeue_inflight(&self) -> usize {
         if let Some(d) = &self.durable {
@@ -261,6 +277,20 @@ mod tests {
         assert_eq!(inflight[0].seq, 1);
         let rest = o.take(10);
         assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 5]);
+    }
+
+    #[test]
+    fn a_discarded_record_is_gone_and_counted_as_dropped() {
+        let o = Outbox::new(10, 1);
+        push(&o, "a");
+        push(&o, "b");
+        let taken = o.take(2);
+        assert!(o.discard(taken[0].seq));
+        assert!(!o.discard(taken[0].seq), "only once");
+        assert_eq!(o.dropped(), 1);
+        o.requeue_inflight();
+        let again = o.take(10);
+        assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
     }
 
     #[test]
