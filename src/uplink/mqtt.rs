@@ -50,7 +50,7 @@ use super::state::{ComplaintPacer, HealthFacts, HealthPacer, KeepAliveWatch, Lin
 use super::topic::{self, OutboxFacts};
 use super::user_timeout;
 use crate::config::Mqtt;
-use crate::health::{Health, HealthReport, LinkState, ROUTING_OK};
+use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
 use crate::queue::{Outbox, Record};
 
 /// Records handed to rumqttc and not yet acknowledged.
@@ -497,6 +497,8 @@ impl<'a> Session<'a> {
         health.set_link(|l| {
             l.state = LinkState::Up;
             l.reconnects = reconnects;
+            // Each connection is checked afresh: it may reach another broker, another ACL.
+            l.routing = ROUTING_UNCHECKED.to_string();
         });
         tracing::debug!(broker = %settings.broker, reconnects, "CONNACK");
 

@@ -1,15 +1,29 @@
-//! A real mosquitto broker on a free loopback port, killed when dropped.
+//! A real mosquitto broker on a free loopback port, stopped when dropped.
+//!
+//! [`Options`] add mosquitto.conf lines (an ACL, `max_packet_size`, `retain_available
+//! false`, …) and persistence; [`Broker::restart`] brings the same broker back on the same
+//! port after a kill (which loses what it did not persist) or a clean stop (which saves it).
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// How a broker is configured beyond the listener.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Keep retained messages across a clean stop (`persistence true`, saved on SIGTERM).
+    pub persistence: bool,
+    /// More mosquitto.conf lines, as is.
+    pub extra: Vec<String>,
+}
 
 pub struct Broker {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    options: Options,
 }
 
 fn mosquitto_bin() -> PathBuf {
@@ -24,14 +38,28 @@ fn mosquitto_bin() -> PathBuf {
 impl Broker {
     /// Starts mosquitto on a free port and waits until it accepts connections.
     pub fn start() -> Broker {
+        Broker::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Broker {
         let dir = tempfile::tempdir().unwrap();
+        // mosquitto started as root drops to its own user: it must be able to read the
+        // files a test puts here (an ACL) and to write its persistence file.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut broker = Broker {
             port: super::free_port(),
             child: None,
             dir,
+            options,
         };
         broker.spawn();
         broker
+    }
+
+    /// A folder the broker may read (e.g. for an `acl_file` written before starting it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn spawn(&mut self) {
@@ -39,10 +67,24 @@ impl Broker {
         let mut f = std::fs::File::create(&conf).unwrap();
         writeln!(
             f,
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\nmax_inflight_messages 0",
+            "listener {} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\nmax_inflight_messages 0",
             self.port
         )
         .unwrap();
+        if self.options.persistence {
+            writeln!(
+                f,
+                "persistence true\npersistence_location {}/",
+                self.dir.path().display()
+            )
+            .unwrap();
+        } else {
+            writeln!(f, "persistence false").unwrap();
+        }
+        for line in &self.options.extra {
+            writeln!(f, "{line}").unwrap();
+        }
+        drop(f);
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&conf)
@@ -59,7 +101,8 @@ impl Broker {
         );
     }
 
-    /// Kills the broker (SIGKILL): its sessions and retained messages are gone.
+    /// Kills the broker (SIGKILL): its sessions, and retained messages it did not persist,
+    /// are gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -67,9 +110,27 @@ impl Broker {
         }
     }
 
-    /// Starts a fresh broker on the same port after `kill`.
+    /// Stops the broker cleanly (SIGTERM): with persistence it saves its retained messages
+    /// (and, mosquitto 2.0.11, publishes its clients' wills first).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child, not yet reaped, so the pid is still ours.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a fresh broker on the same port after `kill` (killing it first if needed).
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Stops the broker cleanly and starts it again on the same port.
+    pub fn restart_cleanly(&mut self) {
+        self.stop();
         self.spawn();
     }
 
