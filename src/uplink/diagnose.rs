@@ -14,6 +14,9 @@ use rustls::{AlertDescription, CertificateError};
 
 use super::quarantine::Ending;
 
+/// The cause key of a connection the broker closed cleanly (EOF).
+pub const CLOSED: &str = "closed";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
     /// The broker or the TLS layer refuses us: a setting to fix, on one side or the other.
@@ -81,7 +84,7 @@ pub fn connection_error(e: &ConnectionError, to: Target<'_>) -> Diagnosis {
             Ending::Other,
         ),
         ConnectionError::MqttState(StateError::ConnectionAborted) => Diagnosis::new(
-            "closed",
+            CLOSED,
             Severity::Info,
             format!("broker {broker} closed the connection"),
             Ending::ClosedByBroker,
@@ -123,6 +126,19 @@ pub fn connection_error(e: &ConnectionError, to: Target<'_>) -> Diagnosis {
             Ending::Other,
         ),
     }
+}
+
+/// The broker closed the connection without answering our CONNECT.
+pub fn closed_before_connack(to: Target<'_>) -> Diagnosis {
+    Diagnosis::new(
+        "closed-before-connack",
+        Severity::Warn,
+        format!(
+            "broker {} closed the connection without answering our CONNECT: it may refuse              our retained last will (mosquitto: retain_available false), be at its              connection limit, or expect TLS on this port (mqtt.tls); the broker's log says              which",
+            to.broker
+        ),
+        Ending::Other,
+    )
 }
 
 /// The connection was accepted, then closed before the broker acknowledged our birth.
@@ -249,7 +265,11 @@ fn server_certificate(cert: &CertificateError, to: Target<'_>) -> (String, Strin
             if presented.is_empty() {
                 "nothing usable".to_string()
             } else {
-                presented.join(", ")
+                presented
+                    .iter()
+                    .map(|p| bare_name(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         ),
         CertificateError::Expired => "the broker's certificate has expired: renew it on the \
@@ -288,6 +308,15 @@ fn server_certificate(cert: &CertificateError, to: Target<'_>) -> (String, Strin
             .unwrap_or_default()
     );
     (key, why)
+}
+
+/// `other.example` from rustls' `DnsName("other.example")` (and the like for addresses).
+fn bare_name(presented: &str) -> &str {
+    presented
+        .split_once('(')
+        .and_then(|(_, inner)| inner.strip_suffix(')'))
+        .map(|inner| inner.trim_matches('"'))
+        .unwrap_or(presented)
 }
 
 /// The rustls error inside a rumqttc error, wherever it sits: rumqttc wraps handshake errors
@@ -399,6 +428,13 @@ mod tests {
             "{}",
             d.text
         );
+    }
+
+    #[test]
+    fn names_a_certificate_presents_are_shown_bare() {
+        assert_eq!(bare_name("DnsName(\"other.example\")"), "other.example");
+        assert_eq!(bare_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(bare_name("plain.example"), "plain.example");
     }
 
     #[test]

@@ -230,9 +230,15 @@ pub async fn run(
 }
 
 /// The failure's diagnosis, sharpened by what happened on the connection: a broker that
-/// accepts us and then closes the connection over our retained birth is refusing us too.
+/// closes the connection instead of answering our CONNECT, or that accepts us and then closes
+/// it over our retained birth, is refusing us too.
 fn explain(failure: &Failure, settings: &Settings) -> Diagnosis {
     let d = &failure.diagnosis;
+    // A clean close (EOF), not a reset: a broker that refuses our CONNECT reads it whole
+    // and closes, while a flaky path resets.
+    if failure.connected_at.is_none() && d.cause == diagnose::CLOSED {
+        return diagnose::closed_before_connack(settings.target());
+    }
     if let (Some(connected), Some(birth), false) = (
         failure.connected_at,
         failure.birth_written_at,
@@ -670,12 +676,12 @@ impl<'a> Session<'a> {
             Routing::NotDelivered => (
                 "not-delivered",
                 format!(
-                    "the broker accepts but does not deliver our messages: {status} did not \
-                     come back to our own subscription within {}s of being acknowledged, so \
-                     readings may vanish while every publish looks fine. Check its ACL: this \
-                     gateway must be allowed to publish to (and read back) {}/#",
-                    CHECK_WAIT.as_secs(),
-                    self.settings.cfg.prefix
+                    "the broker accepts but does not deliver our messages: check its ACL (this \
+                     gateway must be allowed to publish to, and read back, {}/#). {status} did \
+                     not come back to our own subscription within {}s of being acknowledged, \
+                     so readings may vanish while every publish looks fine",
+                    self.settings.cfg.prefix,
+                    CHECK_WAIT.as_secs()
                 ),
             ),
             Routing::NotChecked => (
