@@ -134,7 +134,10 @@ pub fn closed_before_connack(to: Target<'_>) -> Diagnosis {
         "closed-before-connack",
         Severity::Warn,
         format!(
-            "broker {} closed the connection without answering our CONNECT: it may refuse              our retained last will (mosquitto: retain_available false), be at its              connection limit, or expect TLS on this port (mqtt.tls); the broker's log says              which",
+            "broker {} closed the connection without answering our CONNECT: it may refuse \
+             our retained last will (mosquitto: retain_available false), be at its \
+             connection limit, or expect TLS on this port (mqtt.tls); the broker's log says \
+             which",
             to.broker
         ),
         Ending::Other,

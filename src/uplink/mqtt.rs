@@ -276,12 +276,20 @@ fn log_failure(
     }
     let message = match pacer.occurred(&d.cause, failure.at) {
         Say::Nothing => {
-            tracing::debug!("MQTT connect failed again: {}; retrying in {retry:.1}s", d.text);
+            tracing::debug!(
+                "MQTT connect failed again: {}; retrying in {retry:.1}s",
+                d.text
+            );
             return;
         }
-        Say::New => format!("cannot connect to the MQTT broker: {}; retrying in {retry:.1}s (with backoff until it works)", d.text),
+        Say::New => format!(
+            "cannot connect to the MQTT broker: {}; retrying in {retry:.1}s, with backoff, \
+             until it works",
+            d.text
+        ),
         Say::Reminder { repeats, lasting } => format!(
-            "still cannot connect to the MQTT broker: {} ({repeats} more failed attempts over the last {})",
+            "still cannot connect to the MQTT broker: {} ({repeats} more failed attempts in \
+             the last {})",
             d.text,
             humantime::format_duration(Duration::from_secs(lasting.as_secs()))
         ),
@@ -730,10 +738,7 @@ impl<'a> Session<'a> {
     /// `offline` (the broker sends no will on a clean DISCONNECT), then DISCONNECT.
     async fn goodbye(&mut self) {
         let drain_until = Instant::now() + DRAIN_BUDGET;
-        while self.birth_sent
-            && self.outbox.depth() + self.held.len() > 0
-            && Instant::now() < drain_until
-        {
+        while self.birth_sent && self.outbox.depth() > 0 && Instant::now() < drain_until {
             if self.fill_window().is_err() || !self.next_event_before(drain_until).await {
                 return;
             }
@@ -935,8 +940,7 @@ impl<'a> Session<'a> {
                     break;
                 };
                 let seq = record.seq;
-                self.send_record(record)?;
-                if suspect {
+                if self.send_record(record)? && suspect {
                     self.memory.quarantine.probe_sent(seq);
                     return Ok(());
                 }
@@ -944,10 +948,14 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn send_record(&mut self, record: Record) -> Result<(), Diagnosis> {
+    /// Hands one record to rumqttc; false when it was given up instead (too large to send).
+    fn send_record(&mut self, record: Record) -> Result<bool, Diagnosis> {
         let bytes = publish_packet_size(&record.topic, record.payload.len());
         if bytes > MAX_PACKET {
-            let why = format!("an MQTT packet of {bytes} bytes is more than the {MAX_PACKET} bytes fieldlink sends");
+            let why = format!(
+                "as an MQTT packet it would be {bytes} bytes, more than the {MAX_PACKET} \
+                 fieldlink sends"
+            );
             give_up(
                 self.outbox,
                 self.health,
@@ -957,7 +965,8 @@ impl<'a> Session<'a> {
                 record.payload.len(),
                 &why,
             );
-            return Ok(());
+            self.memory.quarantine.acknowledged(record.seq);
+            return Ok(false);
         }
         // Retained only while no newer reading of the same topic exists, so a replayed
         // record never overwrites a newer retained value.
@@ -982,7 +991,7 @@ impl<'a> Session<'a> {
             written_at: None,
         });
         self.in_window += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Our own retained messages: birth, health, `offline`.

@@ -59,14 +59,16 @@ fn certified_key(
         .load_private_key(read_key(key_path)?)
         .map_err(|e| {
             anyhow!(
-                "mqtt.tls: cannot use the client key {} ({e}); an RSA, ECDSA P-256/P-384 or                  Ed25519 key is needed",
+                "mqtt.tls: cannot use the client key {} ({e}); an RSA, ECDSA P-256/P-384 or \
+                 Ed25519 key is needed",
                 key_path.display()
             )
         })?;
     let certified = CertifiedKey::new(chain, key);
     let mismatch = || {
         anyhow!(
-            "mqtt.tls: the client key {} does not belong to the certificate in {}: set              client_key to the key the certificate was issued for",
+            "mqtt.tls: the client key {} does not belong to the certificate in {}: set \
+             client_key to the key the certificate was issued for",
             key_path.display(),
             cert_path.display()
         )
@@ -83,7 +85,8 @@ fn certified_key(
                 .and_then(|c| subject_public_key_info(c.as_ref()))
                 .ok_or_else(|| {
                     anyhow!(
-                        "mqtt.tls: {} is not a readable X.509 certificate ({parse_error});                          re-issue it",
+                        "mqtt.tls: {} is not a readable X.509 certificate ({parse_error}); \
+                         re-issue it",
                         cert_path.display()
                     )
                 })?;

@@ -5,10 +5,54 @@
 //! port after a kill (which loses what it did not persist) or a clean stop (which saves it).
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A port for a peer that cannot report the port it bound (mosquitto): free now, and below
+/// the kernel's ephemeral range, so that no outgoing connection of a test running in
+/// parallel can be given it before the peer binds it (or while a restarted broker is away),
+/// as happens with a port from `bind(0)`.
+pub fn listen_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    loop {
+        let port = fastrand::u16(10_000..low.max(10_001));
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Starts `cmd` (a mosquitto) and waits until it accepts connections on `port`. `Err` if it
+/// exited first (its port was taken after all), with what it said.
+pub fn spawn_listening(cmd: &mut Command, port: u16) -> Result<Child, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "mosquitto exited ({status}) before listening on {port}"
+            ));
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mosquitto not accepting connections on {port} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// How a broker is configured beyond the listener.
 #[derive(Debug, Clone, Default)]
@@ -48,13 +92,23 @@ impl Broker {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut broker = Broker {
-            port: super::free_port(),
+            port: listen_port(),
             child: None,
             dir,
             options,
         };
-        broker.spawn();
-        broker
+        // A port is only reserved once mosquitto binds it: should another test have taken
+        // it meanwhile, take another.
+        for _ in 0..5 {
+            match broker.try_spawn() {
+                Ok(()) => return broker,
+                Err(e) => {
+                    eprintln!("{e}; trying another port");
+                    broker.port = listen_port();
+                }
+            }
+        }
+        panic!("mosquitto could not listen on any of 5 free ports");
     }
 
     /// A folder the broker may read (e.g. for an `acl_file` written before starting it).
@@ -62,7 +116,14 @@ impl Broker {
         self.dir.path()
     }
 
+    /// Starts mosquitto again on its port (after a kill or a stop).
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}: the broker could not come back on its port");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let conf = self.dir.path().join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf).unwrap();
         writeln!(
@@ -85,20 +146,10 @@ impl Broker {
             writeln!(f, "{line}").unwrap();
         }
         drop(f);
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        self.child = Some(child);
-        let port = self.port;
-        super::wait_until_blocking(
-            "mosquitto accepting connections",
-            Duration::from_secs(10),
-            || TcpStream::connect(("127.0.0.1", port)).ok(),
-        );
+        let mut cmd = Command::new(mosquitto_bin());
+        cmd.arg("-c").arg(&conf);
+        self.child = Some(spawn_listening(&mut cmd, self.port)?);
+        Ok(())
     }
 
     /// Kills the broker (SIGKILL): its sessions, and retained messages it did not persist,

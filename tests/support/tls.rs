@@ -9,8 +9,7 @@
 //! Needs `openssl` and `mosquitto_passwd` (from the mosquitto package).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 pub struct TlsLab {
     pub dir: tempfile::TempDir,
@@ -246,6 +245,18 @@ pub struct TlsBroker {
 
 impl TlsBroker {
     pub fn start(lab: &TlsLab) -> TlsBroker {
+        // A port is only reserved once mosquitto binds it: should another test have taken
+        // one meanwhile, take others.
+        for _ in 0..5 {
+            match TlsBroker::try_start(lab) {
+                Ok(broker) => return broker,
+                Err(e) => eprintln!("{e}; trying other ports"),
+            }
+        }
+        panic!("mosquitto could not listen on 5 sets of free ports");
+    }
+
+    fn try_start(lab: &TlsLab) -> Result<TlsBroker, String> {
         let d = lab.dir.path().display().to_string();
         let mut conf =
             "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type error\n"
@@ -256,7 +267,7 @@ impl TlsBroker {
             (ServerCert::WrongName, "server-wrong-name"),
             (ServerCert::Expired, "server-expired"),
         ] {
-            let port = super::free_port();
+            let port = super::broker::listen_port();
             conf.push_str(&format!(
                 "listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/{cert}.pem\n\
                  keyfile {d}/{cert}.key\nrequire_certificate true\nallow_anonymous false\n\
@@ -264,26 +275,21 @@ impl TlsBroker {
             ));
             ports.push((which, port));
         }
-        let plain_port = super::free_port();
+        let plain_port = super::broker::listen_port();
         conf.push_str(&format!(
             "listener {plain_port} 127.0.0.1\nallow_anonymous true\n"
         ));
         let conf_path = lab.path("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        super::wait_until_blocking("mosquitto listening", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", plain_port)).ok()
-        });
-        TlsBroker {
+        let mut cmd = Command::new("mosquitto");
+        cmd.arg("-c").arg(&conf_path);
+        // mosquitto opens its listeners in order: the last one up means all are.
+        let child = super::broker::spawn_listening(&mut cmd, plain_port)?;
+        Ok(TlsBroker {
             plain_port,
             ports,
             child,
-        }
+        })
     }
 
     /// The TLS listener presenting `which`.
