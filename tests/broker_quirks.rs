@@ -421,3 +421,97 @@ async fn an_acl_that_swallows_our_publishes_is_warned_about_and_shown_on_the_hea
         .await;
     assert!(told.payload.contains("check its ACL"), "{}", told.payload);
 }
+
+/// A stand-in for brokers (AWS IoT Core among them) that close the connection on a
+/// subscription they do not authorise instead of refusing it in the SUBACK: forwards MQTT
+/// packets to mosquitto at `upstream` and drops the connection at the first SUBSCRIBE.
+async fn close_on_subscribe(upstream: u16) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_broker, mut to_broker) = broker.into_split();
+                let down = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_broker, &mut to_client).await;
+                });
+                // Client to broker, one whole packet at a time: fixed header, remaining
+                // length (1-4 bytes), body.
+                loop {
+                    let mut packet = vec![0u8; 1];
+                    if from_client.read_exact(&mut packet).await.is_err() {
+                        break;
+                    }
+                    let (mut length, mut shift) = (0usize, 0);
+                    loop {
+                        let mut byte = [0u8; 1];
+                        if from_client.read_exact(&mut byte).await.is_err() {
+                            down.abort();
+                            return;
+                        }
+                        packet.push(byte[0]);
+                        length |= ((byte[0] & 0x7F) as usize) << shift;
+                        shift += 7;
+                        if byte[0] & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    let start = packet.len();
+                    packet.resize(start + length, 0);
+                    if from_client.read_exact(&mut packet[start..]).await.is_err() {
+                        break;
+                    }
+                    if packet[0] >> 4 == 8 {
+                        break; // SUBSCRIBE: close both sides
+                    }
+                    if to_broker.write_all(&packet).await.is_err() {
+                        break;
+                    }
+                }
+                down.abort();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_closes_the_connection_on_our_subscription_is_used_without_the_check() {
+    let broker = Broker::start();
+    let port = close_on_subscribe(broker.port).await;
+    let prefix = unique("fl/nosub");
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let mut cfg = mqtt(port, &prefix, KA);
+    cfg.backoff_initial = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(200);
+    let agent = Agent::start(cfg);
+    watch
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
+            m.payload == "online"
+        })
+        .await;
+    agent.reading("v", 1.0);
+    watch
+        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
+        .await;
+    let link = agent.link();
+    assert!(link.routing.starts_with("unchecked:"), "{}", link.routing);
+    assert!(
+        link.routing.contains("closing the connection"),
+        "{}",
+        link.routing
+    );
+    assert_eq!(
+        link.reconnects, 1,
+        "one connection lost to the subscription"
+    );
+}

@@ -22,6 +22,12 @@
 //! The subscription stays for the whole connection: nothing but our own `status` arrives on
 //! it (the birth now, `offline` at goodbye), so an UNSUBSCRIBE would cost more bytes than it
 //! saves.
+//!
+//! Some brokers close the connection on a subscription they do not authorise instead of
+//! refusing it in the SUBACK. A connection closed while the check waited for its SUBACK is
+//! followed by one without the check ([`BrokerCheck::skipped`]: birth at once, retained state
+//! unknown so republished, routing unchecked); the check is tried again on the connection
+//! after that, so a random reset never disables it for good.
 
 use std::time::Duration;
 
@@ -80,6 +86,23 @@ impl BrokerCheck {
             routing: None,
             routing_taken: false,
         }
+    }
+
+    /// No check on this connection (the last one was closed while subscribing).
+    pub fn skipped() -> Self {
+        BrokerCheck {
+            phase: Phase::Done,
+            birth_due: true,
+            retained: Some(Retained::Unknown),
+            retained_taken: false,
+            routing: Some(Routing::NotChecked),
+            routing_taken: false,
+        }
+    }
+
+    /// True while the check waits for its SUBACK.
+    pub fn subscribing(&self) -> bool {
+        matches!(self.phase, Phase::AwaitSubAck { .. })
     }
 
     /// The SUBACK arrived; `granted` is false when the broker refused the subscription.
@@ -234,6 +257,16 @@ mod tests {
         check.on_own_status(false);
         assert_eq!(check.take_retained(), Some(Retained::Lost));
         assert_eq!(check.take_routing(), Some(Routing::Delivered));
+    }
+
+    #[test]
+    fn a_skipped_check_sends_the_birth_at_once_and_leaves_both_questions_open() {
+        let mut check = BrokerCheck::skipped();
+        assert!(!check.subscribing());
+        assert!(check.take_birth_due());
+        assert_eq!(check.take_retained(), Some(Retained::Unknown));
+        assert_eq!(check.take_routing(), Some(Routing::NotChecked));
+        assert_eq!(check.deadline(), None);
     }
 
     #[tokio::test(start_paused = true)]

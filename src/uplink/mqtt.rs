@@ -103,6 +103,9 @@ struct Memory {
     failures: ComplaintPacer,
     /// The broker not delivering our messages.
     routing: ComplaintPacer,
+    /// The last connection was closed while the broker check waited for its SUBACK: the
+    /// next one goes without the check (see `broker_check`).
+    skip_check: bool,
 }
 
 /// How one connection ended.
@@ -121,6 +124,8 @@ struct Failure {
     birth_written_at: Option<Instant>,
     /// The broker acknowledged our birth: the connection worked.
     worked: bool,
+    /// It ended while the broker check waited for its SUBACK.
+    while_subscribing: bool,
     /// Records handed out and not acknowledged.
     unacked: Vec<UnackedRecord>,
 }
@@ -140,6 +145,7 @@ impl Failure {
             connected_at: None,
             birth_written_at: None,
             worked: false,
+            while_subscribing: false,
             unacked: Vec::new(),
         }
     }
@@ -178,6 +184,7 @@ pub async fn run(
         quarantine: Quarantine::new(),
         failures: ComplaintPacer::new(),
         routing: ComplaintPacer::new(),
+        skip_check: false,
     };
     // The loop ticks on every broker event (at least one per keep-alive while up), and
     // between connection attempts, which may be a backoff plus a connect timeout apart.
@@ -215,6 +222,9 @@ pub async fn run(
         quarantine_after(&failure, &settings, &outbox, &health, &mut memory);
         let requeued = outbox.requeue_inflight();
         memory.republish.connection_lost();
+        memory.skip_check = failure.while_subscribing
+            && failure.diagnosis.ending == Ending::ClosedByBroker
+            && !memory.skip_check;
         let diagnosis = explain(&failure, &settings);
         let delay = link.on_down(Instant::now());
         health.set_link(|l| {
@@ -516,6 +526,11 @@ impl<'a> Session<'a> {
         });
         tracing::debug!(broker = %settings.broker, reconnects, "CONNACK");
 
+        let check = if memory.skip_check {
+            BrokerCheck::skipped()
+        } else {
+            BrokerCheck::subscribed(now)
+        };
         let (tx, rx) = mpsc::channel(64);
         let poller = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
         let mut session = Session {
@@ -527,7 +542,7 @@ impl<'a> Session<'a> {
             events: rx,
             _poller: poller,
             watch: KeepAliveWatch::new(settings.keep_alive, now),
-            check: BrokerCheck::subscribed(now),
+            check,
             connected_at: now,
             unwritten: VecDeque::new(),
             unacked: HashMap::new(),
@@ -569,6 +584,7 @@ impl<'a> Session<'a> {
             connected_at: Some(self.connected_at),
             birth_written_at: self.birth_written_at,
             worked: self.birth_acked,
+            while_subscribing: self.check.subscribing(),
             unacked,
         }
     }
@@ -582,9 +598,11 @@ impl<'a> Session<'a> {
         // Subscribed before the birth goes out, so the broker tells us what it kept (see
         // `broker_check`). The birth goes first after every CONNACK otherwise: on a session
         // takeover mosquitto has just published our previous connection's will.
-        self.client
-            .try_subscribe(&self.settings.status_topic, QoS::AtMostOnce)
-            .map_err(|e| self.client_error(e))?;
+        if self.check.subscribing() {
+            self.client
+                .try_subscribe(&self.settings.status_topic, QoS::AtMostOnce)
+                .map_err(|e| self.client_error(e))?;
+        }
         let mut health_timer =
             tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
         let mut health_check =
@@ -695,10 +713,11 @@ impl<'a> Session<'a> {
             Routing::NotChecked => (
                 "not-checked",
                 format!(
-                    "the broker refused our subscription to {status}, so it cannot be checked \
-                     that it delivers our messages, nor that it kept our retained messages \
-                     (they are republished after every connect). Check its ACL: allow this \
-                     gateway to subscribe to {status}"
+                    "the broker refused our subscription to {status} (in its SUBACK, or by \
+                     closing the connection), so it cannot be checked that it delivers our \
+                     messages, nor that it kept our retained messages (they are republished \
+                     after such connects). Check its ACL: allow this gateway to subscribe to \
+                     {status}"
                 ),
             ),
         };
