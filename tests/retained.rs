@@ -232,6 +232,54 @@ async fn after_a_broker_restart_without_persistence_a_late_subscriber_gets_every
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_republish_does_not_wait_behind_a_backlog() {
+    let mut rig = Rig::start("fl/rp-backlog", PayloadMode::Json, Options::default()).await;
+    rig.feed();
+    let before = rig.delivered().await;
+    // The broker restarts during an outage in which 20 000 readings pile up.
+    rig.proxy.set(Mode::Refuse);
+    rig.proxy.reset_all();
+    wait_until("the link declared down", DEADLINE, || {
+        (!rig.agent.is_up()).then_some(())
+    })
+    .await;
+    rig.broker.restart();
+    for i in 0..20_000u64 {
+        rig.send(Sample::Reading(Reading {
+            device: Arc::from("log"),
+            point: Arc::from(format!("p{}", i % 10)),
+            value: Value::Float(i as f64),
+            unit: None,
+            ts_ms: 1_800_000_000_000 + i,
+        }));
+    }
+    let second = Watch::start(rig.broker.port, &format!("{}/#", rig.prefix)).await;
+    rig.proxy.set(Mode::Pass);
+    let pump = format!("{}/pump/status", rig.prefix);
+    second.wait_for(&pump, DEADLINE, |_| true).await;
+    let all = second.snapshot();
+    let at = all.iter().position(|m| m.topic == pump).unwrap();
+    let backlog_before = all[..at]
+        .iter()
+        .filter(|m| m.topic.contains("/log/"))
+        .count();
+    eprintln!("republished device status after {backlog_before} of 20000 backlog readings");
+    // At most the send window of backlog records left before the broker's answer came.
+    assert!(
+        backlog_before <= 128,
+        "the republish waited behind {backlog_before} backlog readings"
+    );
+    wait_until("every retained topic republished", DEADLINE, || {
+        let got = newest(&second.snapshot(), &[]);
+        before
+            .iter()
+            .all(|(t, p)| got.get(t) == Some(p))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restarted_with_persistence_gets_no_republish() {
     let persistent = Options {
         persistence: true,

@@ -681,7 +681,8 @@ impl<'a> Session<'a> {
                  retained topics ahead of the queue"
             );
         } else {
-            tracing::info!(
+            // The routing verdict that comes with it is what the operator must hear about.
+            tracing::debug!(
                 topics = pending,
                 "could not tell whether the broker kept our retained messages: republishing \
                  the newest value of each of our {pending} retained topics to be sure"
