@@ -52,6 +52,24 @@ pub struct LinkReport {
     pub state: LinkState,
     pub last_error: Option<String>,
     pub reconnects: u64,
+    /// Whether the broker delivers what we publish (checked after every connect):
+    /// [`ROUTING_OK`], [`ROUTING_UNCHECKED`], or what is wrong, in words.
+    pub routing: String,
+    /// Records given up because the broker would not take them (also in the dropped count).
+    pub quarantined: u64,
+    /// The last of them: topic, size and why, in words.
+    pub last_quarantined: Option<String>,
+}
+
+pub const ROUTING_OK: &str = "ok";
+pub const ROUTING_UNCHECKED: &str = "unchecked";
+
+impl LinkReport {
+    /// The routing problem, if the check found one.
+    pub fn routing_trouble(&self) -> Option<&str> {
+        (self.routing != ROUTING_OK && self.routing != ROUTING_UNCHECKED)
+            .then_some(self.routing.as_str())
+    }
 }
 
 /// One part of the health topic, from a module the uplink must not know.
@@ -73,11 +91,19 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    /// `(source, trouble)` of every section that reports one.
+    /// `(source, trouble)` of every section that reports one, after the link's own
+    /// (a broker that does not deliver our messages).
     pub fn troubles(&self) -> Vec<(String, String)> {
-        self.sections
-            .iter()
-            .filter_map(|(key, s)| s.trouble.clone().map(|t| (key.clone(), t)))
+        let link = self
+            .link
+            .routing_trouble()
+            .map(|t| ("link".to_string(), t.to_string()));
+        link.into_iter()
+            .chain(
+                self.sections
+                    .iter()
+                    .filter_map(|(key, s)| s.trouble.clone().map(|t| (key.clone(), t))),
+            )
             .collect()
     }
 }
@@ -114,6 +140,9 @@ impl Default for Health {
                 state: LinkState::Connecting,
                 last_error: None,
                 reconnects: 0,
+                routing: ROUTING_UNCHECKED.to_string(),
+                quarantined: 0,
+                last_quarantined: None,
             }),
             sources: Mutex::new(Vec::new()),
         }

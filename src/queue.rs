@@ -12,8 +12,9 @@
 //!   that starts at 1 at every start and takes no gaps for status or meta records, so within
 //!   one boot every gap a consumer sees is a real loss. Assigned under the same lock as
 //!   `seq`, so the two orders agree.
-//! - A record leaves the outbox only through `ack` (its PUBACK arrived) or by being dropped
-//!   when the outbox is full (counted in `dropped`).
+//! - A record leaves the outbox only through `ack` (its PUBACK arrived), by being dropped
+//!   when the outbox is full, or by `discard` (the broker will never take it, see
+//!   `uplink::quarantine`); both of the latter are counted in `dropped`.
 //! - `take` hands records out oldest first; `requeue_inflight` puts every record that was
 //!   handed out but not acknowledged back at the head, in its original order.
 //! - Only queued records are dropped when full, oldest first, and never one that was on the
@@ -237,6 +238,21 @@ impl Outbox {
         }
     }
 
+    /// Gives up on the in-flight record `seq` (the broker will never take it): it leaves like
+    /// an acknowledged one but is counted as dropped. False if `seq` is not in flight.
+    pub fn discard(&self, seq: u64) -> bool {
+        if let Some(d) = &self.durable {
+            return d.discard(seq);
+        }
+        let mut st = self.state.lock().unwrap();
+        let Some(i) = st.inflight.iter().position(|r| r.seq == seq) else {
+            return false;
+        };
+        st.inflight.remove(i);
+        st.dropped += 1;
+        true
+    }
+
     /// The link died: every unacknowledged record goes back to the head of the queue.
     pub fn requeue_inflight(&self) -> usize {
         if let Some(d) = &self.durable {
@@ -367,6 +383,20 @@ mod tests {
         let payloads: Vec<Vec<u8>> = o.take(10).into_iter().map(|r| r.payload).collect();
         assert_eq!(payloads, [b"1".to_vec(), b"online".to_vec(), b"2".to_vec()]);
         assert_eq!(o.last_reading(), ReadingNumber { boot: 7, seq: 2 });
+    }
+
+    #[test]
+    fn a_discarded_record_is_gone_and_counted_as_dropped() {
+        let o = Outbox::new(10, 1);
+        push(&o, "a");
+        push(&o, "b");
+        let taken = o.take(2);
+        assert!(o.discard(taken[0].seq));
+        assert!(!o.discard(taken[0].seq), "only once");
+        assert_eq!(o.dropped(), 1);
+        o.requeue_inflight();
+        let again = o.take(10);
+        assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
     }
 
     #[test]

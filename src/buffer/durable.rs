@@ -235,6 +235,8 @@ struct State {
     rate: Option<TokenBucket>,
     dropped_memory: u64,
     store_dropped: u64,
+    /// Records the uplink gave up on (`discard`).
+    discarded: u64,
     overflowing: bool,
     /// Set while appends find the store at `max_size`, so the warning is logged once per
     /// episode; cleared by the first write that drops nothing.
@@ -411,6 +413,7 @@ impl Durable {
             rate: settings.replay_rate.map(TokenBucket::new),
             dropped_memory: 0,
             store_dropped: 0,
+            discarded: 0,
             overflowing: false,
             store_full: false,
             expiring: false,
@@ -710,6 +713,17 @@ impl Durable {
         true
     }
 
+    /// Gives up on the in-flight record `seq` (the broker will never take it): it leaves as
+    /// an acknowledged one does (deleted from disk in the next batch) and is counted as
+    /// dropped. False if `seq` is not in flight.
+    pub fn discard(&self, seq: u64) -> bool {
+        if !self.ack(seq) {
+            return false;
+        }
+        lock(&self.shared.state).discarded += 1;
+        true
+    }
+
     /// The link died: every unacknowledged record goes back to the head of the queue, in
     /// seq order, and (with a store) everything held in memory is spilled to disk.
     pub fn requeue_inflight(&self) -> usize {
@@ -779,10 +793,11 @@ impl Durable {
         lock(&self.shared.state).inflight.len()
     }
 
-    /// Records lost unpublished: memory overflow plus the store's full and age drops.
+    /// Records lost unpublished: memory overflow, the store's full and age drops, and the
+    /// records the uplink gave up on.
     pub fn dropped(&self) -> u64 {
         let st = lock(&self.shared.state);
-        st.dropped_memory + st.store_dropped
+        st.dropped_memory + st.store_dropped + st.discarded
     }
 
     pub fn status(&self) -> Status {
@@ -792,7 +807,7 @@ impl Durable {
             disk_error: st.disk_error.clone(),
             memory_depth: st.memory_depth(),
             disk_depth: st.disk_depth,
-            dropped: st.dropped_memory + st.store_dropped,
+            dropped: st.dropped_memory + st.store_dropped + st.discarded,
             recovery,
             boot: st.boot,
         }

@@ -1,12 +1,20 @@
 //! Uplink: everything MQTT. `topic` builds topics and payloads, `state` is the link state
 //! machine (no I/O, time passed in), `mqtt` is the only importer of rumqttc, `tls` reads the
-//! certificates, `user_timeout` bounds blocked writes on the broker socket.
+//! certificates, `user_timeout` bounds blocked writes on the broker socket. Sans-IO helpers
+//! of `mqtt`: `broker_check` (after each connect: did the broker keep our retained messages,
+//! does it deliver ours), `republish` (the retained state we own, put back when a broker lost
+//! it), `quarantine` (finding a record the broker will never take), `diagnose` (connection
+//! failures in words).
 //!
 //! Owns the path from a [`Sample`] to the broker. Must not touch the buses, the config file or
 //! systemd: it reports link state through [`Health`] and nothing else.
 
+mod broker_check;
+mod diagnose;
 mod mqtt;
+mod quarantine;
 pub mod report;
+mod republish;
 pub mod state;
 mod tls;
 pub mod topic;

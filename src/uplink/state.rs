@@ -15,6 +15,10 @@
 //!   something an operator must hear about changed (link state, a trouble such as the
 //!   buffer's disk error appearing, changing or clearing, the dropped count starting to
 //!   grow), at most once per [`HEALTH_MIN_GAP`]; never for ordinary readings.
+//! - Complaint pacing ([`ComplaintPacer`]): a trouble that repeats at every attempt (the
+//!   broker refusing us, a TLS failure, an ACL that swallows our messages) is logged when it
+//!   starts, when its cause changes, and again every [`REMIND_EVERY`] while it lasts: never
+//!   once per attempt, never only at debug.
 
 use std::time::Duration;
 
@@ -24,6 +28,9 @@ use crate::health::LinkState;
 
 /// At most one extra health message per this gap (the minute's message is not held back).
 pub const HEALTH_MIN_GAP: Duration = Duration::from_secs(5);
+
+/// A complaint that goes on is logged again this often.
+pub const REMIND_EVERY: Duration = Duration::from_secs(600);
 
 /// Nothing heard for this many keep-alives means dead.
 const DEAD_AFTER_KEEP_ALIVES: f64 = 1.5;
@@ -231,6 +238,74 @@ impl HealthPacer {
     }
 }
 
+/// What the log should say about one more occurrence of a complaint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Say {
+    /// Nothing new: log at debug only.
+    Nothing,
+    /// A new complaint, or a new cause.
+    New,
+    /// The same cause, still there: `repeats` more occurrences over `lasting`.
+    Reminder { repeats: u64, lasting: Duration },
+}
+
+#[derive(Debug, Clone)]
+struct Complaint {
+    cause: String,
+    since: Instant,
+    logged_at: Instant,
+    repeats: u64,
+}
+
+/// Decides which occurrences of a recurring complaint reach the log; see the module doc.
+#[derive(Debug, Clone, Default)]
+pub struct ComplaintPacer {
+    current: Option<Complaint>,
+}
+
+impl ComplaintPacer {
+    pub fn new() -> Self {
+        ComplaintPacer::default()
+    }
+
+    /// One more occurrence with `cause` (a stable key: the same trouble gives the same key).
+    pub fn occurred(&mut self, cause: &str, now: Instant) -> Say {
+        match &mut self.current {
+            Some(c) if c.cause == cause => {
+                c.repeats += 1;
+                if now.saturating_duration_since(c.logged_at) < REMIND_EVERY {
+                    return Say::Nothing;
+                }
+                let say = Say::Reminder {
+                    repeats: c.repeats,
+                    lasting: now.saturating_duration_since(c.since),
+                };
+                c.logged_at = now;
+                c.repeats = 0;
+                say
+            }
+            _ => {
+                self.current = Some(Complaint {
+                    cause: cause.to_owned(),
+                    since: now,
+                    logged_at: now,
+                    repeats: 0,
+                });
+                Say::New
+            }
+        }
+    }
+
+    /// The trouble is over. Returns the cause that had been complained about, if any.
+    pub fn resolved(&mut self) -> Option<String> {
+        self.current.take().map(|c| c.cause)
+    }
+
+    pub fn is_complaining(&self) -> bool {
+        self.current.is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +484,34 @@ mod tests {
             pacer.due(&facts(LinkState::Up, None, 96), at(190)),
             "a new episode"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complaint_is_logged_when_it_starts_changes_and_every_ten_minutes_while_it_lasts() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut pacer = ComplaintPacer::new();
+        assert_eq!(pacer.occurred("refused: bad password", at(0)), Say::New);
+        assert_eq!(pacer.occurred("refused: bad password", at(5)), Say::Nothing);
+        assert_eq!(
+            pacer.occurred("refused: bad password", at(599)),
+            Say::Nothing
+        );
+        assert_eq!(
+            pacer.occurred("refused: bad password", at(600)),
+            Say::Reminder {
+                repeats: 3,
+                lasting: Duration::from_secs(600)
+            }
+        );
+        assert_eq!(
+            pacer.occurred("refused: bad password", at(700)),
+            Say::Nothing
+        );
+        assert_eq!(pacer.occurred("tls: unknown issuer", at(701)), Say::New);
+        assert_eq!(pacer.occurred("refused: bad password", at(702)), Say::New);
+        assert_eq!(pacer.resolved().as_deref(), Some("refused: bad password"));
+        assert_eq!(pacer.resolved(), None);
+        assert_eq!(pacer.occurred("refused: bad password", at(703)), Say::New);
     }
 }

@@ -234,8 +234,9 @@ pub struct OutboxFacts {
     pub dropped: u64,
 }
 
-/// `{"link":"up","last_error":null,"reconnects":0,"outbox_depth":0,"dropped":0,"ts":…}`,
-/// then one key per report section, e.g.
+/// `{"link":"up","last_error":null,"reconnects":0,"routing":"ok","quarantined":0,
+/// "last_quarantined":null,"outbox_depth":0,"dropped":0,"ts":…}`, then one key per report
+/// section, e.g.
 /// `"buffer":{"disk_error":null,"memory_depth":0,"disk_depth":0,"dropped":0,"recovery":null}`
 /// and `"serial_line":{"<bus>":{"garbage":0,"overlong":0,"bad_checksum":0,…}}`. A section
 /// never replaces one of the fixed keys.
@@ -245,6 +246,12 @@ pub fn health_payload(report: &HealthReport, outbox: OutboxFacts, ts_ms: u64) ->
     body.insert("link".into(), serde_json::json!(link.state));
     body.insert("last_error".into(), Json::from(link.last_error.clone()));
     body.insert("reconnects".into(), Json::from(link.reconnects));
+    body.insert("routing".into(), Json::from(link.routing.clone()));
+    body.insert("quarantined".into(), Json::from(link.quarantined));
+    body.insert(
+        "last_quarantined".into(),
+        Json::from(link.last_quarantined.clone()),
+    );
     body.insert("outbox_depth".into(), Json::from(outbox.depth));
     body.insert("dropped".into(), Json::from(outbox.dropped));
     body.insert("ts".into(), Json::from(ts_ms));
@@ -464,6 +471,9 @@ mod tests {
             state: LinkState::Down,
             last_error: Some("keep-alive: nothing from the broker for 3s".into()),
             reconnects: 2,
+            routing: "not delivered: check its ACL".into(),
+            quarantined: 1,
+            last_quarantined: Some("fl/gw1/m1/text (3000 bytes)".into()),
         };
         let report = HealthReport {
             link,
@@ -494,6 +504,9 @@ mod tests {
         ));
         assert_eq!(v["link"], "down");
         assert_eq!(v["reconnects"], 2);
+        assert_eq!(v["routing"], "not delivered: check its ACL");
+        assert_eq!(v["quarantined"], 1);
+        assert_eq!(v["last_quarantined"], "fl/gw1/m1/text (3000 bytes)");
         assert_eq!(v["outbox_depth"], 5);
         assert_eq!(v["dropped"], 1);
         assert_eq!(v["ts"], 42);

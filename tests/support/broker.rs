@@ -1,15 +1,73 @@
-//! A real mosquitto broker on a free loopback port, killed when dropped.
+//! A real mosquitto broker on a free loopback port, stopped when dropped.
+//!
+//! [`Options`] add mosquitto.conf lines (an ACL, `max_packet_size`, `retain_available
+//! false`, …) and persistence; [`Broker::restart`] brings the same broker back on the same
+//! port after a kill (which loses what it did not persist) or a clean stop (which saves it).
 
 use std::io::Write;
-use std::net::TcpStream;
-use std::path::PathBuf;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A port for a peer that cannot report the port it bound (mosquitto): free now, and below
+/// the kernel's ephemeral range, so that no outgoing connection of a test running in
+/// parallel can be given it before the peer binds it (or while a restarted broker is away),
+/// as happens with a port from `bind(0)`.
+pub fn listen_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    loop {
+        let port = fastrand::u16(10_000..low.max(10_001));
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Starts `cmd` (a mosquitto) and waits until it accepts connections on `port`. `Err` if it
+/// exited first (its port was taken after all), with what it said.
+pub fn spawn_listening(cmd: &mut Command, port: u16) -> Result<Child, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "mosquitto exited ({status}) before listening on {port}"
+            ));
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mosquitto not accepting connections on {port} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How a broker is configured beyond the listener.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Keep retained messages across a clean stop (`persistence true`, saved on SIGTERM).
+    pub persistence: bool,
+    /// More mosquitto.conf lines, as is.
+    pub extra: Vec<String>,
+}
 
 pub struct Broker {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    options: Options,
 }
 
 fn mosquitto_bin() -> PathBuf {
@@ -24,42 +82,78 @@ fn mosquitto_bin() -> PathBuf {
 impl Broker {
     /// Starts mosquitto on a free port and waits until it accepts connections.
     pub fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let mut broker = Broker {
-            port: super::free_port(),
-            child: None,
-            dir,
-        };
-        broker.spawn();
-        broker
+        Broker::start_with(Options::default())
     }
 
+    pub fn start_with(options: Options) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        // mosquitto started as root drops to its own user: it must be able to read the
+        // files a test puts here (an ACL) and to write its persistence file.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut broker = Broker {
+            port: listen_port(),
+            child: None,
+            dir,
+            options,
+        };
+        // A port is only reserved once mosquitto binds it: should another test have taken
+        // it meanwhile, take another.
+        for _ in 0..5 {
+            match broker.try_spawn() {
+                Ok(()) => return broker,
+                Err(e) => {
+                    eprintln!("{e}; trying another port");
+                    broker.port = listen_port();
+                }
+            }
+        }
+        panic!("mosquitto could not listen on any of 5 free ports");
+    }
+
+    /// A folder the broker may read (e.g. for an `acl_file` written before starting it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts mosquitto again on its port (after a kill or a stop).
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}: the broker could not come back on its port");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let conf = self.dir.path().join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf).unwrap();
         writeln!(
             f,
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\nmax_inflight_messages 0",
+            "listener {} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\nmax_inflight_messages 0",
             self.port
         )
         .unwrap();
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        self.child = Some(child);
-        let port = self.port;
-        super::wait_until_blocking(
-            "mosquitto accepting connections",
-            Duration::from_secs(10),
-            || TcpStream::connect(("127.0.0.1", port)).ok(),
-        );
+        if self.options.persistence {
+            writeln!(
+                f,
+                "persistence true\npersistence_location {}/",
+                self.dir.path().display()
+            )
+            .unwrap();
+        } else {
+            writeln!(f, "persistence false").unwrap();
+        }
+        for line in &self.options.extra {
+            writeln!(f, "{line}").unwrap();
+        }
+        drop(f);
+        let mut cmd = Command::new(mosquitto_bin());
+        cmd.arg("-c").arg(&conf);
+        self.child = Some(spawn_listening(&mut cmd, self.port)?);
+        Ok(())
     }
 
-    /// Kills the broker (SIGKILL): its sessions and retained messages are gone.
+    /// Kills the broker (SIGKILL): its sessions, and retained messages it did not persist,
+    /// are gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -67,9 +161,27 @@ impl Broker {
         }
     }
 
-    /// Starts a fresh broker on the same port after `kill`.
+    /// Stops the broker cleanly (SIGTERM): with persistence it saves its retained messages
+    /// (and, mosquitto 2.0.11, publishes its clients' wills first).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child, not yet reaped, so the pid is still ours.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a fresh broker on the same port after `kill` (killing it first if needed).
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Stops the broker cleanly and starts it again on the same port.
+    pub fn restart_cleanly(&mut self) {
+        self.stop();
         self.spawn();
     }
 

@@ -13,6 +13,7 @@ pub mod modbus;
 pub mod mount;
 pub mod proxy;
 pub mod pty;
+pub mod tls;
 pub mod watch;
 
 use std::net::TcpListener;
