@@ -156,7 +156,7 @@ fn durable_settings(dir: &Path) -> Settings {
 }
 
 #[test]
-fn a_record_given_up_leaves_the_disk_buffer_too_and_is_counted_as_dropped() {
+fn a_record_given_up_leaves_the_disk_buffer_too_and_stays_counted_as_dropped_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let durable = Durable::open(durable_settings(dir.path()), 1, IoDriver::Manual);
     for topic in ["a", "b", "c"] {
@@ -176,6 +176,13 @@ fn a_record_given_up_leaves_the_disk_buffer_too_and_is_counted_as_dropped() {
     reopened.io_step().unwrap();
     assert_eq!(reopened.depth(), 0, "not replayed after a restart");
     assert!(reopened.take(10).is_empty());
+    assert_eq!(
+        reopened.dropped(),
+        1,
+        "the drop is still counted after a restart"
+    );
+    let stats = reopened.stats().unwrap().unwrap();
+    assert_eq!((stats.dropped_given_up, stats.dropped()), (1, 1));
 }
 
 // ------------------------------------------------------------ the agent binary

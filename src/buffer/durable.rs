@@ -235,7 +235,8 @@ struct State {
     rate: Option<TokenBucket>,
     dropped_memory: u64,
     store_dropped: u64,
-    /// Records the uplink gave up on (`discard`).
+    /// Records the uplink gave up on (`discard`) and the store has not counted yet (it
+    /// persists the count on the next I/O round, so it survives a restart).
     discarded: u64,
     overflowing: bool,
     /// Set while appends find the store at `max_size`, so the warning is logged once per
@@ -721,6 +722,7 @@ impl Durable {
             return false;
         }
         lock(&self.shared.state).discarded += 1;
+        self.wake_io();
         true
     }
 
@@ -943,7 +945,7 @@ fn attach_store(settings: &Settings, st: &mut State, slot: &mut StoreSlot) {
             st.disk_depth = store.depth();
             st.disk_unread = store.depth() > 0;
             st.disk_cursor = 0;
-            st.store_dropped = store.dropped_full() + store.dropped_age();
+            st.store_dropped = store.dropped_total();
             if st.disk_error.take().is_some() {
                 tracing::info!(path = %store.path().display(), "buffer store usable again");
             }
@@ -1177,7 +1179,7 @@ fn io_work(
         // that left memory for the disk as gone, and `dropped` catches up with what the
         // verdicts took out of memory.
         st.disk_depth = store.depth();
-        st.store_dropped = store.dropped_full() + store.dropped_age();
+        st.store_dropped = store.dropped_total();
         for seq in &sent {
             st.sent_unsaved.remove(seq);
         }
@@ -1246,7 +1248,7 @@ fn io_work(
             Err(_) => st.bound_failed(),
         }
         st.disk_depth = store.depth();
-        st.store_dropped = store.dropped_full() + store.dropped_age();
+        st.store_dropped = store.dropped_total();
         let expired = expired?;
         if !expired.is_empty() && !st.expiring {
             st.expiring = true;
@@ -1307,8 +1309,15 @@ fn io_work(
         shared.notify.notify_one();
     }
 
+    // 6. Records given up since the last round are counted on disk.
+    // Moved from memory to the store's count under one lock, so `dropped` never dips.
+    let given_up = lock(&shared.state).discarded;
+    let noted = store.note_given_up(given_up);
     let mut st = lock(&shared.state);
+    if noted.is_ok() {
+        st.discarded -= given_up;
+    }
     st.disk_depth = store.depth();
-    st.store_dropped = store.dropped_full() + store.dropped_age();
-    Ok(())
+    st.store_dropped = store.dropped_total();
+    noted
 }

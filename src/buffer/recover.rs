@@ -58,6 +58,7 @@ struct SurvivingMeta {
     next_seq: Option<u64>,
     dropped_full: Option<u64>,
     dropped_age: Option<u64>,
+    dropped_given_up: Option<u64>,
     boot: Option<u64>,
     /// `os_boots` rows (id, boot_id, last_ms): rows refer to them by id.
     os_boots: Vec<(i64, String, i64)>,
@@ -99,6 +100,7 @@ fn read_what_survives(damaged: &Path) -> (Vec<Row>, SurvivingMeta, u64) {
         next_seq: meta_value("next_seq"),
         dropped_full: meta_value("dropped_full"),
         dropped_age: meta_value("dropped_age"),
+        dropped_given_up: meta_value("dropped_given_up"),
         boot: meta_value("boot"),
         os_boots,
     };
@@ -241,6 +243,7 @@ fn write_fresh(path: &Path, rows: &[Row], meta: SurvivingMeta) -> Result<()> {
             ("next_seq", Some(next_seq)),
             ("dropped_full", meta.dropped_full),
             ("dropped_age", meta.dropped_age),
+            ("dropped_given_up", meta.dropped_given_up),
             // Lost with `meta`: a made-up epoch above any counted one (see `durable`),
             // so no reading number of an earlier start is reused.
             (

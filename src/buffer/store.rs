@@ -13,7 +13,7 @@
 //!                       boot_ms INTEGER,           -- CLOCK_BOOTTIME (ms) when queued; idem
 //!                       sent INTEGER NOT NULL DEFAULT 0); -- 1: maybe delivered (see below)
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-//!   -- schema_version, next_seq, dropped_full, dropped_age, boot
+//!   -- schema_version, next_seq, dropped_full, dropped_age, dropped_given_up, boot
 //! CREATE TABLE newest (topic TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 //!   -- the newest seq ever pushed per topic, as of the last spill or commit
 //! CREATE TABLE os_boots (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE,
@@ -248,6 +248,8 @@ pub struct Stats {
     pub stored_bytes: u64,
     pub dropped_full: u64,
     pub dropped_age: u64,
+    /// Records the broker would never take (quarantined by the uplink).
+    pub dropped_given_up: u64,
     pub next_seq: u64,
     /// The agent's boot epoch of the last start (`boot` in reading payloads).
     pub boot: u64,
@@ -257,7 +259,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn dropped(&self) -> u64 {
-        self.dropped_full + self.dropped_age
+        self.dropped_full + self.dropped_age + self.dropped_given_up
     }
 }
 
@@ -280,10 +282,11 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "dropped:  {} (buffer full: {}, older than max_age: {})",
+            "dropped:  {} (buffer full: {}, older than max_age: {}, refused by the broker: {})",
             self.dropped(),
             self.dropped_full,
-            self.dropped_age
+            self.dropped_age,
+            self.dropped_given_up
         )?;
         write!(f, "boot:     {} (the agent's start count)", self.boot)
     }
@@ -299,6 +302,7 @@ pub struct Store {
     next_seq: u64,
     dropped_full: u64,
     dropped_age: u64,
+    dropped_given_up: u64,
     /// This OS boot's number in `os_boots`, once [`Store::enter_os_boot`] ran.
     os_boot: Option<i64>,
 }
@@ -435,6 +439,7 @@ impl Store {
             next_seq,
             dropped_full: to_u64(meta("dropped_full")?.unwrap_or(0)),
             dropped_age: to_u64(meta("dropped_age")?.unwrap_or(0)),
+            dropped_given_up: to_u64(meta("dropped_given_up")?.unwrap_or(0)),
             os_boot: None,
             conn,
         })
@@ -534,6 +539,33 @@ impl Store {
 
     pub fn dropped_age(&self) -> u64 {
         self.dropped_age
+    }
+
+    pub fn dropped_given_up(&self) -> u64 {
+        self.dropped_given_up
+    }
+
+    /// Every drop this file has counted: full, aged out, and given up.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_full + self.dropped_age + self.dropped_given_up
+    }
+
+    /// Counts `n` more records given up because the broker would never take them (their
+    /// rows, if any, go with the acknowledged ones' batched delete). Persisted at once, so
+    /// the dropped count survives a restart like the other drops.
+    pub fn note_given_up(&mut self, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('dropped_given_up', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [to_i64(self.dropped_given_up + n)],
+            )
+            .map_err(self.sql())?;
+        self.dropped_given_up += n;
+        Ok(())
     }
 
     /// Records that sequence numbers below `upto` may be handed out, so a run after a
@@ -1023,6 +1055,7 @@ impl Store {
             stored_bytes: self.stored_bytes,
             dropped_full: self.dropped_full,
             dropped_age: self.dropped_age,
+            dropped_given_up: self.dropped_given_up,
             next_seq: self.next_seq,
             boot: to_u64(
                 self.conn
@@ -1202,6 +1235,7 @@ pub fn stats(path: &Path) -> Result<Stats> {
         stored_bytes: to_u64(payload) + to_u64(depth) * ROW_OVERHEAD,
         dropped_full: meta("dropped_full")?,
         dropped_age: meta("dropped_age")?,
+        dropped_given_up: meta("dropped_given_up")?,
         next_seq: meta("next_seq")?,
         boot: meta("boot")?,
         taken_at_ms: crate::model::unix_ms_now(),
