@@ -60,9 +60,9 @@ async fn a_stopped_tcp_sim_comes_back_on_the_same_port() {
     let addr = sim.addr;
     sim.stop().await;
     // A stopped sim has closed its listener: its exact address can be bound again at once
-    // (`serve_tcp_at` panics on AddrInUse otherwise). Not checked by connecting to the freed
-    // port: another test of this binary may be handed that port by the kernel meanwhile,
-    // which made this test fail now and then.
+    // (`serve_tcp_at` panics on AddrInUse otherwise). The sim's port is below the ephemeral
+    // range, so no connection of another test can have been handed it meanwhile (with a
+    // `bind(0)` port that happened now and then).
     let _sim = modbus::serve_tcp_at(addr, &[&dev]).await;
     let mut ctx = tcp_client(addr, 1).await;
     assert_eq!(ctx.read_input_registers(0, 1).await.unwrap().unwrap(), [5]);

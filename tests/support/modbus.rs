@@ -548,9 +548,12 @@ impl Drop for TcpSim {
     }
 }
 
-/// Serves `devices` on 127.0.0.1 at a port the kernel picks.
+/// Serves `devices` on 127.0.0.1 at a free port below the kernel's ephemeral range, so the
+/// sim can be stopped and brought back on the same port ([`serve_tcp_at`]) without an
+/// outgoing connection of a test running in parallel being handed that port meanwhile (as
+/// happens to a port from `bind(0)`).
 pub async fn serve_tcp(devices: &[&SimDevice]) -> TcpSim {
-    serve_tcp_at("127.0.0.1:0".parse().unwrap(), devices).await
+    serve_tcp_with(devices, Habit::KeepOpen).await
 }
 
 /// Serves `devices` at `addr` (to come back on the same port after [`TcpSim::stop`]).
@@ -560,13 +563,40 @@ pub async fn serve_tcp_at(addr: SocketAddr, devices: &[&SimDevice]) -> TcpSim {
 
 /// Serves `devices` on 127.0.0.1 at a port the kernel picks, treating connections per `habit`.
 pub async fn serve_tcp_with(devices: &[&SimDevice], habit: Habit) -> TcpSim {
-    serve_tcp_at_with("127.0.0.1:0".parse().unwrap(), devices, habit).await
+    loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], super::broker::listen_port()));
+        // Another test may take the port between `listen_port` and this bind: pick again.
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            return serve_listener(listener, devices, habit);
+        }
+    }
 }
 
 async fn serve_tcp_at_with(addr: SocketAddr, devices: &[&SimDevice], habit: Habit) -> TcpSim {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| panic!("bind Modbus TCP sim on {addr}: {e}"));
+    // A stopped sim's listener can outlive `stop` by a moment: a child process that another
+    // test forks at that instant holds a copy of every descriptor until it execs (they are
+    // close-on-exec, not closed at fork). So wait, with a deadline, for the bind to succeed.
+    let started = std::time::Instant::now();
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => break listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < Duration::from_secs(5) =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("bind Modbus TCP sim on {addr}: {e}"),
+        }
+    };
+    serve_listener(listener, devices, habit)
+}
+
+fn serve_listener(
+    listener: tokio::net::TcpListener,
+    devices: &[&SimDevice],
+    habit: Habit,
+) -> TcpSim {
     let addr = listener.local_addr().unwrap();
     let svc = service(devices, None);
     let server = tokio_modbus::server::tcp::Server::new(listener);
