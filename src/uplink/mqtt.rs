@@ -605,9 +605,11 @@ impl<'a> Session<'a> {
                 match packet {
                     Packet::PubAck(ack) => match self.delivery.acknowledged(ack.pkid) {
                         Acked::Settled(sent) => self.settle(sent),
-                        Acked::Unknown => {
-                            tracing::debug!(pkid = ack.pkid, "a PUBACK for nothing we wait on")
-                        }
+                        Acked::Unknown => tracing::debug!(
+                            pkid = ack.pkid,
+                            "ignored a PUBACK for a packet id no publish of ours waits on (a \
+                             duplicate?)"
+                        ),
                     },
                     Packet::SubAck(ack) => {
                         let granted = ack
