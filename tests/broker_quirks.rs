@@ -10,16 +10,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldlink::buffer::store::Limits;
 use fieldlink::buffer::{Durable, IoDriver, Settings};
-use fieldlink::config::{Durability, Replay, WhenFull};
+use fieldlink::config::Durability;
 use fieldlink::model::{Reading, Sample, SampleSink, Value};
 use support::agent::{self, ConfigDir};
 use support::broker::Options;
 use support::modbus::{serve_tcp, Bank, SimDevice};
 use support::watch::Watch;
 use support::{unique, wait_until, Broker};
-use uplink_agent::{missing, mqtt, seqs, Agent};
+use uplink_agent::{buffer_settings, missing, mqtt, seqs, Agent};
 
 const KA: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -128,31 +127,14 @@ async fn resets_right_after_sending_on_a_flaky_link_quarantine_nothing() {
     }
     agent.stop_producing();
     let last = agent.last_seq();
-    wait_until("the outbox drained", DEADLINE, || {
-        (agent.is_up() && agent.outbox.depth() == 0).then_some(())
-    })
-    .await;
+    agent.drained(DEADLINE).await;
     assert_eq!(missing(&seqs(&watch.snapshot()), last), Vec::<u64>::new());
     assert_eq!(agent.link().quarantined, 0);
     assert_eq!(agent.outbox.dropped(), 0);
 }
 
 fn durable_settings(dir: &Path) -> Settings {
-    Settings {
-        dir: dir.to_path_buf(),
-        durability: Durability::Always,
-        commit_interval: Duration::ZERO,
-        limits: Limits {
-            max_size: 1 << 30,
-            max_age: Duration::from_secs(3600 * 24),
-            when_full: WhenFull::DropOldest,
-        },
-        replay: Replay::All,
-        replay_rate: None,
-        spill_threshold: usize::MAX,
-        capacity: 100_000,
-        clock: std::sync::Arc::new(fieldlink::buffer::clock::SystemClock::new()),
-    }
+    buffer_settings(dir, Durability::Always, Duration::ZERO)
 }
 
 #[test]

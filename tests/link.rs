@@ -76,10 +76,7 @@ impl Rig {
         self.agent.stop_producing();
         let last = self.agent.last_seq();
         assert!(last > 0);
-        wait_until("the outbox drained", DEADLINE, || {
-            (self.agent.is_up() && self.agent.outbox.depth() == 0).then_some(())
-        })
-        .await;
+        self.agent.drained(DEADLINE).await;
         let seen = seqs(&self.watch.snapshot());
         assert_eq!(missing(&seen, last), Vec::<u64>::new(), "lost readings");
         self.assert_retained_newest(&self.watch.snapshot()).await;
@@ -222,10 +219,7 @@ async fn a_broker_killed_and_restarted_ten_seconds_later_loses_nothing() {
         .await;
     rig.agent.stop_producing();
     let last = rig.agent.last_seq();
-    wait_until("the outbox drained", DEADLINE, || {
-        (rig.agent.is_up() && rig.agent.outbox.depth() == 0).then_some(())
-    })
-    .await;
+    rig.agent.drained(DEADLINE).await;
     let mut all = rig.watch.snapshot();
     all.extend(second.snapshot());
     assert_eq!(

@@ -4,145 +4,163 @@ mod support;
 #[path = "uplink_agent/mod.rs"]
 mod uplink_agent;
 
-use std::path::Path;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use support::mount::Mount;
 
-use fieldlink::buffer::{self, store::Limits, Durable, IoDriver};
-use fieldlink::config::{Durability, PayloadMode, Replay, WhenFull};
+use fieldlink::config::{Durability, Mqtt, PayloadMode};
 use fieldlink::poll::serial_line;
 use fieldlink::queue::Outbox;
 use support::watch::Watch;
 use support::{unique, wait_until, Broker};
-use uplink_agent::{missing, mqtt, newest_per_topic, seqs, Agent};
+use uplink_agent::{buffered_outbox, missing, mqtt, newest_per_topic, retained_on, seqs, Agent};
 
 const KA: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(15);
 
+/// A fresh broker, a unique prefix, a subscriber to `<prefix>/<filter>` that is in place
+/// before the agent starts, and the agent.
+struct Rig {
+    broker: Broker,
+    prefix: String,
+    watch: Watch,
+    agent: Agent,
+}
+
+impl Rig {
+    /// The agent over a memory outbox, its settings changed by `tweak` first.
+    async fn start(name: &str, filter: &str, tweak: impl FnOnce(&mut Mqtt)) -> Rig {
+        Rig::launch(name, filter, tweak, None).await
+    }
+
+    /// The agent over `outbox` (e.g. one with a durable buffer).
+    async fn with_outbox(name: &str, filter: &str, outbox: Arc<Outbox>) -> Rig {
+        Rig::launch(name, filter, |_| {}, Some(outbox)).await
+    }
+
+    async fn launch(
+        name: &str,
+        filter: &str,
+        tweak: impl FnOnce(&mut Mqtt),
+        outbox: Option<Arc<Outbox>>,
+    ) -> Rig {
+        let broker = Broker::start();
+        let prefix = unique(name);
+        let watch = Watch::start(broker.port, &format!("{prefix}/{filter}")).await;
+        let mut cfg = mqtt(broker.port, &prefix, KA);
+        tweak(&mut cfg);
+        let agent = match outbox {
+            Some(outbox) => Agent::start_with_outbox(cfg, outbox),
+            None => Agent::start(cfg),
+        };
+        Rig {
+            broker,
+            prefix,
+            watch,
+            agent,
+        }
+    }
+
+    /// `<prefix>/<under>`.
+    fn topic(&self, under: &str) -> String {
+        format!("{}/{under}", self.prefix)
+    }
+
+    /// The first message on `<prefix>/<under>` that the watch saw, waiting for it.
+    async fn first_on(&self, under: &str) -> support::watch::Message {
+        self.watch
+            .wait_for(&self.topic(under), DEADLINE, |_| true)
+            .await
+    }
+
+    async fn wait_online(&self) {
+        self.watch
+            .wait_for(&self.topic("status"), DEADLINE, |m| m.payload == "online")
+            .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_arrive_with_their_seq_and_a_late_subscriber_gets_the_newest_retained() {
-    let broker = Broker::start();
-    let prefix = unique("fl/up");
-    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
-    let agent = Agent::start(mqtt(broker.port, &prefix, KA));
-    watch
-        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
-            m.payload == "online"
-        })
-        .await;
+    let rig = Rig::start("fl/up", "#", |_| {}).await;
+    rig.wait_online().await;
 
     for i in 0..30 {
-        agent.reading(&format!("p{}", i % 3), i as f64);
+        rig.agent.reading(&format!("p{}", i % 3), i as f64);
     }
-    let last = agent.last_seq();
+    let last = rig.agent.last_seq();
     assert_eq!(last, 30);
     wait_until("all 30 readings upstream", DEADLINE, || {
-        missing(&seqs(&watch.snapshot()), last)
+        missing(&seqs(&rig.watch.snapshot()), last)
             .is_empty()
             .then_some(())
     })
     .await;
-    let m = watch.last_on(&format!("{prefix}/dev/p0")).unwrap();
+    let m = rig.watch.last_on(&rig.topic("dev/p0")).unwrap();
     let json = m.json();
     assert_eq!(json["unit"], "V");
     assert!(json["ts"].as_u64().unwrap() > 1_600_000_000_000);
 
-    wait_until("the outbox drained", DEADLINE, || {
-        (agent.outbox.depth() == 0).then_some(())
-    })
-    .await;
-    let late = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    rig.agent.drained(DEADLINE).await;
+    let late = Watch::start(rig.broker.port, &rig.topic("#")).await;
     let retained = wait_until("retained readings of 3 points", DEADLINE, || {
         let r: Vec<_> = late
             .snapshot()
             .into_iter()
-            .filter(|m| m.retain && m.topic.starts_with(&format!("{prefix}/dev/")))
+            .filter(|m| m.retain && m.topic.starts_with(&rig.topic("dev/")))
             .collect();
         (r.len() == 3).then_some(r)
     })
     .await;
     assert_eq!(
         newest_per_topic(&retained),
-        newest_per_topic(&watch.snapshot())
+        newest_per_topic(&rig.watch.snapshot())
     );
     let status = late
-        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| m.retain)
+        .wait_for(&rig.topic("status"), DEADLINE, |m| m.retain)
         .await;
     assert_eq!(status.payload, "online");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_availability_is_published_retained_as_plain_text() {
-    let broker = Broker::start();
-    let prefix = unique("fl/avail");
-    let agent = Agent::start(mqtt(broker.port, &prefix, KA));
-    agent.publisher_send_availability("dev", false);
-    wait_until("the outbox drained", DEADLINE, || {
-        (agent.is_up() && agent.outbox.depth() == 0).then_some(())
-    })
-    .await;
-    let late = Watch::start(broker.port, &format!("{prefix}/dev/status")).await;
-    let m = late
-        .wait_for(&format!("{prefix}/dev/status"), DEADLINE, |m| m.retain)
-        .await;
+    let rig = Rig::start("fl/avail", "dev/status", |_| {}).await;
+    rig.agent.publisher_send_availability("dev", false);
+    rig.agent.drained(DEADLINE).await;
+    let m = retained_on(rig.broker.port, &rig.topic("dev/status"), DEADLINE).await;
     assert_eq!(m.payload, "offline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_payload_mode_sends_only_the_value() {
-    let broker = Broker::start();
-    let prefix = unique("fl/plain");
-    let watch = Watch::start(broker.port, &format!("{prefix}/dev/#")).await;
-    let mut cfg = mqtt(broker.port, &prefix, KA);
-    cfg.payload = PayloadMode::Plain;
-    let agent = Agent::start(cfg);
-    agent.reading("v", 230.5);
-    let m = watch
-        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
-        .await;
-    assert_eq!(m.payload, "230.5");
+    let rig = Rig::start("fl/plain", "dev/#", |cfg| cfg.payload = PayloadMode::Plain).await;
+    rig.agent.reading("v", 230.5);
+    assert_eq!(rig.first_on("dev/v").await.payload, "230.5");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_readings_leave_the_outbox_once_written() {
-    let broker = Broker::start();
-    let prefix = unique("fl/q0");
-    let watch = Watch::start(broker.port, &format!("{prefix}/dev/#")).await;
-    let mut cfg = mqtt(broker.port, &prefix, KA);
-    cfg.qos = 0;
-    let agent = Agent::start(cfg);
+    let rig = Rig::start("fl/q0", "dev/#", |cfg| cfg.qos = 0).await;
     for i in 0..20 {
-        agent.reading("v", i as f64);
+        rig.agent.reading("v", i as f64);
     }
     wait_until("20 QoS 0 readings upstream", DEADLINE, || {
-        missing(&seqs(&watch.snapshot()), 20)
+        missing(&seqs(&rig.watch.snapshot()), 20)
             .is_empty()
             .then_some(())
     })
     .await;
-    wait_until("the outbox drained", DEADLINE, || {
-        (agent.outbox.depth() == 0).then_some(())
-    })
-    .await;
+    rig.agent.drained(DEADLINE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_topic_reports_the_link_retained() {
-    let broker = Broker::start();
-    let prefix = unique("fl/health");
-    let watch = Watch::start(broker.port, &format!("{prefix}/health")).await;
-    let _agent = Agent::start(mqtt(broker.port, &prefix, KA));
-    watch
-        .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
-        .await;
-    let late = Watch::start(broker.port, &format!("{prefix}/health")).await;
-    let m = late
-        .wait_for(&format!("{prefix}/health"), DEADLINE, |m| m.retain)
-        .await;
-    let json = m.json();
+    let rig = Rig::start("fl/health", "health", |_| {}).await;
+    rig.first_on("health").await;
+    let json = retained_on(rig.broker.port, &rig.topic("health"), DEADLINE)
+        .await
+        .json();
     assert_eq!(json["link"], "up");
     assert_eq!(json["reconnects"], 0);
     assert_eq!(json["dropped"], 0);
@@ -150,45 +168,16 @@ async fn the_health_topic_reports_the_link_retained() {
     assert!(json.get("last_error").is_some());
 }
 
-fn buffer_settings(dir: &Path, durability: Durability) -> buffer::Settings {
-    buffer::Settings {
-        dir: dir.to_path_buf(),
-        durability,
-        commit_interval: Duration::from_millis(50),
-        limits: Limits {
-            max_size: 1 << 30,
-            max_age: Duration::from_secs(3600 * 24),
-            when_full: WhenFull::DropOldest,
-        },
-        replay: Replay::All,
-        replay_rate: None,
-        spill_threshold: usize::MAX,
-        capacity: 100_000,
-        clock: std::sync::Arc::new(fieldlink::buffer::clock::SystemClock::new()),
-    }
-}
-
-fn buffered_outbox(dir: &Path, durability: Durability) -> Arc<Outbox> {
-    let durable = Durable::open(buffer_settings(dir, durability), 1, IoDriver::Thread);
-    Arc::new(Outbox::with_buffer(durable))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_topic_carries_the_buffer_status_and_the_serial_line_counters() {
-    let broker = Broker::start();
-    let prefix = unique("fl/health-sections");
     let bus = unique("health-gps");
     let counters = serial_line::counters(&bus);
     counters.garbage.fetch_add(3, Ordering::Relaxed);
     counters.bad_checksum.fetch_add(2, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let outbox = buffered_outbox(dir.path(), Durability::Outage);
-    let health = Watch::start(broker.port, &format!("{prefix}/health")).await;
-    let _agent = Agent::start_with_outbox(mqtt(broker.port, &prefix, KA), outbox);
-    let json = health
-        .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
-        .await
-        .json();
+    let rig = Rig::with_outbox("fl/health-sections", "health", outbox).await;
+    let json = rig.first_on("health").await.json();
     assert_eq!(json["link"], "up");
     let buffer = &json["buffer"];
     assert_eq!(buffer["disk_error"], serde_json::Value::Null, "{json}");
@@ -204,8 +193,6 @@ async fn the_health_topic_carries_the_buffer_status_and_the_serial_line_counters
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_buffer_directory_shows_as_a_disk_error_in_the_health_topic() {
-    let broker = Broker::start();
-    let prefix = unique("fl/health-ro");
     let tmp = tempfile::tempdir().unwrap();
     let at = tmp.path().join("state");
     let mount = Mount::tmpfs(&at, "size=1m");
@@ -218,15 +205,9 @@ async fn a_read_only_buffer_directory_shows_as_a_disk_error_in_the_health_topic(
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o555)).unwrap();
         }
     }
-    let health = Watch::start(broker.port, &format!("{prefix}/health")).await;
-    let agent = Agent::start_with_outbox(
-        mqtt(broker.port, &prefix, KA),
-        buffered_outbox(&at, Durability::Outage),
-    );
-    let json = health
-        .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
-        .await
-        .json();
+    let outbox = buffered_outbox(&at, Durability::Outage);
+    let rig = Rig::with_outbox("fl/health-ro", "health", outbox).await;
+    let json = rig.first_on("health").await.json();
     let error = json["buffer"]["disk_error"].as_str().unwrap_or_default();
     eprintln!("health buffer.disk_error: {error}");
     assert!(
@@ -234,10 +215,10 @@ async fn a_read_only_buffer_directory_shows_as_a_disk_error_in_the_health_topic(
         "the disk error names the directory and says readings stay in memory: {json}"
     );
     // And readings still flow, from memory.
-    let watch = Watch::start(broker.port, &format!("{prefix}/dev/#")).await;
-    agent.reading("v", 1.0);
-    watch
-        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
+    let readings = Watch::start(rig.broker.port, &rig.topic("dev/#")).await;
+    rig.agent.reading("v", 1.0);
+    readings
+        .wait_for(&rig.topic("dev/v"), DEADLINE, |_| true)
         .await;
     if mount.is_none() {
         use std::os::unix::fs::PermissionsExt;
@@ -255,16 +236,9 @@ async fn a_buffer_disk_that_fills_up_while_running_is_on_the_health_topic_within
         eprintln!("cannot mount a tmpfs here (not root): skipped; tests/buffer_faults.rs covers disk full");
         return;
     };
-    let broker = Broker::start();
-    let prefix = unique("fl/health-full");
-    let watch = Watch::start(broker.port, &format!("{prefix}/health")).await;
-    let agent = Agent::start_with_outbox(
-        mqtt(broker.port, &prefix, KA),
-        buffered_outbox(&at, Durability::Always),
-    );
-    let first = watch
-        .wait_for(&format!("{prefix}/health"), DEADLINE, |_| true)
-        .await;
+    let outbox = buffered_outbox(&at, Durability::Always);
+    let rig = Rig::with_outbox("fl/health-full", "health", outbox).await;
+    let first = rig.first_on("health").await;
     assert_eq!(
         first.json()["buffer"]["disk_error"],
         serde_json::Value::Null
@@ -272,12 +246,13 @@ async fn a_buffer_disk_that_fills_up_while_running_is_on_the_health_topic_within
 
     let filling = std::time::Instant::now();
     for i in 0..300 {
-        agent
+        rig.agent
             .outbox
-            .push(format!("{prefix}/dev/big{}", i % 5), 0, vec![b'x'; 4096]);
+            .push(rig.topic(&format!("dev/big{}", i % 5)), 0, vec![b'x'; 4096]);
     }
-    let told = watch
-        .wait_for(&format!("{prefix}/health"), DEADLINE, |m| {
+    let told = rig
+        .watch
+        .wait_for(&rig.topic("health"), DEADLINE, |m| {
             m.json()["buffer"]["disk_error"].is_string()
         })
         .await;
@@ -288,54 +263,44 @@ async fn a_buffer_disk_that_fills_up_while_running_is_on_the_health_topic_within
     let error = told.json()["buffer"]["disk_error"].to_string();
     assert!(error.contains("full"), "{error}");
     wait_until("the readings drained from memory", DEADLINE, || {
-        (agent.outbox.depth() == 0).then_some(())
+        (rig.agent.outbox.depth() == 0).then_some(())
     })
     .await;
     // 300 readings, one change: the message on connect and the one that told.
-    let health_messages = watch
+    let health_messages = rig
+        .watch
         .snapshot()
         .iter()
         .filter(|m| m.topic.ends_with("/health"))
         .count();
-    assert_eq!(health_messages, 2, "{:?}", watch.snapshot());
+    assert_eq!(health_messages, 2, "{:?}", rig.watch.snapshot());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_publishes_what_is_queued_then_offline_and_returns() {
-    let broker = Broker::start();
-    let prefix = unique("fl/bye");
-    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
-    let agent = Agent::start(mqtt(broker.port, &prefix, KA));
-    watch
-        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
-            m.payload == "online"
-        })
-        .await;
+    let rig = Rig::start("fl/bye", "#", |_| {}).await;
+    rig.wait_online().await;
     for i in 0..500 {
-        agent.reading(&format!("p{}", i % 5), i as f64);
+        rig.agent.reading(&format!("p{}", i % 5), i as f64);
     }
-    agent.shutdown.cancel();
+    rig.agent.shutdown.cancel();
     let started = std::time::Instant::now();
     wait_until("uplink::run returned", Duration::from_secs(5), || {
-        agent.task.is_finished().then_some(())
+        rig.agent.task.is_finished().then_some(())
     })
     .await;
     eprintln!("uplink returned {:?} after cancel", started.elapsed());
-    let status = watch
-        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
-            m.payload == "offline"
-        })
+    let status = rig
+        .watch
+        .wait_for(&rig.topic("status"), DEADLINE, |m| m.payload == "offline")
         .await;
     assert_eq!(status.payload, "offline");
-    let all = watch.snapshot();
+    let all = rig.watch.snapshot();
     assert_eq!(missing(&seqs(&all), 500), Vec::<u64>::new());
     // The goodbye comes after the last reading.
     let offline_at = all.iter().position(|m| m.payload == "offline").unwrap();
     assert!(all[offline_at..].iter().all(|m| !m.topic.contains("/dev/")));
-    let late = Watch::start(broker.port, &format!("{prefix}/status")).await;
-    let retained = late
-        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| m.retain)
-        .await;
+    let retained = retained_on(rig.broker.port, &rig.topic("status"), DEADLINE).await;
     assert_eq!(retained.payload, "offline");
 }
 

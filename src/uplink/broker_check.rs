@@ -55,6 +55,30 @@ pub enum Routing {
     NotChecked,
 }
 
+impl Routing {
+    /// What the operator must hear about this verdict, in words (`None`: all is well).
+    /// `prefix` is the gateway's topic prefix, `status` its status topic.
+    pub fn complaint(self, prefix: &str, status: &str) -> Option<String> {
+        match self {
+            Routing::Delivered => None,
+            Routing::NotDelivered => Some(format!(
+                "the broker accepts but does not deliver our messages: check its ACL (this \
+                 gateway must be allowed to publish to, and read back, {prefix}/#). {status} \
+                 did not come back to our own subscription within {}s of being acknowledged, \
+                 so readings may vanish while every publish looks fine",
+                CHECK_WAIT.as_secs()
+            )),
+            Routing::NotChecked => Some(format!(
+                "the broker refused our subscription to {status} (in its SUBACK, or by \
+                 closing the connection), so it cannot be checked that it delivers our \
+                 messages, nor that it kept our retained messages (they are republished \
+                 after such connects). Check its ACL: allow this gateway to subscribe to \
+                 {status}"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitSubAck { until: Instant },

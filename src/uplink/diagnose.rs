@@ -1,21 +1,21 @@
 //! Connection failures in words: what happened, and what the user should check.
 //!
-//! Owns the translation of rumqttc's and rustls' errors into a [`Diagnosis`]: a sentence for
-//! the log and the health topic, a stable cause key (so a repeated failure is recognised as
-//! the same one and logged once, see `state::ComplaintPacer`), a severity (the broker or TLS
+//! Owns the translation of rumqttc's and rustls' errors, and of our own verdicts on a
+//! connection, into a [`Diagnosis`]: a typed [`Cause`] and a sentence for the log and the
+//! health topic. The cause is what a repeat is recognised by (the same trouble gives the same
+//! cause, so it is logged once, see `state::ComplaintPacer`); its severity (the broker or TLS
 //! refusing us is the user's to fix: warn; a broker that cannot be reached yet is
-//! information), and whether the broker closed the connection (which may blame the record
-//! just sent, see `quarantine`). No I/O; it never decides what to do about a failure.
+//! information) and whether the broker closed the connection (which may blame the record
+//! just sent, see `quarantine`) follow from it. No I/O; it never decides what to do about a
+//! failure (`session_end` does).
 
+use std::io::ErrorKind;
 use std::time::{Duration, SystemTime};
 
 use rumqttc::{ConnectReturnCode, ConnectionError, StateError};
 use rustls::{AlertDescription, CertificateError};
 
 use super::quarantine::Ending;
-
-/// The cause key of a connection the broker closed cleanly (EOF).
-pub const CLOSED: &str = "closed";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -25,24 +25,130 @@ pub enum Severity {
     Info,
 }
 
+/// Why a connection attempt failed or a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// `mqtt.password_file` could not be read.
+    PasswordFile,
+    /// No connection to the broker's address (refused, no route, ...).
+    Unreachable(ErrorKind),
+    /// rumqttc's connect timed out (TCP or TLS).
+    ConnectTimeout,
+    /// Connected, but no CONNACK within `mqtt.connect_timeout`.
+    NoConnack,
+    /// The broker answered our CONNECT with something else than a CONNACK.
+    NotConnack,
+    /// The broker refused us in its CONNACK.
+    Refused(Refusal),
+    Tls(TlsTrouble),
+    /// The broker closed the connection without answering our CONNECT.
+    ClosedBeforeConnack,
+    /// The broker accepted us, then closed the connection over our retained birth.
+    ClosedBeforeBirth,
+    /// The broker closed the connection cleanly (EOF).
+    Closed,
+    /// The connection broke: reset, a failed write.
+    Broken(ErrorKind),
+    /// A write to the broker did not finish in time.
+    WriteTimeout,
+    /// Another error of the MQTT client.
+    Mqtt,
+    /// Nothing received from the broker for 1.5 x keep-alive (our verdict, see `state`).
+    KeepAlive,
+    /// The MQTT client would not take a message from us.
+    ClientRefused,
+    /// The MQTT client's events stopped matching what we asked for (see `delivery`).
+    Mismatch,
+    /// The MQTT event loop stopped.
+    EventLoopStopped,
+}
+
+/// The broker's reason in a refusing CONNACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BadCredentials,
+    NotAuthorized,
+    BadClientId,
+    Unavailable,
+    ProtocolVersion,
+    /// A refusal that said success (a broken broker).
+    Success,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsTrouble {
+    /// The TLS layer could not be set up (rumqttc's TLS error, not a handshake's).
+    Setup,
+    /// The broker ended the handshake with this alert.
+    Alert(AlertDescription),
+    /// We rejected the broker's certificate.
+    Certificate(CertTrouble),
+    Other,
+}
+
+/// What is wrong with the broker's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertTrouble {
+    UnknownIssuer,
+    NotValidForName,
+    Expired,
+    NotValidYet,
+    Revoked,
+    BadSignature,
+    InvalidPurpose,
+    Other,
+}
+
+impl Cause {
+    pub fn severity(self) -> Severity {
+        match self {
+            Cause::PasswordFile
+            | Cause::NotConnack
+            | Cause::Refused(_)
+            | Cause::Tls(_)
+            | Cause::ClosedBeforeConnack
+            | Cause::ClosedBeforeBirth => Severity::Warn,
+            Cause::Unreachable(_)
+            | Cause::ConnectTimeout
+            | Cause::NoConnack
+            | Cause::Closed
+            | Cause::Broken(_)
+            | Cause::WriteTimeout
+            | Cause::Mqtt
+            | Cause::KeepAlive
+            | Cause::ClientRefused
+            | Cause::Mismatch
+            | Cause::EventLoopStopped => Severity::Info,
+        }
+    }
+
+    /// Whether the broker closed the connection (which may blame what was just sent).
+    pub fn ending(self) -> Ending {
+        match self {
+            Cause::Closed | Cause::Broken(_) | Cause::ClosedBeforeBirth => Ending::ClosedByBroker,
+            _ => Ending::Other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnosis {
-    /// Stable across repeats of the same trouble, different for a different one.
-    pub cause: String,
-    pub severity: Severity,
+    pub cause: Cause,
     /// What happened and what to check, in words.
     pub text: String,
-    pub ending: Ending,
 }
 
 impl Diagnosis {
-    fn new(cause: impl Into<String>, severity: Severity, text: String, ending: Ending) -> Self {
-        Diagnosis {
-            cause: cause.into(),
-            severity,
-            text,
-            ending,
-        }
+    fn new(cause: Cause, text: String) -> Self {
+        Diagnosis { cause, text }
+    }
+
+    pub fn severity(&self) -> Severity {
+        self.cause.severity()
+    }
+
+    pub fn ending(&self) -> Ending {
+        self.cause.ending()
     }
 }
 
@@ -64,75 +170,118 @@ pub fn connection_error(e: &ConnectionError, to: Target<'_>) -> Diagnosis {
         ConnectionError::ConnectionRefused(code) => refused(*code, to),
         ConnectionError::Io(io) => {
             let text = match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => format!(
+                ErrorKind::ConnectionRefused => format!(
                     "nothing accepts connections at {broker} (connection refused): check that \
                      the broker runs and that mqtt.host and mqtt.port are right"
                 ),
                 _ => format!("cannot reach broker {broker}: {io}"),
             };
-            Diagnosis::new(
-                format!("io:{:?}", io.kind()),
-                Severity::Info,
-                text,
-                Ending::Other,
-            )
+            Diagnosis::new(Cause::Unreachable(io.kind()), text)
         }
         ConnectionError::Tls(tls) => Diagnosis::new(
-            "tls:setup",
-            Severity::Warn,
+            Cause::Tls(TlsTrouble::Setup),
             format!("TLS with {broker} failed: {tls}"),
-            Ending::Other,
         ),
         ConnectionError::MqttState(StateError::ConnectionAborted) => Diagnosis::new(
-            CLOSED,
-            Severity::Info,
+            Cause::Closed,
             format!("broker {broker} closed the connection"),
-            Ending::ClosedByBroker,
         ),
         ConnectionError::MqttState(StateError::Io(io))
         | ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io))) => {
             let text = match io.kind() {
-                std::io::ErrorKind::ConnectionReset => {
-                    format!("broker {broker} reset the connection")
-                }
-                std::io::ErrorKind::BrokenPipe => {
+                ErrorKind::ConnectionReset => format!("broker {broker} reset the connection"),
+                ErrorKind::BrokenPipe => {
                     format!("broker {broker} closed the connection while we were writing")
                 }
                 _ => format!("the connection to {broker} failed: {io}"),
             };
-            Diagnosis::new(
-                format!("closed:{:?}", io.kind()),
-                Severity::Info,
-                text,
-                Ending::ClosedByBroker,
-            )
+            Diagnosis::new(Cause::Broken(io.kind()), text)
         }
         ConnectionError::NetworkTimeout => Diagnosis::new(
-            "timeout:connect",
-            Severity::Info,
+            Cause::ConnectTimeout,
             format!("no answer from {broker} in time (mqtt.connect_timeout)"),
-            Ending::Other,
         ),
         ConnectionError::FlushTimeout => Diagnosis::new(
-            "timeout:write",
-            Severity::Info,
+            Cause::WriteTimeout,
             format!("writing to {broker} timed out"),
-            Ending::Other,
         ),
-        other => Diagnosis::new(
-            "mqtt",
-            Severity::Info,
-            format!("MQTT error with {broker}: {other}"),
-            Ending::Other,
-        ),
+        other => Diagnosis::new(Cause::Mqtt, format!("MQTT error with {broker}: {other}")),
     }
+}
+
+/// `mqtt.password_file` could not be read (`error` says which file and why).
+pub fn password_file(error: &anyhow::Error) -> Diagnosis {
+    Diagnosis::new(Cause::PasswordFile, format!("{error:#}"))
+}
+
+/// The broker answered our CONNECT with `answer` instead of a CONNACK.
+pub fn not_connack(answer: &rumqttc::Event, to: Target<'_>) -> Diagnosis {
+    Diagnosis::new(
+        Cause::NotConnack,
+        format!(
+            "broker {} answered the connect with {answer:?} instead of CONNACK",
+            to.broker
+        ),
+    )
+}
+
+pub fn no_connack(waited: Duration, to: Target<'_>) -> Diagnosis {
+    Diagnosis::new(
+        Cause::NoConnack,
+        format!(
+            "no CONNACK from {} within {waited:?} (mqtt.connect_timeout)",
+            to.broker
+        ),
+    )
+}
+
+/// Our keep-alive verdict: nothing arrived from the broker for `allowance`.
+pub fn keep_alive(allowance: Duration) -> Diagnosis {
+    Diagnosis::new(
+        Cause::KeepAlive,
+        format!(
+            "nothing received from the broker for {:.1}s (1.5 x keep-alive)",
+            allowance.as_secs_f64()
+        ),
+    )
+}
+
+pub fn client_refused(e: &rumqttc::ClientError) -> Diagnosis {
+    Diagnosis::new(
+        Cause::ClientRefused,
+        format!("cannot hand a message to the MQTT client: {e}"),
+    )
+}
+
+/// The client's write events stopped matching our requests (see `delivery`).
+pub fn mismatch(what: super::delivery::Mismatch) -> Diagnosis {
+    use super::delivery::Mismatch;
+    let text = match what {
+        Mismatch::Unrequested { pkid } => {
+            format!("rumqttc wrote a publish we did not request (packet id {pkid})")
+        }
+        Mismatch::PacketIdInUse { pkid } => format!(
+            "rumqttc wrote packet id {pkid} while a publish with that id still waited for its \
+             PUBACK"
+        ),
+    };
+    Diagnosis::new(
+        Cause::Mismatch,
+        format!("{text}; reconnecting, every unacknowledged message is sent again"),
+    )
+}
+
+pub fn event_loop_stopped() -> Diagnosis {
+    Diagnosis::new(
+        Cause::EventLoopStopped,
+        "the MQTT event loop stopped".into(),
+    )
 }
 
 /// The broker closed the connection without answering our CONNECT.
 pub fn closed_before_connack(to: Target<'_>) -> Diagnosis {
     Diagnosis::new(
-        "closed-before-connack",
-        Severity::Warn,
+        Cause::ClosedBeforeConnack,
         format!(
             "broker {} closed the connection without answering our CONNECT: it may refuse \
              our retained last will (mosquitto: retain_available false), be at its \
@@ -140,15 +289,13 @@ pub fn closed_before_connack(to: Target<'_>) -> Diagnosis {
              which",
             to.broker
         ),
-        Ending::Other,
     )
 }
 
 /// The connection was accepted, then closed before the broker acknowledged our birth.
 pub fn closed_before_birth(after: Duration, to: Target<'_>) -> Diagnosis {
     Diagnosis::new(
-        "closed-before-birth",
-        Severity::Warn,
+        Cause::ClosedBeforeBirth,
         format!(
             "broker {} accepted the connection, then closed it {:.1}s later before \
              acknowledging our retained `online` status: it may refuse retained messages \
@@ -159,28 +306,27 @@ pub fn closed_before_birth(after: Duration, to: Target<'_>) -> Diagnosis {
             after.as_secs_f64(),
             to.client_id
         ),
-        Ending::ClosedByBroker,
     )
 }
 
 fn refused(code: ConnectReturnCode, to: Target<'_>) -> Diagnosis {
     let broker = to.broker;
-    let (key, why) = match code {
+    let (refusal, why) = match code {
         ConnectReturnCode::BadUserNamePassword => (
-            "bad-credentials",
+            Refusal::BadCredentials,
             "bad user name or password: check mqtt.username and the password in \
              mqtt.password_file (it is read again at every attempt)"
                 .to_string(),
         ),
         ConnectReturnCode::NotAuthorized => (
-            "not-authorized",
+            Refusal::NotAuthorized,
             "not authorized: the broker does not let this client in; check mqtt.username, \
              mqtt.password_file, mqtt.tls.client_cert and the broker's allow_anonymous and \
              ACL settings"
                 .to_string(),
         ),
         ConnectReturnCode::BadClientId => (
-            "bad-client-id",
+            Refusal::BadClientId,
             format!(
                 "client id \"{}\" rejected: set mqtt.client_id to one the broker accepts \
                  (unique; strict brokers allow at most 23 letters and digits)",
@@ -188,27 +334,28 @@ fn refused(code: ConnectReturnCode, to: Target<'_>) -> Diagnosis {
             ),
         ),
         ConnectReturnCode::ServiceUnavailable => (
-            "unavailable",
+            Refusal::Unavailable,
             "server unavailable: the broker is up but not taking clients yet".to_string(),
         ),
         ConnectReturnCode::RefusedProtocolVersion => (
-            "protocol",
+            Refusal::ProtocolVersion,
             "it does not accept MQTT 3.1.1 (unacceptable protocol version)".to_string(),
         ),
-        ConnectReturnCode::Success => ("success", "although it said success".to_string()),
+        ConnectReturnCode::Success => (Refusal::Success, "although it said success".to_string()),
     };
     Diagnosis::new(
-        format!("refused:{key}"),
-        Severity::Warn,
+        Cause::Refused(refusal),
         format!("broker {broker} refused the connection: {why}"),
-        Ending::Other,
     )
 }
 
 fn tls_error(e: &rustls::Error, to: Target<'_>) -> Diagnosis {
     let broker = to.broker;
-    let (key, why) = match e {
-        rustls::Error::InvalidCertificate(cert) => server_certificate(cert, to),
+    let (trouble, why) = match e {
+        rustls::Error::InvalidCertificate(cert) => {
+            let (trouble, why) = server_certificate(cert, to);
+            (TlsTrouble::Certificate(trouble), why)
+        }
         rustls::Error::AlertReceived(alert) => {
             let ours = matches!(
                 alert,
@@ -231,86 +378,106 @@ fn tls_error(e: &rustls::Error, to: Target<'_>) -> Diagnosis {
             } else {
                 format!("the broker ended the TLS handshake (alert {alert:?})")
             };
-            (format!("tls:alert:{alert:?}"), why)
+            (TlsTrouble::Alert(*alert), why)
         }
         other => (
-            "tls:other".to_string(),
+            TlsTrouble::Other,
             format!("the TLS handshake failed: {other}"),
         ),
     };
     Diagnosis::new(
-        key,
-        Severity::Warn,
+        Cause::Tls(trouble),
         format!("TLS with {broker} failed: {why}"),
-        Ending::Other,
     )
 }
 
-fn server_certificate(cert: &CertificateError, to: Target<'_>) -> (String, String) {
+fn server_certificate(cert: &CertificateError, to: Target<'_>) -> (CertTrouble, String) {
     let date = |t: &rustls::pki_types::UnixTime| {
         humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(t.as_secs()))
             .to_string()
     };
-    let why = match cert {
-        CertificateError::UnknownIssuer => "the broker's certificate is not signed by a CA we \
-             trust: set mqtt.tls.ca_file to the CA that issued it (or add that CA to the \
-             system's store)"
-            .to_string(),
-        CertificateError::NotValidForName => format!(
-            "the broker's certificate is not valid for \"{}\" (mqtt.host): connect by a name \
-             the certificate lists, or re-issue it with this name",
-            to.host
+    match cert {
+        CertificateError::UnknownIssuer => (
+            CertTrouble::UnknownIssuer,
+            "the broker's certificate is not signed by a CA we trust: set mqtt.tls.ca_file to \
+             the CA that issued it (or add that CA to the system's store)"
+                .to_string(),
         ),
-        CertificateError::NotValidForNameContext { presented, .. } => format!(
-            "the broker's certificate is not valid for \"{}\" (mqtt.host); it names {}: \
-             connect by one of those, or re-issue it with this name",
-            to.host,
-            if presented.is_empty() {
-                "nothing usable".to_string()
-            } else {
-                presented
-                    .iter()
-                    .map(|p| bare_name(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
+        CertificateError::NotValidForName => (
+            CertTrouble::NotValidForName,
+            format!(
+                "the broker's certificate is not valid for \"{}\" (mqtt.host): connect by a \
+                 name the certificate lists, or re-issue it with this name",
+                to.host
+            ),
         ),
-        CertificateError::Expired => "the broker's certificate has expired: renew it on the \
-             broker (or, if this gateway's clock is wrong, fix the clock: NTP)"
-            .to_string(),
-        CertificateError::ExpiredContext { time, not_after } => format!(
-            "the broker's certificate expired at {} (our clock says {}): renew it on the \
-             broker, or fix this gateway's clock if that is what is wrong",
-            date(not_after),
-            date(time)
+        CertificateError::NotValidForNameContext { presented, .. } => (
+            CertTrouble::NotValidForName,
+            format!(
+                "the broker's certificate is not valid for \"{}\" (mqtt.host); it names {}: \
+                 connect by one of those, or re-issue it with this name",
+                to.host,
+                if presented.is_empty() {
+                    "nothing usable".to_string()
+                } else {
+                    presented
+                        .iter()
+                        .map(|p| bare_name(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
         ),
-        CertificateError::NotValidYet => "the broker's certificate is not valid yet: check \
-             this gateway's clock (no RTC, NTP not synced?)"
-            .to_string(),
-        CertificateError::NotValidYetContext { time, not_before } => format!(
-            "the broker's certificate is valid only from {} and our clock says {}: check \
-             this gateway's clock (no RTC, NTP not synced?)",
-            date(not_before),
-            date(time)
+        CertificateError::Expired => (
+            CertTrouble::Expired,
+            "the broker's certificate has expired: renew it on the broker (or, if this \
+             gateway's clock is wrong, fix the clock: NTP)"
+                .to_string(),
         ),
-        CertificateError::Revoked => "the broker's certificate is revoked".to_string(),
-        CertificateError::BadSignature => "the broker's certificate has a bad signature \
-             (a damaged certificate, or not the CA it claims)"
-            .to_string(),
-        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+        CertificateError::ExpiredContext { time, not_after } => (
+            CertTrouble::Expired,
+            format!(
+                "the broker's certificate expired at {} (our clock says {}): renew it on the \
+                 broker, or fix this gateway's clock if that is what is wrong",
+                date(not_after),
+                date(time)
+            ),
+        ),
+        CertificateError::NotValidYet => (
+            CertTrouble::NotValidYet,
+            "the broker's certificate is not valid yet: check this gateway's clock (no RTC, \
+             NTP not synced?)"
+                .to_string(),
+        ),
+        CertificateError::NotValidYetContext { time, not_before } => (
+            CertTrouble::NotValidYet,
+            format!(
+                "the broker's certificate is valid only from {} and our clock says {}: check \
+                 this gateway's clock (no RTC, NTP not synced?)",
+                date(not_before),
+                date(time)
+            ),
+        ),
+        CertificateError::Revoked => (
+            CertTrouble::Revoked,
+            "the broker's certificate is revoked".to_string(),
+        ),
+        CertificateError::BadSignature => (
+            CertTrouble::BadSignature,
+            "the broker's certificate has a bad signature (a damaged certificate, or not the \
+             CA it claims)"
+                .to_string(),
+        ),
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => (
+            CertTrouble::InvalidPurpose,
             "the broker's certificate is not meant for a TLS server (extended key usage)"
-                .to_string()
-        }
-        other => format!("the broker's certificate was rejected: {other:?}"),
-    };
-    let key = format!(
-        "tls:cert:{}",
-        format!("{cert:?}")
-            .split(|c: char| !c.is_alphanumeric())
-            .next()
-            .unwrap_or_default()
-    );
-    (key, why)
+                .to_string(),
+        ),
+        other => (
+            CertTrouble::Other,
+            format!("the broker's certificate was rejected: {other:?}"),
+        ),
+    }
 }
 
 /// `other.example` from rustls' `DnsName("other.example")` (and the like for addresses).
@@ -372,7 +539,7 @@ mod tests {
             &ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
             TO,
         );
-        assert_eq!(d.severity, Severity::Warn);
+        assert_eq!(d.severity(), Severity::Warn);
         assert!(
             d.text.contains("broker.example:8883")
                 && d.text.contains("bad user name or password")
@@ -396,7 +563,7 @@ mod tests {
             )),
             TO,
         );
-        assert_eq!(unknown.severity, Severity::Warn);
+        assert_eq!(unknown.severity(), Severity::Warn);
         assert!(
             unknown.text.contains("mqtt.tls.ca_file"),
             "{}",
@@ -415,7 +582,7 @@ mod tests {
             "{}",
             d.text
         );
-        assert_eq!(d.ending, Ending::Other, "a refusal blames no record");
+        assert_eq!(d.ending(), Ending::Other, "a refusal blames no record");
     }
 
     #[test]
@@ -446,16 +613,16 @@ mod tests {
             &ConnectionError::MqttState(StateError::ConnectionAborted),
             TO,
         );
-        assert_eq!(closed.ending, Ending::ClosedByBroker);
+        assert_eq!(closed.ending(), Ending::ClosedByBroker);
         let reset = connection_error(
             &ConnectionError::MqttState(StateError::Io(std::io::Error::from(
                 std::io::ErrorKind::ConnectionReset,
             ))),
             TO,
         );
-        assert_eq!(reset.ending, Ending::ClosedByBroker);
+        assert_eq!(reset.ending(), Ending::ClosedByBroker);
         assert!(reset.text.contains("reset"), "{}", reset.text);
         let timeout = connection_error(&ConnectionError::FlushTimeout, TO);
-        assert_eq!(timeout.ending, Ending::Other);
+        assert_eq!(timeout.ending(), Ending::Other);
     }
 }

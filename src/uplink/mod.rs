@@ -1,20 +1,26 @@
 //! Uplink: everything MQTT. `topic` builds topics and payloads, `state` is the link state
-//! machine (no I/O, time passed in), `mqtt` is the only importer of rumqttc, `tls` reads the
-//! certificates, `user_timeout` bounds blocked writes on the broker socket. Sans-IO helpers
-//! of `mqtt`: `broker_check` (after each connect: did the broker keep our retained messages,
-//! does it deliver ours), `republish` (the retained state we own, put back when a broker lost
-//! it), `quarantine` (finding a record the broker will never take), `diagnose` (connection
-//! failures in words).
+//! machine (no I/O, time passed in), `mqtt` drives rumqttc and is the only module that does,
+//! `tls` reads the certificates, `password` the password, `user_timeout` bounds blocked
+//! writes on the broker socket. Sans-IO decisions `mqtt` acts on: `delivery` (delivered means
+//! PUBACKed: requested, written with a packet id, acknowledged, settled; the send window),
+//! `session_end` (how a connection ended and what to say about it), `diagnose` (connection
+//! failures as typed causes and in words), `broker_check` (after each connect: did the broker
+//! keep our retained messages, does it deliver ours), `republish` (the retained state we
+//! own, put back when a broker lost it), `quarantine` (finding a record the broker will
+//! never take).
 //!
 //! Owns the path from a [`Sample`] to the broker. Must not touch the buses, the config file or
 //! systemd: it reports link state through [`Health`] and nothing else.
 
 mod broker_check;
+mod delivery;
 mod diagnose;
 mod mqtt;
+mod password;
 mod quarantine;
 pub mod report;
 mod republish;
+mod session_end;
 pub mod state;
 mod tls;
 pub mod topic;
@@ -23,15 +29,13 @@ mod user_timeout;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::config::{Mqtt, PayloadMode};
-use crate::health::Health;
 use crate::model::{Reading, Sample, SampleSink};
 use crate::queue::Outbox;
 use report::ExceptionFilter;
 
-pub use mqtt::password_path;
+pub use mqtt::run;
+pub use password::password_path;
 
 /// Turns samples from the bus tasks into outbox records (topic + payload with `seq`).
 /// Never blocks and never fails: the outbox bounds memory.
@@ -178,19 +182,6 @@ impl SampleSink for Publisher {
             }
         }
     }
-}
-
-/// Keeps the MQTT link up and drains the outbox until `shutdown` fires, then publishes what
-/// is queued (bounded in time), the retained `offline` status, and disconnects. Returns an
-/// error only for a configuration the user must fix (an unreadable TLS file); link failures
-/// are retried with backoff for as long as it runs.
-pub async fn run(
-    mqtt: Mqtt,
-    outbox: Arc<Outbox>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    mqtt::run(mqtt, outbox, health, shutdown).await
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
-//! The MQTT link: the only module that imports rumqttc.
+//! The MQTT link: the only module that drives rumqttc (`diagnose` only reads its errors).
 //!
-//! Owns the connection to the broker: connect with our own timeout and backoff, the check of
-//! what the broker kept and routes (`broker_check`) and the retained `online` birth after
-//! every CONNACK, republishing lost retained state (`republish`), the keep-alive verdict
-//! (1.5 x KA, see `state`), draining the outbox with a bounded send window, pairing PUBACKs
-//! with record sequence numbers, giving up on a record the broker never takes
-//! (`quarantine`), logging failures once per cause (`diagnose`, `state::ComplaintPacer`), the
-//! health topic, and the orderly goodbye on shutdown. It must not decide topics or payloads
-//! (`topic`) nor timing policy (`state`), and it never treats rumqttc as a store: a record
-//! leaves the outbox only on its PUBACK (QoS 1) or once written (QoS 0).
+//! Owns the connection to the broker and the I/O around it: connect with our own timeout
+//! and backoff, the check of what the broker kept and routes (`broker_check`) and the
+//! retained `online` birth after every CONNACK, republishing lost retained state
+//! (`republish`), the keep-alive verdict (1.5 x KA, see `state`), draining the outbox through
+//! a bounded send window, giving up on a record the broker never takes (`quarantine`),
+//! logging failures once per cause, the health topic, and the orderly goodbye on shutdown.
+//! The decisions are made elsewhere, without I/O: when a publish is delivered (`delivery`),
+//! how a connection ended and what to say about it (`session_end`, `diagnose`), topics and
+//! payloads (`topic`), timing policy (`state`). It never treats rumqttc as a store: a record
+//! leaves the outbox only when `delivery` settles it, on its PUBACK (QoS 1) or once written
+//! (QoS 0).
 //!
 //! Design (see FIELD-NOTES, rumqttc 0.25):
 //! - One fresh `EventLoop` per connection. `poll()` runs in its own task and forwards events
@@ -28,12 +30,10 @@
 //!   broker acknowledges, takes no sequence number, is never spilled to disk, and jumps the
 //!   queue (a backlog of hours must not keep a late subscriber waiting for the state).
 
-use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     SubscribeReasonCode, TlsConfiguration, Transport,
@@ -43,9 +43,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::broker_check::{BrokerCheck, Retained, Routing, CHECK_WAIT};
-use super::diagnose::{self, Diagnosis, Severity, Target};
-use super::quarantine::{Ending, Quarantine, Unacked, SUSPECT_WINDOW};
+use super::delivery::{self, Acked, Counted, Delivery, Settles, Written, MAX_PACKET};
+use super::diagnose::{self, Cause, Diagnosis, Severity, Target};
+use super::password::read_password;
+use super::quarantine::{GiveUp, Quarantine};
 use super::republish::RepublishSet;
+use super::session_end::{Failure, LogLine, SessionEnd, UnackedRecord};
 use super::state::{ComplaintPacer, HealthFacts, HealthPacer, KeepAliveWatch, Link, Say};
 use super::topic::{self, OutboxFacts};
 use super::user_timeout;
@@ -53,15 +56,12 @@ use crate::config::Mqtt;
 use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
 use crate::queue::{Outbox, Record};
 
-/// Records handed to rumqttc and not yet acknowledged.
+/// Records and republishes handed to rumqttc and not yet settled (see `delivery`).
 const RECORD_WINDOW: usize = 64;
 /// rumqttc's own in-flight limit: above our window plus the birth, health and `offline`.
 const RUMQTT_INFLIGHT: u16 = 100;
 /// Request channel between our client handle and the event loop.
 const REQUEST_CHANNEL: usize = 128;
-/// The largest MQTT packet we send or accept. A record that cannot fit is given up at once
-/// (rumqttc would fail the whole connection on it).
-const MAX_PACKET: usize = 256 * 1024;
 const HEALTH_EVERY: Duration = Duration::from_secs(60);
 /// How often the health report is looked at for a change worth an early message (sent at
 /// most once per `state::HEALTH_MIN_GAP`).
@@ -100,57 +100,18 @@ struct Memory {
     republish: RepublishSet,
     quarantine: Quarantine,
     /// Failed attempts (refusals, TLS, unreachable broker).
-    failures: ComplaintPacer,
+    failures: ComplaintPacer<Cause>,
     /// The broker not delivering our messages.
-    routing: ComplaintPacer,
+    routing: ComplaintPacer<Routing>,
     /// The last connection was closed while the broker check waited for its SUBACK: the
     /// next one goes without the check (see `broker_check`).
     skip_check: bool,
 }
 
-/// How one connection ended.
-enum SessionEnd {
-    Shutdown,
-    Failed(Failure),
-}
-
-/// A connection that failed or was lost.
-struct Failure {
-    diagnosis: Diagnosis,
-    at: Instant,
-    /// A CONNACK arrived: since when.
-    connected_at: Option<Instant>,
-    /// When the birth was written, if it was.
-    birth_written_at: Option<Instant>,
-    /// The broker acknowledged our birth: the connection worked.
-    worked: bool,
-    /// It ended while the broker check waited for its SUBACK.
-    while_subscribing: bool,
-    /// Records handed out and not acknowledged.
-    unacked: Vec<UnackedRecord>,
-}
-
-struct UnackedRecord {
-    id: u64,
-    topic: String,
-    bytes: usize,
-    written_at: Option<Instant>,
-}
-
-impl Failure {
-    fn before_connack(diagnosis: Diagnosis) -> Failure {
-        Failure {
-            diagnosis,
-            at: Instant::now(),
-            connected_at: None,
-            birth_written_at: None,
-            worked: false,
-            while_subscribing: false,
-            unacked: Vec::new(),
-        }
-    }
-}
-
+/// Keeps the MQTT link up and drains the outbox until `shutdown` fires, then publishes what
+/// is queued (bounded in time), the retained `offline` status, and disconnects. Returns an
+/// error only for a configuration the user must fix (an unreadable TLS file); link failures
+/// are retried with backoff for as long as it runs.
 pub async fn run(
     cfg: Mqtt,
     outbox: Arc<Outbox>,
@@ -222,16 +183,19 @@ pub async fn run(
         quarantine_after(&failure, &settings, &outbox, &health, &mut memory);
         let requeued = outbox.requeue_inflight();
         memory.republish.connection_lost();
-        memory.skip_check = failure.while_subscribing
-            && failure.diagnosis.ending == Ending::ClosedByBroker
-            && !memory.skip_check;
-        let diagnosis = explain(&failure, &settings);
+        memory.skip_check = failure.skip_next_check(memory.skip_check);
+        let diagnosis = failure.explain(settings.target());
         let delay = link.on_down(Instant::now());
         health.set_link(|l| {
             l.state = LinkState::Down;
             l.last_error = Some(diagnosis.text.clone());
         });
-        log_failure(&failure, &diagnosis, delay, requeued, &mut memory.failures);
+        match failure.log_line(&diagnosis, delay, &mut memory.failures) {
+            LogLine::LinkDown(text) => tracing::info!(requeued, "{text}"),
+            LogLine::Complaint(Severity::Warn, text) => tracing::warn!("{text}"),
+            LogLine::Complaint(Severity::Info, text) => tracing::info!("{text}"),
+            LogLine::Again(text) => tracing::debug!("{text}"),
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return Ok(()),
@@ -239,79 +203,8 @@ pub async fn run(
     }
 }
 
-/// The failure's diagnosis, sharpened by what happened on the connection: a broker that
-/// closes the connection instead of answering our CONNECT, or that accepts us and then closes
-/// it over our retained birth, is refusing us too.
-fn explain(failure: &Failure, settings: &Settings) -> Diagnosis {
-    let d = &failure.diagnosis;
-    // A clean close (EOF), not a reset: a broker that refuses our CONNECT reads it whole
-    // and closes, while a flaky path resets.
-    if failure.connected_at.is_none() && d.cause == diagnose::CLOSED {
-        return diagnose::closed_before_connack(settings.target());
-    }
-    if let (Some(connected), Some(birth), false) = (
-        failure.connected_at,
-        failure.birth_written_at,
-        failure.worked,
-    ) {
-        let soon_after_birth = failure.at.saturating_duration_since(birth) <= SUSPECT_WINDOW;
-        if d.ending == Ending::ClosedByBroker && soon_after_birth {
-            return diagnose::closed_before_birth(
-                failure.at.saturating_duration_since(connected),
-                settings.target(),
-            );
-        }
-    }
-    d.clone()
-}
-
-/// A working connection that is lost is news (info); failing attempts are complained about
-/// when they start, change cause, and every 10 minutes (warn when a setting must change).
-fn log_failure(
-    failure: &Failure,
-    d: &Diagnosis,
-    delay: Duration,
-    requeued: usize,
-    pacer: &mut ComplaintPacer,
-) {
-    let retry = delay.as_secs_f64();
-    if failure.worked {
-        pacer.resolved();
-        tracing::info!(
-            requeued,
-            "MQTT link down: {}; reconnecting in {retry:.1}s",
-            d.text
-        );
-        return;
-    }
-    let message = match pacer.occurred(&d.cause, failure.at) {
-        Say::Nothing => {
-            tracing::debug!(
-                "MQTT connect failed again: {}; retrying in {retry:.1}s",
-                d.text
-            );
-            return;
-        }
-        Say::New => format!(
-            "cannot connect to the MQTT broker: {}; retrying in {retry:.1}s, with backoff, \
-             until it works",
-            d.text
-        ),
-        Say::Reminder { repeats, lasting } => format!(
-            "still cannot connect to the MQTT broker: {} ({repeats} more failed attempts in \
-             the last {})",
-            d.text,
-            humantime::format_duration(Duration::from_secs(lasting.as_secs()))
-        ),
-    };
-    match d.severity {
-        Severity::Warn => tracing::warn!("{message}"),
-        Severity::Info => tracing::info!("{message}"),
-    }
-}
-
 /// Gives up on the record the broker keeps closing the connection over, if one earned it
-/// (see `quarantine`): dropped from the outbox, counted, logged, and on the health topic.
+/// (see `quarantine`).
 fn quarantine_after(
     failure: &Failure,
     settings: &Settings,
@@ -323,75 +216,33 @@ fn quarantine_after(
         // QoS 0 records leave the outbox once written: none is ever resent.
         return;
     }
-    let unacked: Vec<Unacked> = failure
-        .unacked
-        .iter()
-        .map(|u| Unacked {
-            id: u.id,
-            written_at: u.written_at,
-        })
-        .collect();
-    let Some(id) =
-        memory
-            .quarantine
-            .connection_ended(failure.diagnosis.ending, &unacked, failure.at)
-    else {
-        return;
-    };
-    let Some(culprit) = failure.unacked.iter().find(|u| u.id == id) else {
-        return;
-    };
-    let why = format!(
-        "the broker closed the connection right after it was sent, {} times in a row (larger \
-         than the broker's max_packet_size?)",
-        super::quarantine::STRIKES
-    );
-    give_up(
-        outbox,
-        health,
-        memory,
-        id,
-        &culprit.topic,
-        culprit.bytes,
-        &why,
-    );
+    if let Some(culprit) = failure.quarantined(&mut memory.quarantine) {
+        give_up(outbox, health, memory, &culprit);
+    }
 }
 
-/// Drops the in-flight record `id` from the outbox for good, counted as dropped.
-fn give_up(
-    outbox: &Outbox,
-    health: &Health,
-    memory: &mut Memory,
-    id: u64,
-    topic: &str,
-    bytes: usize,
-    why: &str,
-) {
-    if !outbox.discard(id) {
+/// Drops the in-flight record from the outbox for good, counted as dropped, logged, and on
+/// the health topic.
+fn give_up(outbox: &Outbox, health: &Health, memory: &mut Memory, record: &GiveUp<'_>) {
+    if !outbox.discard(record.id) {
         return;
     }
-    memory.republish.record_given_up(topic);
+    memory.republish.record_given_up(record.topic);
     tracing::error!(
-        topic,
-        bytes,
-        "gave up on a message on {topic} ({bytes} bytes): {why}. It is dropped and counted \
-         (health: dropped, quarantined); the queue moves on"
+        topic = record.topic,
+        bytes = record.bytes,
+        "{}",
+        record.log_text()
     );
-    let summary = format!("{topic} ({bytes} bytes): {why}");
+    let summary = record.summary();
     health.set_link(|l| {
         l.quarantined += 1;
         l.last_quarantined = Some(summary);
     });
 }
 
-/// One entry per publish handed to rumqttc, in request order.
-struct Sent {
-    what: SentKind,
-    qos: QoS,
-    /// When rumqttc wrote it (the `Outgoing::Publish` event).
-    written_at: Option<Instant>,
-}
-
+/// What a publish handed to rumqttc was, for when `delivery` settles it.
+#[derive(Debug)]
 enum SentKind {
     /// A record from the outbox, and whether it went out retained.
     Record {
@@ -419,15 +270,11 @@ struct Session<'a> {
     watch: KeepAliveWatch,
     check: BrokerCheck,
     connected_at: Instant,
-    /// Requests handed to rumqttc whose `Outgoing::Publish` event has not come yet.
-    unwritten: VecDeque<Sent>,
-    /// Written QoS 1 publishes waiting for their PUBACK, by packet id.
-    unacked: HashMap<u16, Sent>,
+    /// Every publish handed to rumqttc until it is settled.
+    delivery: Delivery<SentKind>,
     /// Records taken from the outbox and not handed to rumqttc yet: a suspect waits here
     /// until it can go alone (see `quarantine`), and what was taken after it waits behind.
     held: VecDeque<Record>,
-    /// Records and republishes handed to rumqttc and not yet settled.
-    in_window: usize,
     birth_written_at: Option<Instant>,
     birth_sent: bool,
     birth_acked: bool,
@@ -454,18 +301,12 @@ impl<'a> Session<'a> {
         shutdown: &CancellationToken,
         beat: &crate::health::Beat,
     ) -> SessionEnd {
-        let failed = |diagnosis| SessionEnd::Failed(Failure::before_connack(diagnosis));
+        let failed =
+            |diagnosis| SessionEnd::Failed(Failure::before_connack(diagnosis, Instant::now()));
         health.set_link(|l| l.state = LinkState::Connecting);
         let options = match mqtt_options(settings) {
             Ok(o) => o,
-            Err(e) => {
-                return failed(Diagnosis {
-                    cause: "password-file".into(),
-                    severity: Severity::Warn,
-                    text: format!("{e:#}"),
-                    ending: Ending::Other,
-                })
-            }
+            Err(e) => return failed(diagnose::password_file(&e)),
         };
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
         // rumqttc uses one timeout (whole seconds) for connecting and for each flush: ours
@@ -483,28 +324,13 @@ impl<'a> Session<'a> {
         };
         match connack {
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
-            Ok(Ok(other)) => {
-                return failed(Diagnosis {
-                    cause: "protocol".into(),
-                    severity: Severity::Warn,
-                    text: format!(
-                        "broker {} answered the connect with {other:?} instead of CONNACK",
-                        settings.broker
-                    ),
-                    ending: Ending::Other,
-                })
-            }
+            Ok(Ok(other)) => return failed(diagnose::not_connack(&other, settings.target())),
             Ok(Err(e)) => return failed(diagnose::connection_error(&e, settings.target())),
             Err(_) => {
-                return failed(Diagnosis {
-                    cause: "timeout:connack".into(),
-                    severity: Severity::Info,
-                    text: format!(
-                        "no CONNACK from {} within {:?} (mqtt.connect_timeout)",
-                        settings.broker, settings.cfg.connect_timeout
-                    ),
-                    ending: Ending::Other,
-                })
+                return failed(diagnose::no_connack(
+                    settings.cfg.connect_timeout,
+                    settings.target(),
+                ))
             }
         }
         let now = Instant::now();
@@ -544,10 +370,8 @@ impl<'a> Session<'a> {
             watch: KeepAliveWatch::new(settings.keep_alive, now),
             check,
             connected_at: now,
-            unwritten: VecDeque::new(),
-            unacked: HashMap::new(),
+            delivery: Delivery::new(RECORD_WINDOW),
             held: VecDeque::new(),
-            in_window: 0,
             birth_written_at: None,
             birth_sent: false,
             birth_acked: false,
@@ -565,15 +389,14 @@ impl<'a> Session<'a> {
 
     fn failure(&self, diagnosis: Diagnosis) -> Failure {
         let unacked = self
-            .unwritten
-            .iter()
-            .chain(self.unacked.values())
-            .filter_map(|sent| match &sent.what {
+            .delivery
+            .unsettled()
+            .filter_map(|(sent, written_at)| match sent {
                 SentKind::Record { record, .. } => Some(UnackedRecord {
                     id: record.seq,
                     topic: record.topic.clone(),
                     bytes: record.payload.len(),
-                    written_at: sent.written_at,
+                    written_at,
                 }),
                 _ => None,
             })
@@ -601,7 +424,7 @@ impl<'a> Session<'a> {
         if self.check.subscribing() {
             self.client
                 .try_subscribe(&self.settings.status_topic, QoS::AtMostOnce)
-                .map_err(|e| self.client_error(e))?;
+                .map_err(|e| diagnose::client_refused(&e))?;
         }
         let mut health_timer =
             tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
@@ -616,13 +439,13 @@ impl<'a> Session<'a> {
             let can_take = self.birth_sent
                 && self.held.is_empty()
                 && self.memory.quarantine.probe().is_none()
-                && self.in_window < RECORD_WINDOW;
+                && self.delivery.room() > 0;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 ev = self.events.recv() => self.on_event(ev)?,
                 _ = tokio::time::sleep_until(self.watch.deadline()) => {
-                    return Err(self.keep_alive_verdict());
+                    return Err(diagnose::keep_alive(self.watch.allowance()));
                 }
                 _ = tokio::time::sleep_until(check_due.unwrap_or_else(Instant::now)),
                     if check_due.is_some() => self.check.on_deadline(Instant::now()),
@@ -691,38 +514,15 @@ impl<'a> Session<'a> {
     }
 
     fn on_routing_verdict(&mut self, verdict: Routing) {
-        let status = &self.settings.status_topic;
-        let (cause, text) = match verdict {
-            Routing::Delivered => {
-                if self.memory.routing.resolved().is_some() {
-                    tracing::info!("the broker delivers our messages again");
-                }
-                self.health.set_link(|l| l.routing = ROUTING_OK.to_string());
-                return;
+        let settings = self.settings;
+        let Some(text) = verdict.complaint(&settings.cfg.prefix, &settings.status_topic) else {
+            if self.memory.routing.resolved().is_some() {
+                tracing::info!("the broker delivers our messages again");
             }
-            Routing::NotDelivered => (
-                "not-delivered",
-                format!(
-                    "the broker accepts but does not deliver our messages: check its ACL (this \
-                     gateway must be allowed to publish to, and read back, {}/#). {status} did \
-                     not come back to our own subscription within {}s of being acknowledged, \
-                     so readings may vanish while every publish looks fine",
-                    self.settings.cfg.prefix,
-                    CHECK_WAIT.as_secs()
-                ),
-            ),
-            Routing::NotChecked => (
-                "not-checked",
-                format!(
-                    "the broker refused our subscription to {status} (in its SUBACK, or by \
-                     closing the connection), so it cannot be checked that it delivers our \
-                     messages, nor that it kept our retained messages (they are republished \
-                     after such connects). Check its ACL: allow this gateway to subscribe to \
-                     {status}"
-                ),
-            ),
+            self.health.set_link(|l| l.routing = ROUTING_OK.to_string());
+            return;
         };
-        match self.memory.routing.occurred(cause, Instant::now()) {
+        match self.memory.routing.occurred(verdict, Instant::now()) {
             Say::Nothing => tracing::debug!("{text}"),
             Say::New | Say::Reminder { .. } => tracing::warn!("{text}"),
         }
@@ -731,27 +531,6 @@ impl<'a> Session<'a> {
             _ => format!("not delivered: {text}"),
         };
         self.health.set_link(|l| l.routing = summary);
-    }
-
-    fn keep_alive_verdict(&self) -> Diagnosis {
-        Diagnosis {
-            cause: "keep-alive".into(),
-            severity: Severity::Info,
-            text: format!(
-                "nothing received from the broker for {:.1}s (1.5 x keep-alive)",
-                self.watch.allowance().as_secs_f64()
-            ),
-            ending: Ending::Other,
-        }
-    }
-
-    fn client_error(&self, e: rumqttc::ClientError) -> Diagnosis {
-        Diagnosis {
-            cause: "client".into(),
-            severity: Severity::Info,
-            text: format!("cannot hand a message to the MQTT client: {e}"),
-            ending: Ending::Other,
-        }
     }
 
     /// Shutdown with the link up: publish what is queued (bounded), then the retained
@@ -817,25 +596,21 @@ impl<'a> Session<'a> {
         let event = match event {
             Some(Ok(e)) => e,
             Some(Err(e)) => return Err(diagnose::connection_error(&e, self.settings.target())),
-            None => {
-                return Err(Diagnosis {
-                    cause: "event-loop".into(),
-                    severity: Severity::Info,
-                    text: "the MQTT event loop stopped".into(),
-                    ending: Ending::Other,
-                })
-            }
+            None => return Err(diagnose::event_loop_stopped()),
         };
         let now = Instant::now();
         match event {
             Event::Incoming(packet) => {
                 self.watch.on_inbound(now);
                 match packet {
-                    Packet::PubAck(ack) => {
-                        if let Some(sent) = self.unacked.remove(&ack.pkid) {
-                            self.settle(sent);
-                        }
-                    }
+                    Packet::PubAck(ack) => match self.delivery.acknowledged(ack.pkid) {
+                        Acked::Settled(sent) => self.settle(sent),
+                        Acked::Unknown => tracing::debug!(
+                            pkid = ack.pkid,
+                            "ignored a PUBACK for a packet id no publish of ours waits on (a \
+                             duplicate?)"
+                        ),
+                    },
                     Packet::SubAck(ack) => {
                         let granted = ack
                             .return_codes
@@ -850,22 +625,14 @@ impl<'a> Session<'a> {
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let Some(mut sent) = self.unwritten.pop_front() else {
-                    return Err(Diagnosis {
-                        cause: "client".into(),
-                        severity: Severity::Info,
-                        text: "rumqttc wrote a publish we did not request".into(),
-                        ending: Ending::Other,
-                    });
-                };
-                sent.written_at = Some(now);
-                if matches!(sent.what, SentKind::Birth) {
-                    self.birth_written_at = Some(now);
-                }
-                if sent.qos == QoS::AtMostOnce {
-                    self.settle(sent);
-                } else {
-                    self.unacked.insert(pkid, sent);
+                match self
+                    .delivery
+                    .written(pkid, now)
+                    .map_err(diagnose::mismatch)?
+                {
+                    Written::Settled(sent) => self.settle(sent),
+                    Written::AwaitingAck(SentKind::Birth) => self.birth_written_at = Some(now),
+                    Written::AwaitingAck(_) => {}
                 }
             }
             Event::Outgoing(_) => {}
@@ -874,8 +641,8 @@ impl<'a> Session<'a> {
     }
 
     /// A publish is done: acknowledged (QoS 1) or written (QoS 0).
-    fn settle(&mut self, sent: Sent) {
-        match sent.what {
+    fn settle(&mut self, sent: SentKind) {
+        match sent {
             SentKind::Record { record, retained } => {
                 self.outbox.ack(record.seq);
                 self.memory.quarantine.acknowledged(record.seq);
@@ -884,12 +651,8 @@ impl<'a> Session<'a> {
                         .republish
                         .remember(&record.topic, &record.payload);
                 }
-                self.in_window = self.in_window.saturating_sub(1);
             }
-            SentKind::Republish(topic) => {
-                self.memory.republish.acknowledged(&topic);
-                self.in_window = self.in_window.saturating_sub(1);
-            }
+            SentKind::Republish(topic) => self.memory.republish.acknowledged(&topic),
             SentKind::Birth => {
                 self.birth_acked = true;
                 self.memory.failures.resolved();
@@ -905,37 +668,31 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Nothing of ours is on the wire: a suspect may go, alone.
-    fn alone(&self) -> bool {
-        self.unwritten.is_empty() && self.unacked.is_empty()
-    }
-
     /// Hands rumqttc what fits in the window: republished retained state first (it must not
     /// wait behind a backlog), then outbox records, a suspect only alone.
     fn fill_window(&mut self) -> Result<(), Diagnosis> {
         if !self.birth_sent {
             return Ok(());
         }
-        while self.in_window < RECORD_WINDOW {
+        while self.delivery.room() > 0 {
             let Some((topic, payload)) = self.memory.republish.next() else {
                 break;
             };
             self.client
                 .try_publish(&topic, self.settings.qos, true, payload)
-                .map_err(|e| self.client_error(e))?;
-            self.unwritten.push_back(Sent {
-                what: SentKind::Republish(topic),
-                qos: self.settings.qos,
-                written_at: None,
-            });
-            self.in_window += 1;
+                .map_err(|e| diagnose::client_refused(&e))?;
+            self.delivery.requested(
+                SentKind::Republish(topic),
+                settles(self.settings.qos),
+                Counted::InWindow,
+            );
         }
         loop {
             if self.memory.quarantine.probe().is_some() {
                 return Ok(());
             }
             if self.held.is_empty() {
-                let room = RECORD_WINDOW.saturating_sub(self.in_window);
+                let room = self.delivery.room();
                 if room == 0 {
                     return Ok(());
                 }
@@ -949,11 +706,12 @@ impl<'a> Session<'a> {
                 self.held.extend(batch);
             }
             while let Some(front) = self.held.front() {
-                if self.in_window >= RECORD_WINDOW {
+                if self.delivery.room() == 0 {
                     return Ok(());
                 }
                 let suspect = self.memory.quarantine.is_suspect(front.seq);
-                if suspect && !self.alone() {
+                // A suspect goes only alone: nothing of ours on the wire before or beside it.
+                if suspect && !self.delivery.is_idle() {
                     return Ok(());
                 }
                 let Some(record) = self.held.pop_front() else {
@@ -970,21 +728,14 @@ impl<'a> Session<'a> {
 
     /// Hands one record to rumqttc; false when it was given up instead (too large to send).
     fn send_record(&mut self, record: Record) -> Result<bool, Diagnosis> {
-        let bytes = publish_packet_size(&record.topic, record.payload.len());
-        if bytes > MAX_PACKET {
-            let why = format!(
-                "as an MQTT packet it would be {bytes} bytes, more than the {MAX_PACKET} \
-                 fieldlink sends"
-            );
-            give_up(
-                self.outbox,
-                self.health,
-                self.memory,
-                record.seq,
-                &record.topic,
-                record.payload.len(),
-                &why,
-            );
+        if let Some(why) = delivery::too_large(&record.topic, record.payload.len()) {
+            let culprit = GiveUp {
+                id: record.seq,
+                topic: &record.topic,
+                bytes: record.payload.len(),
+                why,
+            };
+            give_up(self.outbox, self.health, self.memory, &culprit);
             self.memory.quarantine.acknowledged(record.seq);
             return Ok(false);
         }
@@ -998,19 +749,18 @@ impl<'a> Session<'a> {
                 retain,
                 record.payload.clone(),
             )
-            .map_err(|e| self.client_error(e))?;
+            .map_err(|e| diagnose::client_refused(&e))?;
         if retain {
             self.memory.republish.superseded(&record.topic);
         }
-        self.unwritten.push_back(Sent {
-            what: SentKind::Record {
+        self.delivery.requested(
+            SentKind::Record {
                 record,
                 retained: retain,
             },
-            qos: self.settings.qos,
-            written_at: None,
-        });
-        self.in_window += 1;
+            settles(self.settings.qos),
+            Counted::InWindow,
+        );
         Ok(true)
     }
 
@@ -1024,12 +774,8 @@ impl<'a> Session<'a> {
     ) -> Result<(), Diagnosis> {
         self.client
             .try_publish(topic, qos, true, payload.to_vec())
-            .map_err(|e| self.client_error(e))?;
-        self.unwritten.push_back(Sent {
-            what,
-            qos,
-            written_at: None,
-        });
+            .map_err(|e| diagnose::client_refused(&e))?;
+        self.delivery.requested(what, settles(qos), Counted::Beside);
         Ok(())
     }
 
@@ -1058,16 +804,12 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Bytes of a QoS 1 PUBLISH packet: fixed header, remaining length, topic, packet id, payload.
-fn publish_packet_size(topic: &str, payload: usize) -> usize {
-    let remaining = 2 + topic.len() + 2 + payload;
-    let length_bytes = match remaining {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    };
-    1 + length_bytes + remaining
+/// When a publish at `qos` is done.
+fn settles(qos: QoS) -> Settles {
+    match qos {
+        QoS::AtMostOnce => Settles::OnWrite,
+        QoS::AtLeastOnce | QoS::ExactlyOnce => Settles::OnPubAck,
+    }
 }
 
 /// Polls one connection's event loop until its first error, which ends the connection:
@@ -1107,68 +849,4 @@ fn mqtt_options(settings: &Settings) -> anyhow::Result<MqttOptions> {
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
     }
     Ok(o)
-}
-
-/// Where the password lives: an absolute `password_file` as is; a relative one names a
-/// systemd credential (`LoadCredential=NAME:…`) under `$CREDENTIALS_DIRECTORY` when that is
-/// set, else a path relative to the working directory.
-pub fn password_path(file: &Path) -> PathBuf {
-    resolve_password_path(file, std::env::var_os("CREDENTIALS_DIRECTORY").as_deref())
-}
-
-fn resolve_password_path(file: &Path, credentials_dir: Option<&std::ffi::OsStr>) -> PathBuf {
-    match credentials_dir {
-        Some(dir) if file.is_relative() => Path::new(dir).join(file),
-        _ => file.to_path_buf(),
-    }
-}
-
-/// Read at every connect, so a rotated secret is picked up without a restart. One trailing
-/// newline is not part of the password.
-fn read_password(file: &Path) -> anyhow::Result<String> {
-    let path = password_path(file);
-    let raw = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read the MQTT password from {} (mqtt.password_file); check the path and \
-             that the fieldlink user may read it",
-            path.display()
-        )
-    })?;
-    let password = raw.strip_suffix('\n').unwrap_or(&raw);
-    Ok(password.strip_suffix('\r').unwrap_or(password).to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_relative_password_file_is_a_systemd_credential_when_the_directory_is_set() {
-        let creds = Some(std::ffi::OsStr::new("/run/credentials/fieldlink.service"));
-        assert_eq!(
-            resolve_password_path(Path::new("/etc/fieldlink/pw"), creds),
-            PathBuf::from("/etc/fieldlink/pw")
-        );
-        assert_eq!(
-            resolve_password_path(Path::new("mqtt-password"), creds),
-            PathBuf::from("/run/credentials/fieldlink.service/mqtt-password")
-        );
-        assert_eq!(
-            resolve_password_path(Path::new("pw"), None),
-            PathBuf::from("pw")
-        );
-    }
-
-    #[test]
-    fn the_password_loses_one_trailing_newline_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pw");
-        std::fs::write(&path, "s3cret \n").unwrap();
-        assert_eq!(read_password(&path).unwrap(), "s3cret ");
-        let err = format!(
-            "{:#}",
-            read_password(&dir.path().join("missing")).unwrap_err()
-        );
-        assert!(err.contains("mqtt.password_file"), "{err}");
-    }
 }

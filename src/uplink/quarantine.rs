@@ -4,8 +4,9 @@
 //! the connection the moment it reads its header. The record goes back to the head of the
 //! queue, is resent after the reconnect, closes that connection too, and nothing behind it
 //! is ever delivered. This module decides, with no I/O and time passed in, which record to
-//! give up on. It owns the suspects and their strikes, nothing else: `mqtt` sends the
-//! records, asks [`Quarantine::is_suspect`], and drops the culprit from the outbox.
+//! give up on. It owns the suspects and their strikes, and the words for a record given up
+//! ([`GiveUp`]): `mqtt` sends the records, asks [`Quarantine::is_suspect`], and drops the
+//! culprit from the outbox.
 //!
 //! Which record is the culprit when 64 are in the send window? Not simply the oldest
 //! unacknowledged one: the broker acknowledged the records before the culprit, but a
@@ -52,6 +53,41 @@ pub struct Unacked {
     pub id: u64,
     /// When rumqttc wrote it to the socket; `None` if it never was.
     pub written_at: Option<Instant>,
+}
+
+/// A record given up on for good: dropped from the outbox, counted, logged at error and
+/// shown on the health topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GiveUp<'a> {
+    pub id: u64,
+    pub topic: &'a str,
+    pub bytes: usize,
+    /// Why it can never be delivered, in words.
+    pub why: String,
+}
+
+impl GiveUp<'_> {
+    /// The reason for a record that struck out (see the module doc).
+    pub fn struck_out() -> String {
+        format!(
+            "the broker closed the connection right after it was sent, {STRIKES} times in a \
+             row (larger than the broker's max_packet_size?)"
+        )
+    }
+
+    /// For the log: what was dropped, why, and that the queue goes on.
+    pub fn log_text(&self) -> String {
+        format!(
+            "gave up on a message on {} ({} bytes): {}. It is dropped and counted (health: \
+             dropped, quarantined); the queue moves on",
+            self.topic, self.bytes, self.why
+        )
+    }
+
+    /// For the health topic's `last_quarantined`.
+    pub fn summary(&self) -> String {
+        format!("{} ({} bytes): {}", self.topic, self.bytes, self.why)
+    }
 }
 
 /// Suspects and their strikes across connections; see the module doc.

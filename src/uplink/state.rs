@@ -250,26 +250,33 @@ pub enum Say {
 }
 
 #[derive(Debug, Clone)]
-struct Complaint {
-    cause: String,
+struct Complaint<C> {
+    cause: C,
     since: Instant,
     logged_at: Instant,
     repeats: u64,
 }
 
 /// Decides which occurrences of a recurring complaint reach the log; see the module doc.
-#[derive(Debug, Clone, Default)]
-pub struct ComplaintPacer {
-    current: Option<Complaint>,
+/// `C` is the complaint's typed cause: the same trouble gives an equal cause.
+#[derive(Debug, Clone)]
+pub struct ComplaintPacer<C> {
+    current: Option<Complaint<C>>,
 }
 
-impl ComplaintPacer {
+impl<C> Default for ComplaintPacer<C> {
+    fn default() -> Self {
+        ComplaintPacer { current: None }
+    }
+}
+
+impl<C: PartialEq> ComplaintPacer<C> {
     pub fn new() -> Self {
         ComplaintPacer::default()
     }
 
-    /// One more occurrence with `cause` (a stable key: the same trouble gives the same key).
-    pub fn occurred(&mut self, cause: &str, now: Instant) -> Say {
+    /// One more occurrence with `cause`.
+    pub fn occurred(&mut self, cause: C, now: Instant) -> Say {
         match &mut self.current {
             Some(c) if c.cause == cause => {
                 c.repeats += 1;
@@ -286,7 +293,7 @@ impl ComplaintPacer {
             }
             _ => {
                 self.current = Some(Complaint {
-                    cause: cause.to_owned(),
+                    cause,
                     since: now,
                     logged_at: now,
                     repeats: 0,
@@ -297,7 +304,7 @@ impl ComplaintPacer {
     }
 
     /// The trouble is over. Returns the cause that had been complained about, if any.
-    pub fn resolved(&mut self) -> Option<String> {
+    pub fn resolved(&mut self) -> Option<C> {
         self.current.take().map(|c| c.cause)
     }
 
@@ -510,7 +517,7 @@ mod tests {
         );
         assert_eq!(pacer.occurred("tls: unknown issuer", at(701)), Say::New);
         assert_eq!(pacer.occurred("refused: bad password", at(702)), Say::New);
-        assert_eq!(pacer.resolved().as_deref(), Some("refused: bad password"));
+        assert_eq!(pacer.resolved(), Some("refused: bad password"));
         assert_eq!(pacer.resolved(), None);
         assert_eq!(pacer.occurred("refused: bad password", at(703)), Say::New);
     }

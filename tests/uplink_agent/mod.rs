@@ -5,10 +5,12 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldlink::config::{Mqtt, PayloadMode};
+use fieldlink::buffer::{self, store::Limits, Durable, IoDriver};
+use fieldlink::config::{Durability, Mqtt, PayloadMode, Replay, WhenFull};
 use fieldlink::health::{Health, LinkReport, LinkState};
 use fieldlink::model::{Reading, Sample, SampleSink, Value};
 use fieldlink::queue::Outbox;
@@ -16,7 +18,8 @@ use fieldlink::uplink::{self, Publisher};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::watch::Message;
+use crate::support::wait_until;
+use crate::support::watch::{Message, Watch};
 
 pub fn mqtt(port: u16, prefix: &str, keep_alive: Duration) -> Mqtt {
     Mqtt {
@@ -76,6 +79,14 @@ impl Agent {
             task,
             producer: None,
         }
+    }
+
+    /// Waits until the link is up and the broker acknowledged everything queued.
+    pub async fn drained(&self, deadline: Duration) {
+        wait_until("the outbox drained", deadline, || {
+            (self.is_up() && self.outbox.depth() == 0).then_some(())
+        })
+        .await;
     }
 
     pub fn link(&self) -> LinkReport {
@@ -171,4 +182,46 @@ pub fn newest_per_topic(messages: &[Message]) -> BTreeMap<String, u64> {
 
 pub fn missing(seen: &BTreeSet<u64>, upto: u64) -> Vec<u64> {
     (1..=upto).filter(|s| !seen.contains(s)).collect()
+}
+
+/// What a subscriber arriving now gets retained on `topic` (waits for it until `deadline`).
+pub async fn retained_on(port: u16, topic: &str, deadline: Duration) -> Message {
+    Watch::start(port, topic)
+        .await
+        .wait_for(topic, deadline, |m| m.retain)
+        .await
+}
+
+/// A durable buffer under `dir` that keeps everything (no size or age bound in reach) and
+/// never spills on its own.
+pub fn buffer_settings(
+    dir: &Path,
+    durability: Durability,
+    commit_interval: Duration,
+) -> buffer::Settings {
+    buffer::Settings {
+        dir: dir.to_path_buf(),
+        durability,
+        commit_interval,
+        limits: Limits {
+            max_size: 1 << 30,
+            max_age: Duration::from_secs(3600 * 24),
+            when_full: WhenFull::DropOldest,
+        },
+        replay: Replay::All,
+        replay_rate: None,
+        spill_threshold: usize::MAX,
+        capacity: 100_000,
+        clock: Arc::new(fieldlink::buffer::clock::SystemClock::new()),
+    }
+}
+
+/// An outbox over such a buffer, its I/O on its own thread as in the daemon.
+pub fn buffered_outbox(dir: &Path, durability: Durability) -> Arc<Outbox> {
+    let settings = buffer_settings(dir, durability, Duration::from_millis(50));
+    Arc::new(Outbox::with_buffer(Durable::open(
+        settings,
+        1,
+        IoDriver::Thread,
+    )))
 }
