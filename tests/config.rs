@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fieldlink::config::{self, BusKind, DataType, Parity, PayloadMode, Table, WordOrder};
+use fieldlink::config::{
+    self, BusKind, DataType, Device, ModbusDevice, Parity, PayloadMode, Table, WordOrder,
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -26,6 +28,13 @@ fn tomls_in(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "no .toml files in {}", dir.display());
     files
+}
+
+/// The Modbus settings of a device the test knows is a Modbus device.
+fn modbus(device: &Device) -> &ModbusDevice {
+    device
+        .modbus()
+        .unwrap_or_else(|| panic!("{} should be a Modbus device", device.name))
 }
 
 fn load_ok(path: &Path) -> config::Config {
@@ -181,7 +190,7 @@ fn every_shipped_profile_loads_in_a_device() {
         .unwrap();
         let config = load_ok(&path);
         assert!(
-            !config.devices[0].points.is_empty(),
+            !modbus(&config.devices[0]).points.is_empty(),
             "profile {name} brought no points"
         );
     }
@@ -198,7 +207,13 @@ fn the_demo_config_has_the_points_the_demo_serves() {
     };
     assert_eq!(tcp.address, "127.0.0.1:1502");
     let boiler = config.device("boiler").unwrap();
-    let point = |name: &str| boiler.points.iter().find(|p| p.name == name).unwrap();
+    let point = |name: &str| {
+        modbus(boiler)
+            .points
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+    };
     assert_eq!(point("pressure").order, WordOrder::Cdab);
     assert_eq!(point("pressure").data_type, DataType::F32);
     assert_eq!(point("temperature").scale, 0.1);
@@ -240,9 +255,9 @@ fn defaults_fill_every_optional_key() {
     assert_eq!(rtu.inter_request_delay, Duration::from_millis(20));
     let device = &config.devices[0];
     assert_eq!(device.interval, Duration::from_secs(5));
-    assert_eq!(device.max_gap, 8);
-    assert_eq!(device.offline_after, 3);
-    let point = &device.points[0];
+    assert_eq!(modbus(device).max_gap, 8);
+    assert_eq!(modbus(device).offline_after, 3);
+    let point = &modbus(device).points[0];
     assert_eq!((point.table, point.address), (Table::Holding, 0));
     assert_eq!(point.order, WordOrder::Abcd);
     assert_eq!((point.scale, point.offset), (1.0, 0.0));
@@ -280,14 +295,23 @@ fn mqtts_urls_turn_tls_on_with_the_tls_port() {
 fn the_sdm120_profile_maps_the_manufacturers_registers() {
     let config = load_ok(&repo().join("config/examples/rs485-meters.toml"));
     let meter = config.device("main-meter").unwrap();
-    let point = |name: &str| meter.points.iter().find(|p| p.name == name).unwrap();
+    let point = |name: &str| {
+        modbus(meter)
+            .points
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+    };
     assert_eq!(
         (point("voltage").table, point("voltage").address),
         (Table::Input, 0)
     );
     assert_eq!(point("frequency").address, 70);
     assert_eq!(point("total_active_energy").address, 342);
-    assert!(meter.points.iter().all(|p| p.data_type == DataType::F32));
+    assert!(modbus(meter)
+        .points
+        .iter()
+        .all(|p| p.data_type == DataType::F32));
     assert_eq!(
         meter.interval,
         Duration::from_secs(10),
@@ -299,8 +323,8 @@ fn the_sdm120_profile_maps_the_manufacturers_registers() {
         Duration::from_secs(30),
         "the device's own interval wins"
     );
-    assert_eq!(climate.points[0].address, 1);
-    assert_eq!(climate.points[0].data_type, DataType::I16);
+    assert_eq!(modbus(climate).points[0].address, 1);
+    assert_eq!(modbus(climate).points[0].data_type, DataType::I16);
 }
 
 #[test]
@@ -319,13 +343,13 @@ fn device_points_are_added_after_the_profile_points() {
     )
     .unwrap();
     let config = load_ok(&path);
-    let names: Vec<&str> = config.devices[0]
+    let names: Vec<&str> = modbus(&config.devices[0])
         .points
         .iter()
         .map(|p| p.name.as_str())
         .collect();
     assert_eq!(names, ["temperature", "humidity", "address_setting"]);
-    assert_eq!(config.devices[0].points[2].address, 0x0101);
+    assert_eq!(modbus(&config.devices[0]).points[2].address, 0x0101);
 }
 
 #[test]

@@ -79,6 +79,21 @@ pub struct Mqtt {
     pub report: Option<ReportByException>,
 }
 
+/// The defaults of `[mqtt]`: the validator fills them in, `config/fieldlink.toml` shows them
+/// (a test keeps the two in step).
+impl Mqtt {
+    pub const DEFAULT_PORT: u16 = 1883;
+    /// With TLS (`mqtts://` or a `[mqtt.tls]` table).
+    pub const DEFAULT_TLS_PORT: u16 = 8883;
+    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+    pub const DEFAULT_QOS: u8 = 1;
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+    pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+    pub const DEFAULT_PAYLOAD: PayloadMode = PayloadMode::Json;
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
+}
+
 /// Report by exception: a point's reading is published only when it moved past the deadband
 /// from the last *published* value of that point, or when `max_interval` passed since then.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,6 +144,18 @@ pub struct Log {
     pub level: String,
 }
 
+impl Log {
+    pub const DEFAULT_LEVEL: &'static str = "info";
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: Log::DEFAULT_LEVEL.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Bus {
     pub name: String,
@@ -151,6 +178,12 @@ pub struct ModbusTcp {
     pub timeout: Duration,
 }
 
+impl ModbusTcp {
+    /// When `address` names no port.
+    pub const DEFAULT_PORT: u16 = 502;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
 #[derive(Debug, Clone)]
 pub struct ModbusRtu {
     pub serial: SerialSettings,
@@ -159,8 +192,15 @@ pub struct ModbusRtu {
     pub inter_request_delay: Duration,
 }
 
+impl ModbusRtu {
+    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Stretched to t3.5 (rounded up to the millisecond) where that is longer, at slow baud
+    /// rates.
+    pub const DEFAULT_INTER_REQUEST_DELAY: Duration = Duration::from_millis(20);
+}
+
 /// A serial port carrying text lines (`type = "serial_line"`). Its devices carry their
-/// extraction rules in [`Device::serial_line`].
+/// extraction rules in [`SerialLineDevice`].
 #[derive(Debug, Clone)]
 pub struct SerialLine {
     pub serial: SerialSettings,
@@ -169,6 +209,11 @@ pub struct SerialLine {
     pub terminator: Vec<u8>,
     /// Longest line in bytes (terminator excluded); longer ones are counted and skipped.
     pub max_line: usize,
+}
+
+impl SerialLine {
+    pub const DEFAULT_TERMINATOR: &'static [u8] = b"\n";
+    pub const DEFAULT_MAX_LINE: usize = 256;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +225,14 @@ pub struct SerialSettings {
     pub parity: Parity,
     /// 1 or 2
     pub stop_bits: u8,
+}
+
+/// The defaults of both serial bus types (`modbus_rtu`, `serial_line`): 9600 8N1.
+impl SerialSettings {
+    pub const DEFAULT_BAUD: u32 = 9600;
+    pub const DEFAULT_DATA_BITS: u8 = 8;
+    pub const DEFAULT_PARITY: Parity = Parity::None;
+    pub const DEFAULT_STOP_BITS: u8 = 1;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,30 +283,63 @@ pub const RESERVED_POINT_NAMES: &[(&str, &str)] = &[
 /// sensibly no longer than this (and dashboards show it).
 pub const MAX_NAME_CHARS: usize = 64;
 
+/// A `[[device]]`: what every kind of device has, and its kind.
 #[derive(Debug, Clone)]
 pub struct Device {
     pub name: String,
-    /// Name of a bus in `Config::buses` (validated to exist).
+    /// Name of a bus in `Config::buses` (validated to exist, and to be of the device's kind).
     pub bus: String,
-    /// Modbus unit (slave) id, 0..=247.
-    pub unit: u8,
+    /// Modbus: how often the points are read (a point may have its own). A serial_line query
+    /// sensor: the query period; a streaming one: the expected time between lines.
     pub interval: Duration,
-    /// Largest run of unwanted registers (or bits) the planner may read to merge two requests.
-    pub max_gap: u16,
-    /// Modbus: polls in a row in which the device answers nothing before it is reported
-    /// offline (1..=[`Device::MAX_OFFLINE_AFTER`], default [`Device::DEFAULT_OFFLINE_AFTER`]).
-    /// A serial_line device goes offline after its `stale_after` instead, whose default
-    /// (3 x interval) is the same rule in time; for it this field is the default, unused.
-    pub offline_after: u32,
-    /// Modbus points; empty for a device on a serial_line bus.
-    pub points: Vec<Point>,
-    /// Extraction rules for a device on a serial_line bus (`None` for Modbus devices, whose
-    /// `unit` is then 0 and `max_gap` meaningless). For a query sensor `interval` is the
-    /// query period; for a streaming one it is the expected time between lines.
-    pub serial_line: Option<SerialLineDevice>,
+    pub kind: DeviceKind,
 }
 
 impl Device {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// The Modbus settings, for a device on a Modbus bus.
+    pub fn modbus(&self) -> Option<&ModbusDevice> {
+        match &self.kind {
+            DeviceKind::Modbus(m) => Some(m),
+            DeviceKind::SerialLine(_) => None,
+        }
+    }
+
+    /// The extraction rules, for a device on a serial_line bus.
+    pub fn serial_line(&self) -> Option<&SerialLineDevice> {
+        match &self.kind {
+            DeviceKind::SerialLine(l) => Some(l),
+            DeviceKind::Modbus(_) => None,
+        }
+    }
+}
+
+/// How a device is read: decided by the type of its bus.
+#[derive(Debug, Clone)]
+pub enum DeviceKind {
+    /// A unit on a `modbus_tcp` or `modbus_rtu` bus, read register by register.
+    Modbus(ModbusDevice),
+    /// A sensor on a `serial_line` bus, read line by line.
+    SerialLine(SerialLineDevice),
+}
+
+/// A Modbus unit: its id, its register map and how it is polled.
+#[derive(Debug, Clone)]
+pub struct ModbusDevice {
+    /// Modbus unit (slave) id: 1..=247, or 255 on Modbus TCP.
+    pub unit: u8,
+    /// Largest run of unwanted registers (or bits) the planner may read to merge two requests.
+    pub max_gap: u16,
+    /// Polls in a row in which the device answers nothing before it is reported offline
+    /// (1..=[`ModbusDevice::MAX_OFFLINE_AFTER`]). A serial_line device goes offline after
+    /// its `stale_after` instead, whose default (3 x interval) is the same rule in time.
+    pub offline_after: u32,
+    pub points: Vec<Point>,
+}
+
+impl ModbusDevice {
+    pub const DEFAULT_MAX_GAP: u16 = 8;
     pub const DEFAULT_OFFLINE_AFTER: u32 = 3;
     pub const MAX_OFFLINE_AFTER: u32 = 100;
 }
@@ -271,11 +357,21 @@ pub struct SerialLineDevice {
     pub points: Vec<SerialLinePoint>,
 }
 
+impl SerialLineDevice {
+    /// `stale_after` defaults to this many intervals: the Modbus rule of
+    /// [`ModbusDevice::DEFAULT_OFFLINE_AFTER`] polls, in time.
+    pub const DEFAULT_STALE_AFTER_INTERVALS: u32 = 3;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineQuery {
     /// The bytes sent, escape sequences (`\r`, `\n`, `\xNN`) decoded.
     pub bytes: Vec<u8>,
     pub response_timeout: Duration,
+}
+
+impl LineQuery {
+    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

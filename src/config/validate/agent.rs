@@ -40,9 +40,7 @@ impl Checker {
     pub(super) fn log(&mut self, file: FileId, item: &Item) -> Option<Log> {
         let d = self.decode::<RawLog>(file, item, "[log]", &[])?;
         let Some(level) = &d.value.level else {
-            return Some(Log {
-                level: "info".into(),
-            });
+            return Some(Log::default());
         };
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level.get_ref()) {
             self.fail(

@@ -96,9 +96,7 @@ impl Checker {
         };
         let log = match doc.as_table().get("log") {
             Some(item) => self.log(file, item),
-            None => Some(Log {
-                level: "info".into(),
-            }),
+            None => Some(Log::default()),
         };
         let buffer = match doc.as_table().get("buffer") {
             Some(item) => self.buffer(file, item),

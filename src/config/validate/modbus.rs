@@ -14,9 +14,8 @@ use super::shared::{join_host_port, split_host_port, BusFamily, RtuUnitUser, See
 use crate::config::limits;
 use crate::config::raw::{RawDevice, RawRtuBus, RawTcpBus};
 use crate::config::units::{format_duration, rtu_min_silence};
-use crate::config::{Bus, BusKind, Device, ModbusRtu, ModbusTcp, Parity};
+use crate::config::{Bus, BusKind, Device, DeviceKind, ModbusDevice, ModbusRtu, ModbusTcp, Parity};
 
-const DEFAULT_MODBUS_TCP_PORT: u16 = 502;
 /// The planner never needs to bridge more than one full bit request.
 const MAX_GAP_LIMIT: i64 = 2000;
 
@@ -34,7 +33,7 @@ impl Checker {
         let address = self
             .require(&d, &raw.address, "address", "address = \"10.0.0.5:502\"")
             .and_then(|a| match split_host_port(a.get_ref()) {
-                Ok((host, port)) => Some(join_host_port(&host, port.unwrap_or(DEFAULT_MODBUS_TCP_PORT))),
+                Ok((host, port)) => Some(join_host_port(&host, port.unwrap_or(ModbusTcp::DEFAULT_PORT))),
                 Err(why) => {
                     self.fail(file, span_of(a), format!("bus address \"{}\" {why}: write \"host:port\", e.g. \"10.0.0.5:502\" (the port defaults to 502)", a.get_ref()));
                     None
@@ -45,7 +44,7 @@ impl Checker {
             &raw.timeout,
             "timeout",
             &limits::REQUEST_TIMEOUT,
-            Duration::from_secs(1),
+            ModbusTcp::DEFAULT_TIMEOUT,
         );
         let (name_span, name) = name?;
         Some((
@@ -88,7 +87,7 @@ impl Checker {
             &raw.response_timeout,
             "response_timeout",
             &limits::REQUEST_TIMEOUT,
-            Duration::from_millis(500),
+            ModbusRtu::DEFAULT_RESPONSE_TIMEOUT,
         );
         let inter_request_delay = match (
             serial.baud,
@@ -100,7 +99,9 @@ impl Checker {
                 let minimum = rtu_min_silence(baud, data_bits, parity != Parity::None, stop_bits);
                 match &raw.inter_request_delay {
                     // The default must itself respect t3.5 at slow baud rates.
-                    None => Some(Duration::from_millis(20).max(round_up_to_ms(minimum))),
+                    None => {
+                        Some(ModbusRtu::DEFAULT_INTER_REQUEST_DELAY.max(round_up_to_ms(minimum)))
+                    }
                     Some(delay) if delay.get_ref().0 < minimum => {
                         self.fail(file, span_of(delay), format!(
                             "`inter_request_delay` = \"{}\" is shorter than 3.5 character times at {baud} baud ({:.2} ms), which Modbus RTU needs between frames: use at least \"{}\"",
@@ -235,16 +236,16 @@ impl Checker {
         }
 
         let max_gap = match &raw.max_gap {
-            None => Some(8),
+            None => Some(ModbusDevice::DEFAULT_MAX_GAP),
             Some(g) => self
                 .int_in(file, g, "max_gap", 0..=MAX_GAP_LIMIT, "the largest run of unwanted registers or bits read to merge two requests must be {range}")
                 .map(|g| g as u16),
         };
 
         let offline_after = match &raw.offline_after {
-            None => Some(Device::DEFAULT_OFFLINE_AFTER),
+            None => Some(ModbusDevice::DEFAULT_OFFLINE_AFTER),
             Some(n) => self
-                .int_in(file, n, "offline_after", 1..=i64::from(Device::MAX_OFFLINE_AFTER), "the polls in a row without an answer before the device is reported offline must be {range}")
+                .int_in(file, n, "offline_after", 1..=i64::from(ModbusDevice::MAX_OFFLINE_AFTER), "the polls in a row without an answer before the device is reported offline must be {range}")
                 .map(|n| n as u32),
         };
 
@@ -256,7 +257,7 @@ impl Checker {
         let default_interval = profile
             .as_ref()
             .and_then(|p| p.as_ref().and_then(|p| p.interval))
-            .unwrap_or(Duration::from_secs(5));
+            .unwrap_or(Device::DEFAULT_INTERVAL);
         let interval = self.duration_or(
             file,
             &raw.interval,
@@ -285,12 +286,13 @@ impl Checker {
         Some(Device {
             name: name?,
             bus: bus?.0,
-            unit: unit?,
             interval: interval?,
-            max_gap: max_gap?,
-            offline_after: offline_after?,
-            points: points.into_iter().map(|p| p.point).collect(),
-            serial_line: None,
+            kind: DeviceKind::Modbus(ModbusDevice {
+                unit: unit?,
+                max_gap: max_gap?,
+                offline_after: offline_after?,
+                points: points.into_iter().map(|p| p.point).collect(),
+            }),
         })
     }
 }

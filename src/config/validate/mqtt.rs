@@ -2,7 +2,6 @@
 //! report by exception.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use toml::Spanned;
 use toml_edit::Item;
@@ -13,9 +12,6 @@ use crate::config::limits;
 use crate::config::raw::{RawMqtt, RawTls};
 use crate::config::units::{format_duration, DeadbandText};
 use crate::config::{Deadband, Gateway, Mqtt, PayloadMode, ReportByException, Tls};
-
-const DEFAULT_MQTT_PORT: u16 = 1883;
-const DEFAULT_MQTTS_PORT: u16 = 8883;
 
 impl Checker {
     pub(super) fn mqtt(
@@ -90,9 +86,9 @@ impl Checker {
             None
         };
         let default_port = if secure {
-            DEFAULT_MQTTS_PORT
+            Mqtt::DEFAULT_TLS_PORT
         } else {
-            DEFAULT_MQTT_PORT
+            Mqtt::DEFAULT_PORT
         };
         let port = match (url_port, &raw.port) {
             (Some(p), _) => p,
@@ -120,7 +116,7 @@ impl Checker {
         };
 
         let keep_alive = match &raw.keep_alive {
-            None => Some(Duration::from_secs(15)),
+            None => Some(Mqtt::DEFAULT_KEEP_ALIVE),
             Some(ka) => {
                 let value = ka.get_ref().0;
                 if !limits::KEEP_ALIVE.contains(value) {
@@ -136,7 +132,7 @@ impl Checker {
         };
 
         let qos = match &raw.qos {
-            None => Some(1),
+            None => Some(Mqtt::DEFAULT_QOS),
             Some(q) => match *q.get_ref() {
                 0 | 1 => Some(*q.get_ref() as u8),
                 2 => {
@@ -209,21 +205,21 @@ impl Checker {
             &raw.connect_timeout,
             "connect_timeout",
             &limits::CONNECT_TIMEOUT,
-            Duration::from_secs(20),
+            Mqtt::DEFAULT_CONNECT_TIMEOUT,
         );
         let backoff_initial = self.duration_or(
             file,
             &raw.backoff_initial,
             "backoff_initial",
             &limits::BACKOFF_INITIAL,
-            Duration::from_secs(1),
+            Mqtt::DEFAULT_BACKOFF_INITIAL,
         );
         let backoff_max = self.duration_or(
             file,
             &raw.backoff_max,
             "backoff_max",
             &limits::BACKOFF_MAX,
-            Duration::from_secs(60),
+            Mqtt::DEFAULT_BACKOFF_MAX,
         );
         if let (Some(initial), Some(max), Some(raw_max)) =
             (backoff_initial, backoff_max, &raw.backoff_max)
@@ -234,7 +230,7 @@ impl Checker {
             }
         }
         let payload = match &raw.payload {
-            None => Some(PayloadMode::Json),
+            None => Some(Mqtt::DEFAULT_PAYLOAD),
             Some(p) => self.choice(
                 file,
                 p,
@@ -248,7 +244,7 @@ impl Checker {
         };
         let report = self.report_by_exception(file, raw);
         let queue_capacity = match &raw.queue_capacity {
-            None => Some(100_000),
+            None => Some(Mqtt::DEFAULT_QUEUE_CAPACITY),
             Some(q) => self
                 .int_in(
                     file,

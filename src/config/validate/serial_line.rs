@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::time::Duration;
 
 use toml::Spanned;
 use toml_edit::Item;
@@ -16,7 +15,7 @@ use crate::config::limits;
 use crate::config::raw::{RawLineBus, RawLineDevice, RawLinePoint};
 use crate::config::units::format_duration;
 use crate::config::{
-    Bus, BusKind, ChecksumKind, Device, Extract, LineQuery, LineValueKind, SerialLine,
+    Bus, BusKind, ChecksumKind, Device, DeviceKind, Extract, LineQuery, LineValueKind, SerialLine,
     SerialLineDevice, SerialLinePoint,
 };
 
@@ -55,7 +54,7 @@ impl Checker {
             name.as_ref().map(|(_, n)| n.as_str()),
         );
         let terminator = match &raw.terminator {
-            None => Some(b"\n".to_vec()),
+            None => Some(SerialLine::DEFAULT_TERMINATOR.to_vec()),
             Some(t) => match unescape(t.get_ref()) {
                 Err(why) => {
                     self.fail(file, span_of(t), format!("`terminator` {why}"));
@@ -69,7 +68,7 @@ impl Checker {
             },
         };
         let max_line = match &raw.max_line {
-            None => Some(256),
+            None => Some(SerialLine::DEFAULT_MAX_LINE),
             Some(m) => self
                 .int_in(
                     file,
@@ -131,14 +130,14 @@ impl Checker {
             &raw.interval,
             "interval",
             &limits::POLL_INTERVAL,
-            Duration::from_secs(5),
+            Device::DEFAULT_INTERVAL,
         );
         let response_timeout = self.duration_or(
             file,
             &raw.response_timeout,
             "response_timeout",
             &limits::REQUEST_TIMEOUT,
-            Duration::from_secs(1),
+            LineQuery::DEFAULT_RESPONSE_TIMEOUT,
         );
         let query = match &raw.query {
             None => {
@@ -180,7 +179,9 @@ impl Checker {
         };
         let stale_after = match (&raw.stale_after, interval) {
             (Some(s), _) => self.duration_in(file, s, "stale_after", &limits::STALE_AFTER),
-            (None, Some(i)) => Some(i.saturating_mul(3)),
+            (None, Some(i)) => {
+                Some(i.saturating_mul(SerialLineDevice::DEFAULT_STALE_AFTER_INTERVALS))
+            }
             (None, None) => None,
         };
         if let (Some(s), Some(i), Some(s_raw)) = (stale_after, interval, &raw.stale_after) {
@@ -253,12 +254,8 @@ impl Checker {
         Some(Device {
             name: name?,
             bus: bus?,
-            unit: 0,
             interval: interval?,
-            max_gap: 0,
-            offline_after: Device::DEFAULT_OFFLINE_AFTER,
-            points: Vec::new(),
-            serial_line: Some(SerialLineDevice {
+            kind: DeviceKind::SerialLine(SerialLineDevice {
                 query,
                 filter: filter?,
                 checksum: checksum?,

@@ -235,7 +235,7 @@ impl Checker {
             )
             .and_then(|p| self.serial_path(seen, file, p, bus));
         let baud = match raw.baud {
-            None => Some(9600),
+            None => Some(SerialSettings::DEFAULT_BAUD),
             Some(b) => self
                 .int_in(
                     file,
@@ -247,7 +247,7 @@ impl Checker {
                 .map(|b| b as u32),
         };
         let data_bits = match raw.data_bits {
-            None => Some(8),
+            None => Some(SerialSettings::DEFAULT_DATA_BITS),
             Some(b) => self
                 .int_in(
                     file,
@@ -259,7 +259,7 @@ impl Checker {
                 .map(|b| b as u8),
         };
         let parity = match raw.parity {
-            None => Some(Parity::None),
+            None => Some(SerialSettings::DEFAULT_PARITY),
             Some(p) => self.choice(
                 file,
                 p,
@@ -272,7 +272,7 @@ impl Checker {
             ),
         };
         let stop_bits = match raw.stop_bits {
-            None => Some(1),
+            None => Some(SerialSettings::DEFAULT_STOP_BITS),
             Some(b) => self
                 .int_in(file, b, "stop_bits", 1..=2, "use {range} stop bits")
                 .map(|b| b as u8),
