@@ -508,3 +508,100 @@ fn a_config_file_name_with_a_newline_still_gives_one_line_per_error() {
     assert_eq!(shown.lines().count(), errors.0.len(), "{shown}");
     assert!(shown.starts_with("site\\n.toml:"), "{shown}");
 }
+
+// ------------------------------------------------------------------ golden plans
+
+/// A config that puts the shipped profile `name` on one RTU device, as an integrator would.
+fn profile_on_a_device(name: &str) -> String {
+    format!(
+        "[gateway]\nid = \"golden\"\n[mqtt]\nurl = \"mqtt://localhost\"\n\
+         [[bus]]\nname = \"rs485\"\ntype = \"modbus_rtu\"\npath = \"/dev/ttyUSB0\"\n\
+         [[device]]\nname = \"{name}\"\nbus = \"rs485\"\nunit = 1\nprofile = \"{name}\"\n"
+    )
+}
+
+/// Every shipped config and profile, with the name of its golden plan.
+fn shipped_plans() -> Vec<(String, config::Config)> {
+    let mut plans = Vec::new();
+    let mut files = tomls_in(&repo().join("config"));
+    files.extend(tomls_in(&repo().join("config/examples")));
+    for file in files {
+        let folder = file.parent().unwrap().file_name().unwrap().to_string_lossy();
+        let stem = file.file_stem().unwrap().to_string_lossy();
+        let name = if folder == "config" {
+            stem.into_owned()
+        } else {
+            format!("{folder}-{stem}")
+        };
+        plans.push((name, load_ok(&file)));
+    }
+    for profile in tomls_in(&repo().join("config/profiles")) {
+        let stem = profile.file_stem().unwrap().to_string_lossy().into_owned();
+        // Loaded as if it sat in config/, so the profile is found in config/profiles/.
+        let config = config::load_str(
+            &repo().join("config/golden.toml"),
+            &profile_on_a_device(&stem),
+        )
+        .unwrap_or_else(|e| panic!("profile {stem} on a device should load, but:\n{e}"));
+        plans.push((format!("profile-{stem}"), config));
+    }
+    plans
+}
+
+/// `fieldlink check` prints, for every shipped config and profile, exactly the plan checked
+/// in under tests/fixtures/plans/ (devices, points and the reads `run` makes per interval
+/// group). A change to planning, validation defaults or the printout shows up here as a
+/// diff to review; `FIELDLINK_BLESS=1 cargo test --test config` rewrites the files.
+#[test]
+fn check_prints_the_golden_plan_of_every_shipped_config_and_profile() {
+    let dir = repo().join("tests/fixtures/plans");
+    let bless = std::env::var_os("FIELDLINK_BLESS").is_some();
+    let mut differ = Vec::new();
+    let mut expected_files = Vec::new();
+    for (name, config) in shipped_plans() {
+        let printed = fieldlink::commands::describe(&config);
+        let path = dir.join(format!("{name}.txt"));
+        expected_files.push(path.clone());
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &printed).unwrap();
+            continue;
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "no golden plan {} ({e}): run FIELDLINK_BLESS=1 cargo test --test config, review and commit it",
+                path.display()
+            )
+        });
+        if printed != golden {
+            let first = printed
+                .lines()
+                .zip(golden.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(printed.lines().count().min(golden.lines().count()));
+            differ.push(format!(
+                "{}: first difference at line {}:\n  golden:  {:?}\n  printed: {:?}",
+                path.display(),
+                first + 1,
+                golden.lines().nth(first).unwrap_or("<end>"),
+                printed.lines().nth(first).unwrap_or("<end>"),
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "check prints another plan than the golden one (if the change is meant, rewrite them \
+         with FIELDLINK_BLESS=1 cargo test --test config and review the diff):\n{}",
+        differ.join("\n")
+    );
+    let mut stale: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !expected_files.contains(p))
+        .collect();
+    stale.sort();
+    assert!(
+        stale.is_empty(),
+        "golden plans of configs or profiles that are no longer shipped: {stale:?}"
+    );
+}
