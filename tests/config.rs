@@ -526,7 +526,12 @@ fn shipped_plans() -> Vec<(String, config::Config)> {
     let mut files = tomls_in(&repo().join("config"));
     files.extend(tomls_in(&repo().join("config/examples")));
     for file in files {
-        let folder = file.parent().unwrap().file_name().unwrap().to_string_lossy();
+        let folder = file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
         let stem = file.file_stem().unwrap().to_string_lossy();
         let name = if folder == "config" {
             stem.into_owned()
@@ -603,5 +608,167 @@ fn check_prints_the_golden_plan_of_every_shipped_config_and_profile() {
     assert!(
         stale.is_empty(),
         "golden plans of configs or profiles that are no longer shipped: {stale:?}"
+    );
+}
+
+// ------------------------------------------------------------------ one source for defaults
+
+/// The value `config/fieldlink.toml` shows for `key`, commented out or not: on the first line
+/// after `anchor` that sets it (without its trailing comment).
+fn shown_in_annotated_config(anchor: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("config/fieldlink.toml")).unwrap();
+    let from = text
+        .find(anchor)
+        .unwrap_or_else(|| panic!("config/fieldlink.toml has no {anchor:?}"));
+    text[from..]
+        .lines()
+        .find_map(|line| {
+            let line = line.trim_start_matches('#').trim_start();
+            let rest = line.strip_prefix(key)?.trim_start().strip_prefix('=')?;
+            Some(rest.split(" #").next().unwrap().trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("config/fieldlink.toml shows no `{key}` after {anchor:?}"))
+}
+
+/// The defaults have one source: the constants on the config types, which the validator
+/// fills in, are the values the annotated `config/fieldlink.toml` shows.
+#[test]
+fn the_annotated_config_shows_the_defaults_the_types_name() {
+    use config::units::{parse_duration, parse_size};
+    use config::{
+        Buffer, LineQuery, Log, ModbusRtu, ModbusTcp, Mqtt, ReportByException, SerialLine,
+        SerialSettings,
+    };
+    // Durations are compared as values: "60s" and "1m" are the same default.
+    let duration = |d: Duration| format!("= {d:?}");
+    let expected: Vec<(&str, &str, String)> = vec![
+        ("[mqtt]", "port", Mqtt::DEFAULT_PORT.to_string()),
+        ("[mqtt]", "keep_alive", duration(Mqtt::DEFAULT_KEEP_ALIVE)),
+        ("[mqtt]", "qos", Mqtt::DEFAULT_QOS.to_string()),
+        ("[mqtt]", "payload", "\"json\"".into()),
+        (
+            "[mqtt]",
+            "max_interval",
+            duration(ReportByException::DEFAULT_MAX_INTERVAL),
+        ),
+        (
+            "[mqtt]",
+            "connect_timeout",
+            duration(Mqtt::DEFAULT_CONNECT_TIMEOUT),
+        ),
+        (
+            "[mqtt]",
+            "backoff_initial",
+            duration(Mqtt::DEFAULT_BACKOFF_INITIAL),
+        ),
+        ("[mqtt]", "backoff_max", duration(Mqtt::DEFAULT_BACKOFF_MAX)),
+        (
+            "[mqtt]",
+            "queue_capacity",
+            Mqtt::DEFAULT_QUEUE_CAPACITY.to_string(),
+        ),
+        (
+            "# [buffer]",
+            "commit_interval",
+            duration(Buffer::DEFAULT_COMMIT_INTERVAL),
+        ),
+        ("# [buffer]", "max_age", duration(Buffer::DEFAULT_MAX_AGE)),
+        (
+            "# [buffer]",
+            "spill_threshold",
+            Buffer::DEFAULT_SPILL_THRESHOLD.to_string(),
+        ),
+        ("[log]", "level", format!("{:?}", Log::DEFAULT_LEVEL)),
+        (
+            "type = \"modbus_tcp\"",
+            "timeout",
+            duration(ModbusTcp::DEFAULT_TIMEOUT),
+        ),
+        (
+            "type = \"modbus_rtu\"",
+            "baud",
+            SerialSettings::DEFAULT_BAUD.to_string(),
+        ),
+        (
+            "type = \"modbus_rtu\"",
+            "data_bits",
+            SerialSettings::DEFAULT_DATA_BITS.to_string(),
+        ),
+        ("type = \"modbus_rtu\"", "parity", "\"none\"".into()),
+        (
+            "type = \"modbus_rtu\"",
+            "stop_bits",
+            SerialSettings::DEFAULT_STOP_BITS.to_string(),
+        ),
+        (
+            "type = \"modbus_rtu\"",
+            "response_timeout",
+            duration(ModbusRtu::DEFAULT_RESPONSE_TIMEOUT),
+        ),
+        (
+            "type = \"modbus_rtu\"",
+            "inter_request_delay",
+            duration(ModbusRtu::DEFAULT_INTER_REQUEST_DELAY),
+        ),
+        (
+            "type = \"serial_line\"",
+            "max_line",
+            SerialLine::DEFAULT_MAX_LINE.to_string(),
+        ),
+        (
+            "name = \"example-plc\"",
+            "interval",
+            duration(config::Device::DEFAULT_INTERVAL),
+        ),
+        (
+            "name = \"example-plc\"",
+            "max_gap",
+            ModbusDevice::DEFAULT_MAX_GAP.to_string(),
+        ),
+        (
+            "name = \"example-plc\"",
+            "offline_after",
+            ModbusDevice::DEFAULT_OFFLINE_AFTER.to_string(),
+        ),
+        (
+            "query = ",
+            "response_timeout",
+            duration(LineQuery::DEFAULT_RESPONSE_TIMEOUT),
+        ),
+    ];
+    for (anchor, key, value) in expected {
+        let shown = shown_in_annotated_config(anchor, key);
+        let shown = match value.strip_prefix("= ") {
+            Some(_) => match parse_duration(shown.trim_matches('"')) {
+                Ok(d) => format!("= {d:?}"),
+                Err(e) => panic!("`{key}` = {shown} in config/fieldlink.toml: {e}"),
+            },
+            None => shown,
+        };
+        assert_eq!(
+            shown, value,
+            "config/fieldlink.toml shows another default for `{key}` (after {anchor:?}) than the \
+             constant the validator uses"
+        );
+    }
+    // Written in the file's own units, so compared as values.
+    assert_eq!(
+        parse_size(shown_in_annotated_config("# [buffer]", "max_size").trim_matches('"')),
+        Ok(Buffer::DEFAULT_MAX_SIZE)
+    );
+    assert_eq!(
+        shown_in_annotated_config("type = \"serial_line\"", "terminator"),
+        format!(
+            "'{}'",
+            String::from_utf8_lossy(SerialLine::DEFAULT_TERMINATOR).escape_default()
+        )
+    );
+    let stale = shown_in_annotated_config("# bus = \"gps\"", "stale_after");
+    let interval = shown_in_annotated_config("# bus = \"gps\"", "interval");
+    let parse = |text: &str| parse_duration(text.trim_matches('"')).unwrap();
+    assert_eq!(
+        parse(&stale),
+        parse(&interval) * config::SerialLineDevice::DEFAULT_STALE_AFTER_INTERVALS,
+        "stale_after is shown at its default for the interval shown"
     );
 }
