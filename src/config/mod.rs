@@ -427,6 +427,24 @@ pub struct Point {
     pub interval: Option<Duration>,
 }
 
+impl Point {
+    /// A point as the file writes it with only the required keys: no scaling, no unit, no
+    /// interval of its own, big-endian (`ABCD`).
+    pub fn new(name: &str, table: Table, address: u16, data_type: DataType) -> Point {
+        Point {
+            name: name.to_owned(),
+            table,
+            address,
+            data_type,
+            order: WordOrder::Abcd,
+            scale: 1.0,
+            offset: 0.0,
+            unit: None,
+            interval: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     Coil,

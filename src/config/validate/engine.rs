@@ -504,6 +504,23 @@ impl Checker {
     }
 }
 
+/// The `name` written in a table (read before decoding, so a table that will not decode is
+/// still named), and how messages call the table: `named` with the name in quotes and
+/// `suffix`, or `unnamed` when it has none.
+pub(super) fn table_title(
+    item: &Item,
+    named: &str,
+    suffix: &str,
+    unnamed: &str,
+) -> (Option<String>, String) {
+    let name = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
+    let what = match &name {
+        Some(n) => format!("{named} \"{n}\"{suffix}"),
+        None => unnamed.to_owned(),
+    };
+    (name, what)
+}
+
 /// A child of a table item, whether written as a `[section]` or inline.
 pub(super) fn item_child(item: &Item, key: &str) -> Option<Item> {
     match item {

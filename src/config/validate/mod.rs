@@ -31,7 +31,7 @@ use std::path::Path;
 
 use toml_edit::{ImDocument, Item, Value};
 
-use engine::{item_child, Checker, FileId};
+use engine::{item_child, table_title, Checker, FileId};
 use register_map::Profiles;
 use shared::{BusFamily, KnownBus, Seen};
 
@@ -159,11 +159,7 @@ impl Checker {
         let start = item.span().map(|s| s.start..s.start);
         // Read `name` and `type` before decoding, so a broken bus still counts as existing
         // (its devices then get no "missing bus" error on top).
-        let name_hint = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
-        let what = match &name_hint {
-            Some(n) => format!("[[bus]] \"{n}\""),
-            None => "[[bus]]".to_owned(),
-        };
+        let (name_hint, what) = table_title(item, "[[bus]]", "", "[[bus]]");
         let kind = match item_child(item, "type") {
             None => {
                 self.fail(
@@ -243,11 +239,7 @@ impl Checker {
         file: FileId,
         item: &Item,
     ) -> Option<Device> {
-        let name_hint = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
-        let what = match &name_hint {
-            Some(n) => format!("[[device]] \"{n}\""),
-            None => "[[device]]".to_owned(),
-        };
+        let (name_hint, what) = table_title(item, "[[device]]", "", "[[device]]");
         let bus_hint = item_child(item, "bus").and_then(|b| b.as_str().map(str::to_owned));
         if let Some(bus_name) = bus_hint {
             if seen.buses.get(&bus_name).and_then(|b| b.declared) == Some(BusFamily::Line) {

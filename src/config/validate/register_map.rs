@@ -10,7 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml_edit::Item;
 
-use super::engine::{item_child, span_of, Checker, FileId};
+use super::engine::{span_of, table_title, Checker, FileId};
 use super::explanations::plural;
 use super::shared::ScalingKeys;
 use crate::config::limits;
@@ -265,11 +265,12 @@ impl Checker {
         owner: &str,
         profile: Option<&str>,
     ) -> Option<LocatedPoint> {
-        let name_hint = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
-        let what = match &name_hint {
-            Some(n) => format!("point \"{n}\" of {owner}"),
-            None => format!("a point of {owner}"),
-        };
+        let (_, what) = table_title(
+            item,
+            "point",
+            &format!(" of {owner}"),
+            &format!("a point of {owner}"),
+        );
         let d = self.decode::<RawPoint>(file, item, &what, &[])?;
         let raw = &d.value;
         let mut ok = true;

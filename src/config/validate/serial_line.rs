@@ -8,7 +8,7 @@ use std::ops::Range;
 use toml::Spanned;
 use toml_edit::Item;
 
-use super::engine::{item_child, span_of, Checker, FileId};
+use super::engine::{item_child, span_of, table_title, Checker, FileId};
 use super::explanations::quoted_list;
 use super::shared::{LineBusUser, ScalingKeys, Seen, SerialKeys};
 use crate::config::limits;
@@ -293,11 +293,12 @@ impl Checker {
         item: &Item,
         owner: &str,
     ) -> Option<(SerialLinePoint, Option<Range<usize>>)> {
-        let name_hint = item_child(item, "name").and_then(|n| n.as_str().map(str::to_owned));
-        let what = match &name_hint {
-            Some(n) => format!("point \"{n}\" of {owner}"),
-            None => format!("a point of {owner}"),
-        };
+        let (_, what) = table_title(
+            item,
+            "point",
+            &format!(" of {owner}"),
+            &format!("a point of {owner}"),
+        );
         let d = self.decode::<RawLinePoint>(file, item, &what, &[])?;
         let raw = &d.value;
         let mut ok = true;

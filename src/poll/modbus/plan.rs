@@ -143,20 +143,10 @@ fn plan_subset(points: &[Point], subset: &[usize], max_gap: u16) -> Vec<ReadRequ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DataType, DeviceKind, ModbusDevice, WordOrder};
+    use crate::config::{DataType, DeviceKind, ModbusDevice};
 
     fn pt(name: &str, table: Table, address: u16, data_type: DataType) -> Point {
-        Point {
-            name: name.into(),
-            table,
-            address,
-            data_type,
-            order: WordOrder::Abcd,
-            scale: 1.0,
-            offset: 0.0,
-            unit: None,
-            interval: None,
-        }
+        Point::new(name, table, address, data_type)
     }
 
     fn reg(address: u16, data_type: DataType) -> Point {

@@ -142,17 +142,7 @@ async fn wait_until<T>(what: &str, deadline: Duration, mut cond: impl FnMut() ->
 }
 
 fn point(name: &str, table: Table, address: u16, data_type: DataType) -> Point {
-    Point {
-        name: name.into(),
-        table,
-        address,
-        data_type,
-        order: WordOrder::Abcd,
-        scale: 1.0,
-        offset: 0.0,
-        unit: None,
-        interval: None,
-    }
+    Point::new(name, table, address, data_type)
 }
 
 fn device(name: &str, bus: &str, unit: u8, interval_ms: u64, points: Vec<Point>) -> Device {
