@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use toml_edit::Item;
 
 use super::engine::{span_of, Checker, FileId};
+use crate::config::limits;
 use crate::config::raw::{RawBuffer, RawGateway, RawLog};
-use crate::config::{Buffer, Durability, Gateway, Log, Replay, WhenFull, MAX_NAME_CHARS};
+use crate::config::types::{Buffer, Durability, Gateway, Log, Replay, WhenFull, MAX_NAME_CHARS};
+use crate::config::units::format_duration;
 
 impl Checker {
     pub(super) fn gateway(&mut self, file: FileId, item: &Item) -> Option<Gateway> {
@@ -145,7 +147,7 @@ impl Checker {
                 None => ok = false,
             }
         }
-        for (key, message) in buffer.check() {
+        for (key, message) in buffer_problems(&buffer) {
             let span = match key {
                 "path" => raw.path.as_ref().and_then(span_of),
                 "commit_interval" => raw.commit_interval.as_ref().and_then(span_of),
@@ -160,4 +162,54 @@ impl Checker {
         }
         ok.then_some(buffer)
     }
+}
+
+/// Every problem with `[buffer]` settings once decoded, as `(key, message)` pairs the loader
+/// locates at the keys.
+fn buffer_problems(buffer: &Buffer) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if buffer.path.as_os_str().is_empty() {
+        problems.push((
+            "path",
+            "must name a directory, e.g. \"/var/lib/fieldlink\"".to_string(),
+        ));
+    }
+    for (key, value, range) in [
+        (
+            "commit_interval",
+            buffer.commit_interval,
+            &limits::COMMIT_INTERVAL,
+        ),
+        ("max_age", buffer.max_age, &limits::MAX_AGE),
+    ] {
+        if !range.contains(value) {
+            problems.push((
+                key,
+                format!(
+                    "= \"{}\" is out of range: {} must be between {} and {}, e.g. \"{}\"",
+                    format_duration(value),
+                    range.what,
+                    format_duration(range.min),
+                    format_duration(range.max),
+                    range.example
+                ),
+            ));
+        }
+    }
+    if buffer.max_size < 1024 * 1024 {
+        problems.push((
+            "max_size",
+            "must be at least 1MiB (SQLite needs room for its own pages)".to_string(),
+        ));
+    }
+    if buffer.replay_rate == Some(0) {
+        problems.push((
+            "replay_rate",
+            "must be at least 1 reading/s; leave it out for no limit".to_string(),
+        ));
+    }
+    if buffer.spill_threshold == 0 {
+        problems.push(("spill_threshold", "must be at least 1".to_string()));
+    }
+    problems
 }

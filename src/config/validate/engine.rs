@@ -29,8 +29,8 @@ use toml_edit::{ImDocument, InlineTable, Item, Value};
 
 use super::explanations::{explain, one_line, quoted_list};
 use crate::config::limits::DurationRange;
+use crate::config::types::{Config, MAX_NAME_CHARS};
 use crate::config::units::{format_duration, HumanDuration};
-use crate::config::{Config, MAX_NAME_CHARS};
 
 /// Bad bytes reported one by one in a file that is not UTF-8; a binary file would otherwise
 /// produce thousands of lines.

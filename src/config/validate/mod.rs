@@ -36,7 +36,7 @@ use register_map::Profiles;
 use shared::{BusFamily, KnownBus, Seen};
 
 use super::raw::RawRootScalars;
-use super::{Buffer, Bus, Config, Device, Log};
+use super::types::{Buffer, Bus, Config, Device, Log};
 
 pub use engine::{ConfigError, ConfigErrors};
 pub use register_map::SYSTEM_PROFILE_DIRS;

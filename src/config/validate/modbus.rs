@@ -13,8 +13,10 @@ use super::register_map::{LocatedPoint, Profiles};
 use super::shared::{join_host_port, split_host_port, BusFamily, RtuUnitUser, Seen, SerialKeys};
 use crate::config::limits;
 use crate::config::raw::{RawDevice, RawRtuBus, RawTcpBus};
+use crate::config::types::{
+    Bus, BusKind, Device, DeviceKind, ModbusDevice, ModbusRtu, ModbusTcp, Parity,
+};
 use crate::config::units::{format_duration, rtu_min_silence};
-use crate::config::{Bus, BusKind, Device, DeviceKind, ModbusDevice, ModbusRtu, ModbusTcp, Parity};
 
 /// The planner never needs to bridge more than one full bit request.
 const MAX_GAP_LIMIT: i64 = 2000;

@@ -10,8 +10,8 @@ use super::engine::{item_child, span_of, Checker, FileId};
 use super::shared::split_host_port;
 use crate::config::limits;
 use crate::config::raw::{RawMqtt, RawTls};
+use crate::config::types::{Deadband, Gateway, Mqtt, PayloadMode, ReportByException, Tls};
 use crate::config::units::{format_duration, DeadbandText};
-use crate::config::{Deadband, Gateway, Mqtt, PayloadMode, ReportByException, Tls};
 
 impl Checker {
     pub(super) fn mqtt(

@@ -15,8 +15,8 @@ use super::explanations::plural;
 use super::shared::ScalingKeys;
 use crate::config::limits;
 use crate::config::raw::{RawPoint, RawProfile, RawRootScalars};
+use crate::config::types::{DataType, Point, Table, WordOrder};
 use crate::config::units::{notation_of, parse_notation, table_name, AddressText};
-use crate::config::{DataType, Point, Table, WordOrder};
 
 /// Folders searched for `profile = "NAME"` after the config file's own `profiles/` folder.
 pub const SYSTEM_PROFILE_DIRS: &[&str] =

@@ -13,11 +13,11 @@ use super::explanations::quoted_list;
 use super::shared::{LineBusUser, ScalingKeys, Seen, SerialKeys};
 use crate::config::limits;
 use crate::config::raw::{RawLineBus, RawLineDevice, RawLinePoint};
-use crate::config::units::format_duration;
-use crate::config::{
+use crate::config::types::{
     Bus, BusKind, ChecksumKind, Device, DeviceKind, Extract, LineQuery, LineValueKind, SerialLine,
     SerialLineDevice, SerialLinePoint,
 };
+use crate::config::units::format_duration;
 
 /// Serial-line framing limits: a line must fit the codec's buffer, a terminator stays short.
 const MAX_LINE_LIMIT: i64 = 65_536;

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::engine::{span_of, Checker, Decoded, FileId};
 use super::explanations::reserved_list;
-use crate::config::{Parity, SerialSettings, RESERVED_DEVICE_NAMES, RESERVED_POINT_NAMES};
+use crate::config::types::{Parity, SerialSettings, RESERVED_DEVICE_NAMES, RESERVED_POINT_NAMES};
 
 /// What the file declared so far: later tables are checked against it, and a second use of
 /// a name, a port or a unit id is found with it.

@@ -11,13 +11,12 @@ use crate::config::{Bus, BusKind, Device};
 use crate::model::Value;
 use crate::poll::commission::ReadOnceError;
 
-use super::link::{LinkError, ModbusLink, RawData};
+use super::link::{ExceptionCode, LinkError, ModbusLink, RawData};
 use super::plan::{plan_groups, ReadRequest};
 use super::reads::{Slot, SlotChange};
 use super::rtu::RtuLink;
 use super::scheduler::decode_point;
 use super::tcp::TcpLink;
-use super::ExceptionCode;
 
 /// One request of a [`read_once`], as it went.
 #[derive(Debug)]

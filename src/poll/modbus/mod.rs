@@ -20,6 +20,5 @@ pub mod tcp;
 #[cfg(test)]
 mod tests;
 
-pub use link::{LinkError, ModbusLink, RawData};
+pub use link::{ExceptionCode, LinkError, ModbusLink, RawData};
 pub use plan::{describe_plan, plan, plan_groups, PlanGroup, ReadRequest};
-pub use tokio_modbus::ExceptionCode;

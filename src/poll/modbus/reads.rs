@@ -21,8 +21,8 @@
 
 use crate::config::Point;
 
+use super::link::{ExceptionCode, RawData};
 use super::plan::ReadRequest;
-use super::{ExceptionCode, RawData};
 
 /// Polls of a split slot before its merged read is tried again the first time.
 pub const FIRST_RETRY_POLLS: u32 = 10;

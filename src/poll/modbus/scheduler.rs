@@ -55,10 +55,9 @@ use crate::model::{unix_ms_now, Quality, Reading, Sample, SampleSink, Value};
 use crate::poll::backoff;
 
 use super::decode::{decode_bit, decode_registers};
-use super::link::{LinkError, ModbusLink, RawData};
+use super::link::{ExceptionCode, LinkError, ModbusLink, RawData};
 use super::plan::{plan_groups, ReadRequest};
 use super::reads::{Slot, SlotChange};
-use super::ExceptionCode;
 
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
