@@ -11,7 +11,7 @@
 //! - `engine`: source files, positions, the problem list and the error-collecting decoder
 //!   (how every error is found in one pass is told there); the generic checks.
 //! - `shared`: what both bus families share: names, serial port settings, scaling,
-//!   `host:port`, and what the file declared so far ([`shared::Seen`]).
+//!   `host:port`, and what the file declared so far (`shared::Seen`).
 //! - one file per section: `agent` (`[gateway]`, `[log]`, `[buffer]`), `mqtt`,
 //!   `register_map` (Modbus points and profiles), `modbus` (buses and devices),
 //!   `serial_line` (buses, devices, extraction).
