@@ -515,7 +515,7 @@ fn points_per_request(config: &str) -> f64 {
     let cfg = fieldlink::config::load_str(Path::new("bench.toml"), config).unwrap();
     let dev = &cfg.devices[0];
     let reqs: usize = plan_groups(dev).iter().map(|g| g.requests.len()).sum();
-    dev.points.len() as f64 / reqs as f64
+    dev.modbus().map_or(0, |m| m.points.len()) as f64 / reqs as f64
 }
 
 async fn wait_for_requests(devices: &[Arc<SimDevice>], what: &str) {

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::config::{self, BusKind, Config};
+use crate::config::{
+    self, BusKind, Config, Device, DeviceKind, Extract, LineValueKind, ModbusDevice,
+    SerialLineDevice,
+};
+use crate::poll::{LineEvent, LineReadReport, ModbusReadReport, ReadReport};
 
 /// Exit code for a config that does not validate (distinct from runtime failures).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -98,57 +102,111 @@ pub fn describe(config: &Config) -> String {
         };
         let _ = writeln!(out, "bus {}: {what}", bus.name);
         for device in config.devices_on(&bus.name) {
-            if device.serial_line.is_some() {
-                out.push_str(&crate::poll::serial_line::describe_device(device));
-                continue;
-            }
-            let _ = writeln!(
-                out,
-                "  device {} (unit {}, every {:?}, {} points, offline after {} polls without an answer)",
-                device.name,
-                device.unit,
-                device.interval,
-                device.points.len(),
-                device.offline_after
-            );
-            for p in &device.points {
-                let _ = writeln!(
-                    out,
-                    "    point {:<24} {:?} {:>5} {:?} {:?}{}{}{}",
-                    p.name,
-                    p.table,
-                    p.address,
-                    p.data_type,
-                    p.order,
-                    if p.scale != 1.0 || p.offset != 0.0 {
-                        format!(" x{} +{}", p.scale, p.offset)
-                    } else {
-                        String::new()
-                    },
-                    p.unit
-                        .as_deref()
-                        .map(|u| format!(" [{u}]"))
-                        .unwrap_or_default(),
-                    p.interval
-                        .map(|i| format!(" every {i:?}"))
-                        .unwrap_or_default()
-                );
-            }
-            // The groups `run` polls: each interval on its own, never merged across.
-            for group in crate::poll::describe_plan(device) {
-                let _ = writeln!(out, "    every {:?}:", group.interval);
-                for r in &group.requests {
-                    let names: Vec<&str> = r
-                        .points
-                        .iter()
-                        .map(|&p| device.points[p].name.as_str())
-                        .collect();
-                    let _ = writeln!(out, "      {}: {}", describe_read(r), names.join(", "));
-                }
+            match &device.kind {
+                DeviceKind::Modbus(modbus) => describe_modbus_device(&mut out, device, modbus),
+                DeviceKind::SerialLine(line) => describe_line_device(&mut out, device, line),
             }
         }
     }
     out
+}
+
+/// A Modbus device as `check` shows it: its settings, its points, and the reads `run` makes.
+fn describe_modbus_device(out: &mut String, device: &Device, modbus: &ModbusDevice) {
+    let _ = writeln!(
+        out,
+        "  device {} (unit {}, every {:?}, {} points, offline after {} polls without an answer)",
+        device.name,
+        modbus.unit,
+        device.interval,
+        modbus.points.len(),
+        modbus.offline_after
+    );
+    for p in &modbus.points {
+        let _ = writeln!(
+            out,
+            "    point {:<24} {:?} {:>5} {:?} {:?}{}{}",
+            p.name,
+            p.table,
+            p.address,
+            p.data_type,
+            p.order,
+            describe_scaling(p.scale, p.offset, p.unit.as_deref()),
+            p.interval
+                .map(|i| format!(" every {i:?}"))
+                .unwrap_or_default()
+        );
+    }
+    // The groups `run` polls: each interval on its own, never merged across.
+    for group in crate::poll::describe_plan(device) {
+        let _ = writeln!(out, "    every {:?}:", group.interval);
+        for r in &group.requests {
+            let names: Vec<&str> = r
+                .points
+                .iter()
+                .map(|&p| modbus.points[p].name.as_str())
+                .collect();
+            let _ = writeln!(out, "      {}: {}", describe_read(r), names.join(", "));
+        }
+    }
+}
+
+/// A serial_line device as `check` shows it: how it is read and where each point is found.
+fn describe_line_device(out: &mut String, device: &Device, line: &SerialLineDevice) {
+    let how = match &line.query {
+        Some(q) => format!(
+            "asked {:?} every {:?}, answer within {:?}",
+            String::from_utf8_lossy(&q.bytes),
+            device.interval,
+            q.response_timeout
+        ),
+        None => "streaming".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "  device {} ({how}{}{}, offline after {:?} without a good line)",
+        device.name,
+        line.filter
+            .as_ref()
+            .map(|f| format!(", lines matching {:?}", f.as_str()))
+            .unwrap_or_default(),
+        line.checksum
+            .map(|c| format!(", checksum {c:?}"))
+            .unwrap_or_default(),
+        line.stale_after
+    );
+    for p in &line.points {
+        let place = match &p.extract {
+            Extract::Regex { regex, capture } => {
+                format!("capture {capture:?} of {:?}", regex.as_str())
+            }
+            Extract::Field { delimiter, index } => format!("field {index} split at {delimiter:?}"),
+        };
+        let kind = match p.kind {
+            LineValueKind::Number => "number",
+            LineValueKind::Integer => "integer",
+            LineValueKind::String => "string",
+        };
+        let _ = writeln!(
+            out,
+            "    point {:<24} {kind} from {place}{}",
+            p.name,
+            describe_scaling(p.scale, p.offset, p.unit.as_deref())
+        );
+    }
+}
+
+/// ` x0.1 +-40 [°C]`: a point's scaling (when it has one) and unit, as `check` shows both
+/// kinds of point.
+fn describe_scaling(scale: f64, offset: f64, unit: Option<&str>) -> String {
+    let mut text = String::new();
+    if scale != 1.0 || offset != 0.0 {
+        let _ = write!(text, " x{scale} +{offset}");
+    }
+    if let Some(unit) = unit {
+        let _ = write!(text, " [{unit}]");
+    }
+    text
 }
 
 /// `read Holding 0..9 (10 registers)`: one request as `check` and `read` show it.
@@ -184,27 +242,46 @@ pub fn read(path: &Path, device_name: &str) -> anyhow::Result<ExitCode> {
     let bus = config
         .bus(&device.bus)
         .context("validated config names a missing bus")?;
-    if device.serial_line.is_some() {
-        // A line sensor has no register map: show what the next few lines parse to.
-        let text = runtime()?.block_on(crate::poll::serial_line::read_serial_line_once(
-            bus, device, 3,
-        ))?;
-        print!("{text}");
-        return Ok(ExitCode::SUCCESS);
-    }
     let report = runtime()?.block_on(crate::poll::read_once(bus, device))?;
-    print!("{}", format_read_report(device, &report));
-    let all_good = report.points.iter().all(|p| p.value.is_ok());
-    Ok(if all_good {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let text = format_read_report(&report);
+    match &report {
+        ReadReport::Modbus(modbus) => {
+            print!("{text}");
+            Ok(if modbus.points.iter().all(|p| p.value.is_ok()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        ReadReport::SerialLine(line) if line.lines() == 0 => anyhow::bail!(
+            "{text}no line for device {:?} arrived on {}: check the baud rate and wiring{}",
+            line.device,
+            line.path.display(),
+            if line.filtered {
+                ", and that the filter matches what the sensor sends"
+            } else {
+                ""
+            }
+        ),
+        ReadReport::SerialLine(_) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
-/// The commissioning table: raw words per request, then each point decoded, so an integrator
-/// can compare against the device's manual (byte order, scale) at a glance.
-fn format_read_report(device: &config::Device, report: &crate::poll::ReadReport) -> String {
+/// What `fieldlink read` prints for either kind of device.
+pub fn format_read_report(report: &ReadReport) -> String {
+    match report {
+        ReadReport::Modbus(r) => format_modbus_read(r),
+        ReadReport::SerialLine(r) => format_line_read(r),
+    }
+}
+
+/// The commissioning table of a Modbus device: raw words per request, then each point
+/// decoded, so an integrator can compare against the device's manual (byte order, scale) at
+/// a glance.
+fn format_modbus_read(report: &ModbusReadReport) -> String {
     use crate::poll::RawData;
     let mut out = String::new();
     let _ = writeln!(out, "device {}:", report.device);
@@ -245,7 +322,6 @@ fn format_read_report(device: &config::Device, report: &crate::poll::ReadReport)
         "point", "value", "unit"
     );
     for p in &report.points {
-        let point = &device.points[p.index];
         let value = match &p.value {
             Ok(v) => format_value(v),
             Err(e) => format!("BAD: {e}"),
@@ -255,9 +331,64 @@ fn format_read_report(device: &config::Device, report: &crate::poll::ReadReport)
             "  {:<24} {:>24}  {:<8} {}",
             p.name,
             value,
-            point.unit.as_deref().unwrap_or(""),
+            p.unit.as_deref().unwrap_or(""),
             p.request
         );
+    }
+    out
+}
+
+/// A serial_line sensor's lines as they came, each with the points extracted from it.
+fn format_line_read(report: &LineReadReport) -> String {
+    let mut out = String::new();
+    for event in &report.events {
+        match event {
+            LineEvent::NotText => {
+                let _ = writeln!(
+                    out,
+                    "  (skipped a line that is not text: wrong baud rate or noise?)"
+                );
+            }
+            LineEvent::Overlong { max_line } => {
+                let _ = writeln!(
+                    out,
+                    "  (skipped a line longer than max_line = {max_line} bytes)"
+                );
+            }
+            LineEvent::BadChecksum { error, text } => {
+                let _ = writeln!(out, "  (skipped, {error}: {text})");
+            }
+            LineEvent::Silent { n, wait } => {
+                let _ = writeln!(
+                    out,
+                    "line {n}: nothing for {} within {wait:?}",
+                    report.device
+                );
+            }
+            LineEvent::Line { n, text, points } => {
+                let _ = writeln!(out, "line {n}: {text}");
+                for point in points {
+                    match &point.value {
+                        Ok(value) => {
+                            let unit = point
+                                .unit
+                                .as_deref()
+                                .map(|u| format!(" {u}"))
+                                .unwrap_or_default();
+                            let _ = writeln!(
+                                out,
+                                "  {:<20} = {}{unit}",
+                                point.name,
+                                format_value(value)
+                            );
+                        }
+                        Err(e) => {
+                            let _ = writeln!(out, "  {:<20}   no value: {e}", point.name);
+                        }
+                    }
+                }
+            }
+        }
     }
     out
 }

@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fieldlink::config::{self, BusKind, DataType, Parity, PayloadMode, Table, WordOrder};
+use fieldlink::config::{
+    self, BusKind, DataType, Device, ModbusDevice, Parity, PayloadMode, Table, WordOrder,
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -26,6 +28,13 @@ fn tomls_in(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "no .toml files in {}", dir.display());
     files
+}
+
+/// The Modbus settings of a device the test knows is a Modbus device.
+fn modbus(device: &Device) -> &ModbusDevice {
+    device
+        .modbus()
+        .unwrap_or_else(|| panic!("{} should be a Modbus device", device.name))
 }
 
 fn load_ok(path: &Path) -> config::Config {
@@ -181,7 +190,7 @@ fn every_shipped_profile_loads_in_a_device() {
         .unwrap();
         let config = load_ok(&path);
         assert!(
-            !config.devices[0].points.is_empty(),
+            !modbus(&config.devices[0]).points.is_empty(),
             "profile {name} brought no points"
         );
     }
@@ -198,7 +207,13 @@ fn the_demo_config_has_the_points_the_demo_serves() {
     };
     assert_eq!(tcp.address, "127.0.0.1:1502");
     let boiler = config.device("boiler").unwrap();
-    let point = |name: &str| boiler.points.iter().find(|p| p.name == name).unwrap();
+    let point = |name: &str| {
+        modbus(boiler)
+            .points
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+    };
     assert_eq!(point("pressure").order, WordOrder::Cdab);
     assert_eq!(point("pressure").data_type, DataType::F32);
     assert_eq!(point("temperature").scale, 0.1);
@@ -240,9 +255,9 @@ fn defaults_fill_every_optional_key() {
     assert_eq!(rtu.inter_request_delay, Duration::from_millis(20));
     let device = &config.devices[0];
     assert_eq!(device.interval, Duration::from_secs(5));
-    assert_eq!(device.max_gap, 8);
-    assert_eq!(device.offline_after, 3);
-    let point = &device.points[0];
+    assert_eq!(modbus(device).max_gap, 8);
+    assert_eq!(modbus(device).offline_after, 3);
+    let point = &modbus(device).points[0];
     assert_eq!((point.table, point.address), (Table::Holding, 0));
     assert_eq!(point.order, WordOrder::Abcd);
     assert_eq!((point.scale, point.offset), (1.0, 0.0));
@@ -280,14 +295,23 @@ fn mqtts_urls_turn_tls_on_with_the_tls_port() {
 fn the_sdm120_profile_maps_the_manufacturers_registers() {
     let config = load_ok(&repo().join("config/examples/rs485-meters.toml"));
     let meter = config.device("main-meter").unwrap();
-    let point = |name: &str| meter.points.iter().find(|p| p.name == name).unwrap();
+    let point = |name: &str| {
+        modbus(meter)
+            .points
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+    };
     assert_eq!(
         (point("voltage").table, point("voltage").address),
         (Table::Input, 0)
     );
     assert_eq!(point("frequency").address, 70);
     assert_eq!(point("total_active_energy").address, 342);
-    assert!(meter.points.iter().all(|p| p.data_type == DataType::F32));
+    assert!(modbus(meter)
+        .points
+        .iter()
+        .all(|p| p.data_type == DataType::F32));
     assert_eq!(
         meter.interval,
         Duration::from_secs(10),
@@ -299,8 +323,8 @@ fn the_sdm120_profile_maps_the_manufacturers_registers() {
         Duration::from_secs(30),
         "the device's own interval wins"
     );
-    assert_eq!(climate.points[0].address, 1);
-    assert_eq!(climate.points[0].data_type, DataType::I16);
+    assert_eq!(modbus(climate).points[0].address, 1);
+    assert_eq!(modbus(climate).points[0].data_type, DataType::I16);
 }
 
 #[test]
@@ -319,13 +343,13 @@ fn device_points_are_added_after_the_profile_points() {
     )
     .unwrap();
     let config = load_ok(&path);
-    let names: Vec<&str> = config.devices[0]
+    let names: Vec<&str> = modbus(&config.devices[0])
         .points
         .iter()
         .map(|p| p.name.as_str())
         .collect();
     assert_eq!(names, ["temperature", "humidity", "address_setting"]);
-    assert_eq!(config.devices[0].points[2].address, 0x0101);
+    assert_eq!(modbus(&config.devices[0]).points[2].address, 0x0101);
 }
 
 #[test]
@@ -483,4 +507,268 @@ fn a_config_file_name_with_a_newline_still_gives_one_line_per_error() {
     let shown = errors.to_string();
     assert_eq!(shown.lines().count(), errors.0.len(), "{shown}");
     assert!(shown.starts_with("site\\n.toml:"), "{shown}");
+}
+
+// ------------------------------------------------------------------ golden plans
+
+/// A config that puts the shipped profile `name` on one RTU device, as an integrator would.
+fn profile_on_a_device(name: &str) -> String {
+    format!(
+        "[gateway]\nid = \"golden\"\n[mqtt]\nurl = \"mqtt://localhost\"\n\
+         [[bus]]\nname = \"rs485\"\ntype = \"modbus_rtu\"\npath = \"/dev/ttyUSB0\"\n\
+         [[device]]\nname = \"{name}\"\nbus = \"rs485\"\nunit = 1\nprofile = \"{name}\"\n"
+    )
+}
+
+/// Every shipped config and profile, with the name of its golden plan.
+fn shipped_plans() -> Vec<(String, config::Config)> {
+    let mut plans = Vec::new();
+    let mut files = tomls_in(&repo().join("config"));
+    files.extend(tomls_in(&repo().join("config/examples")));
+    for file in files {
+        let folder = file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        let stem = file.file_stem().unwrap().to_string_lossy();
+        let name = if folder == "config" {
+            stem.into_owned()
+        } else {
+            format!("{folder}-{stem}")
+        };
+        plans.push((name, load_ok(&file)));
+    }
+    for profile in tomls_in(&repo().join("config/profiles")) {
+        let stem = profile.file_stem().unwrap().to_string_lossy().into_owned();
+        // Loaded as if it sat in config/, so the profile is found in config/profiles/.
+        let config = config::load_str(
+            &repo().join("config/golden.toml"),
+            &profile_on_a_device(&stem),
+        )
+        .unwrap_or_else(|e| panic!("profile {stem} on a device should load, but:\n{e}"));
+        plans.push((format!("profile-{stem}"), config));
+    }
+    plans
+}
+
+/// `fieldlink check` prints, for every shipped config and profile, exactly the plan checked
+/// in under tests/fixtures/plans/ (devices, points and the reads `run` makes per interval
+/// group). A change to planning, validation defaults or the printout shows up here as a
+/// diff to review; `FIELDLINK_BLESS=1 cargo test --test config` rewrites the files.
+#[test]
+fn check_prints_the_golden_plan_of_every_shipped_config_and_profile() {
+    let dir = repo().join("tests/fixtures/plans");
+    let bless = std::env::var_os("FIELDLINK_BLESS").is_some();
+    let mut differ = Vec::new();
+    let mut expected_files = Vec::new();
+    for (name, config) in shipped_plans() {
+        let printed = fieldlink::commands::describe(&config);
+        let path = dir.join(format!("{name}.txt"));
+        expected_files.push(path.clone());
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &printed).unwrap();
+            continue;
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "no golden plan {} ({e}): run FIELDLINK_BLESS=1 cargo test --test config, review and commit it",
+                path.display()
+            )
+        });
+        if printed != golden {
+            let first = printed
+                .lines()
+                .zip(golden.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(printed.lines().count().min(golden.lines().count()));
+            differ.push(format!(
+                "{}: first difference at line {}:\n  golden:  {:?}\n  printed: {:?}",
+                path.display(),
+                first + 1,
+                golden.lines().nth(first).unwrap_or("<end>"),
+                printed.lines().nth(first).unwrap_or("<end>"),
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "check prints another plan than the golden one (if the change is meant, rewrite them \
+         with FIELDLINK_BLESS=1 cargo test --test config and review the diff):\n{}",
+        differ.join("\n")
+    );
+    let mut stale: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !expected_files.contains(p))
+        .collect();
+    stale.sort();
+    assert!(
+        stale.is_empty(),
+        "golden plans of configs or profiles that are no longer shipped: {stale:?}"
+    );
+}
+
+// ------------------------------------------------------------------ one source for defaults
+
+/// The value `config/fieldlink.toml` shows for `key`, commented out or not: on the first line
+/// after `anchor` that sets it (without its trailing comment).
+fn shown_in_annotated_config(anchor: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("config/fieldlink.toml")).unwrap();
+    let from = text
+        .find(anchor)
+        .unwrap_or_else(|| panic!("config/fieldlink.toml has no {anchor:?}"));
+    text[from..]
+        .lines()
+        .find_map(|line| {
+            let line = line.trim_start_matches('#').trim_start();
+            let rest = line.strip_prefix(key)?.trim_start().strip_prefix('=')?;
+            Some(rest.split(" #").next().unwrap().trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("config/fieldlink.toml shows no `{key}` after {anchor:?}"))
+}
+
+/// The defaults have one source: the constants on the config types, which the validator
+/// fills in, are the values the annotated `config/fieldlink.toml` shows.
+#[test]
+fn the_annotated_config_shows_the_defaults_the_types_name() {
+    use config::units::{parse_duration, parse_size};
+    use config::{
+        Buffer, LineQuery, Log, ModbusRtu, ModbusTcp, Mqtt, ReportByException, SerialLine,
+        SerialSettings,
+    };
+    // Durations are compared as values: "60s" and "1m" are the same default.
+    let duration = |d: Duration| format!("= {d:?}");
+    let expected: Vec<(&str, &str, String)> = vec![
+        ("[mqtt]", "port", Mqtt::DEFAULT_PORT.to_string()),
+        ("[mqtt]", "keep_alive", duration(Mqtt::DEFAULT_KEEP_ALIVE)),
+        ("[mqtt]", "qos", Mqtt::DEFAULT_QOS.to_string()),
+        ("[mqtt]", "payload", "\"json\"".into()),
+        (
+            "[mqtt]",
+            "max_interval",
+            duration(ReportByException::DEFAULT_MAX_INTERVAL),
+        ),
+        (
+            "[mqtt]",
+            "connect_timeout",
+            duration(Mqtt::DEFAULT_CONNECT_TIMEOUT),
+        ),
+        (
+            "[mqtt]",
+            "backoff_initial",
+            duration(Mqtt::DEFAULT_BACKOFF_INITIAL),
+        ),
+        ("[mqtt]", "backoff_max", duration(Mqtt::DEFAULT_BACKOFF_MAX)),
+        (
+            "[mqtt]",
+            "queue_capacity",
+            Mqtt::DEFAULT_QUEUE_CAPACITY.to_string(),
+        ),
+        (
+            "# [buffer]",
+            "commit_interval",
+            duration(Buffer::DEFAULT_COMMIT_INTERVAL),
+        ),
+        ("# [buffer]", "max_age", duration(Buffer::DEFAULT_MAX_AGE)),
+        (
+            "# [buffer]",
+            "spill_threshold",
+            Buffer::DEFAULT_SPILL_THRESHOLD.to_string(),
+        ),
+        ("[log]", "level", format!("{:?}", Log::DEFAULT_LEVEL)),
+        (
+            "type = \"modbus_tcp\"",
+            "timeout",
+            duration(ModbusTcp::DEFAULT_TIMEOUT),
+        ),
+        (
+            "type = \"modbus_rtu\"",
+            "baud",
+            SerialSettings::DEFAULT_BAUD.to_string(),
+        ),
+        (
+            "type = \"modbus_rtu\"",
+            "data_bits",
+            SerialSettings::DEFAULT_DATA_BITS.to_string(),
+        ),
+        ("type = \"modbus_rtu\"", "parity", "\"none\"".into()),
+        (
+            "type = \"modbus_rtu\"",
+            "stop_bits",
+            SerialSettings::DEFAULT_STOP_BITS.to_string(),
+        ),
+        (
+            "type = \"modbus_rtu\"",
+            "response_timeout",
+            duration(ModbusRtu::DEFAULT_RESPONSE_TIMEOUT),
+        ),
+        (
+            "type = \"modbus_rtu\"",
+            "inter_request_delay",
+            duration(ModbusRtu::DEFAULT_INTER_REQUEST_DELAY),
+        ),
+        (
+            "type = \"serial_line\"",
+            "max_line",
+            SerialLine::DEFAULT_MAX_LINE.to_string(),
+        ),
+        (
+            "name = \"example-plc\"",
+            "interval",
+            duration(config::Device::DEFAULT_INTERVAL),
+        ),
+        (
+            "name = \"example-plc\"",
+            "max_gap",
+            ModbusDevice::DEFAULT_MAX_GAP.to_string(),
+        ),
+        (
+            "name = \"example-plc\"",
+            "offline_after",
+            ModbusDevice::DEFAULT_OFFLINE_AFTER.to_string(),
+        ),
+        (
+            "query = ",
+            "response_timeout",
+            duration(LineQuery::DEFAULT_RESPONSE_TIMEOUT),
+        ),
+    ];
+    for (anchor, key, value) in expected {
+        let shown = shown_in_annotated_config(anchor, key);
+        let shown = match value.strip_prefix("= ") {
+            Some(_) => match parse_duration(shown.trim_matches('"')) {
+                Ok(d) => format!("= {d:?}"),
+                Err(e) => panic!("`{key}` = {shown} in config/fieldlink.toml: {e}"),
+            },
+            None => shown,
+        };
+        assert_eq!(
+            shown, value,
+            "config/fieldlink.toml shows another default for `{key}` (after {anchor:?}) than the \
+             constant the validator uses"
+        );
+    }
+    // Written in the file's own units, so compared as values.
+    assert_eq!(
+        parse_size(shown_in_annotated_config("# [buffer]", "max_size").trim_matches('"')),
+        Ok(Buffer::DEFAULT_MAX_SIZE)
+    );
+    assert_eq!(
+        shown_in_annotated_config("type = \"serial_line\"", "terminator"),
+        format!(
+            "'{}'",
+            String::from_utf8_lossy(SerialLine::DEFAULT_TERMINATOR).escape_default()
+        )
+    );
+    let stale = shown_in_annotated_config("# bus = \"gps\"", "stale_after");
+    let interval = shown_in_annotated_config("# bus = \"gps\"", "interval");
+    let parse = |text: &str| parse_duration(text.trim_matches('"')).unwrap();
+    assert_eq!(
+        parse(&stale),
+        parse(&interval) * config::SerialLineDevice::DEFAULT_STALE_AFTER_INTERVALS,
+        "stale_after is shown at its default for the interval shown"
+    );
 }

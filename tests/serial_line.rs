@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use fieldlink::config::{self, Bus, Device};
 use fieldlink::health::Health;
 use fieldlink::model::{Quality, Sample, SampleSink, Value};
-use fieldlink::poll::serial_line::{self, read_serial_line_once, run_serial_line_bus};
+use fieldlink::poll::serial_line::{self, run_serial_line_bus};
+use fieldlink::poll::{ReadOnceError, ReadReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,18 @@ use support::wait_until;
 
 /// Generous: the machine running the suite may be busy; the 2 s spec is checked separately.
 const DEADLINE: Duration = Duration::from_secs(10);
+
+/// What `fieldlink read` prints after reading `lines` lines of `device`.
+async fn read_serial_line_once(
+    bus: &Bus,
+    device: &Device,
+    lines: usize,
+) -> Result<String, ReadOnceError> {
+    let report = serial_line::commission::read_once(bus, device, lines).await?;
+    Ok(fieldlink::commands::format_read_report(
+        &ReadReport::SerialLine(report),
+    ))
+}
 
 // ------------------------------------------------------------------ a sensor on a pty
 
@@ -627,10 +640,10 @@ regex = '(?P<kg>[0-9.]+) kg'
     assert_eq!(line.max_line, 256);
     let device = &config.devices[0];
     assert!(
-        device.points.is_empty(),
+        device.modbus().is_none(),
         "no Modbus points on a serial_line device"
     );
-    let spec = device.serial_line.as_ref().unwrap();
+    let spec = device.serial_line().unwrap();
     let query = spec.query.as_ref().unwrap();
     assert_eq!(query.bytes, b"\x02W\r");
     assert_eq!(query.response_timeout, Duration::from_secs(1));
@@ -640,7 +653,7 @@ regex = '(?P<kg>[0-9.]+) kg'
     assert!(matches!(&point.extract, Extract::Regex { capture, .. } if capture == "kg"));
     assert_eq!(point.kind, LineValueKind::Number);
     assert_eq!((point.scale, point.offset), (1.0, 0.0));
-    let described = serial_line::describe_device(device);
+    let described = fieldlink::commands::describe(&config);
     assert!(
         described.contains(r#"asked "\u{2}W\r" every 2s"#),
         "{described}"

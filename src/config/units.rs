@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::de::{Deserialize, Deserializer, Visitor};
 
-use super::Table;
+use super::types::Table;
 
 /// Parses a duration that carries its unit, such as "15s", "500ms", "2m" or "1h 30m".
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -1,17 +1,23 @@
-//! Exponential backoff with jitter, as a pure function of the failure count.
+//! Exponential backoff, as a pure function of the failure count: the one implementation the
+//! pollers share (a device's probes and a blamed read's retries in the Modbus loop, a lost
+//! serial port's reopens).
 //!
 //! Owns only the arithmetic; callers keep their own failure counters and clocks.
 
 use std::time::Duration;
 
 /// The wait after `failures` consecutive failures (1 = first failure): `min * 2^(failures-1)`,
-/// capped at `max`, then spread by +-20 % so a thousand gateways (or ten devices on one bus)
-/// that failed together do not retry in lockstep.
-pub fn delay(failures: u32, min: Duration, max: Duration) -> Duration {
+/// capped at `max`. Exact: for waits that only pace a local retry (a serial port reopened).
+pub fn exponential(failures: u32, min: Duration, max: Duration) -> Duration {
     let exp = failures.saturating_sub(1).min(30);
-    let base = min.saturating_mul(1u32 << exp).min(max);
+    min.saturating_mul(1u32 << exp).min(max)
+}
+
+/// [`exponential`], spread by +-20 % so a thousand gateways (or ten devices on one bus) that
+/// failed together do not retry in lockstep.
+pub fn delay(failures: u32, min: Duration, max: Duration) -> Duration {
     let spread = 0.8 + fastrand::f64() * 0.4;
-    base.mul_f64(spread)
+    exponential(failures, min, max).mul_f64(spread)
 }
 
 #[cfg(test)]
@@ -31,6 +37,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn exponential_doubles_from_min_up_to_the_cap_exactly() {
+        let (min, max) = (Duration::from_millis(250), Duration::from_secs(1));
+        let waits: Vec<Duration> = (1..=5).map(|n| exponential(n, min, max)).collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 1000, 1000].map(Duration::from_millis)
+        );
+        assert_eq!(exponential(u32::MAX, min, max), max);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tracing::{debug, info, warn};
 
 use crate::config::{Parity, SerialSettings};
+use crate::poll::backoff;
 
 /// How often a bus looks for its missing device node, and checks the node of an open port.
 pub const WATCH_PERIOD: Duration = Duration::from_millis(250);
@@ -202,8 +203,8 @@ impl PortWatch {
         }
         self.failures = self.failures.saturating_add(1);
         let now = Instant::now();
-        let exponent = self.failures.saturating_sub(1).min(8);
-        self.earliest = now + (OPEN_BACKOFF_MIN * 2u32.pow(exponent)).min(OPEN_BACKOFF_MAX);
+        self.earliest =
+            now + backoff::exponential(self.failures, OPEN_BACKOFF_MIN, OPEN_BACKOFF_MAX);
         self.was_missing = false;
         self.next_look = now + WATCH_PERIOD;
         self.opened = None;

@@ -185,15 +185,10 @@ mod tests {
 
     fn point(data_type: DataType, order: WordOrder, scale: f64, offset: f64) -> Point {
         Point {
-            name: "p".into(),
-            table: Table::Holding,
-            address: 0,
-            data_type,
             order,
             scale,
             offset,
-            unit: None,
-            interval: None,
+            ..Point::new("p", Table::Holding, 0, data_type)
         }
     }
 

@@ -10,7 +10,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio_modbus::{ExceptionCode, Request, Response};
+use tokio_modbus::{Request, Response};
+
+/// The device answered and refused: the inner error of every read, kept apart from a
+/// broken wire ([`LinkError`]) all the way to availability and quality.
+pub use tokio_modbus::ExceptionCode;
 
 use crate::config::Table;
 use crate::model::Quality;

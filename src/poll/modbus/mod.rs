@@ -1,17 +1,24 @@
-//! Modbus: pure planning and decoding, and the RTU/TCP transports.
+//! Modbus: pure planning and decoding, the RTU/TCP transports, the poll loop and the
+//! commissioning read.
 //!
-//! `plan` and `decode` are pure. `link` is the seam between the poller and a wire: one
-//! request at a time, with the outer error (the wire broke or stayed silent) kept apart from
-//! the inner [`ExceptionCode`] (the device answered and refused). `tcp` and `rtu` are the
-//! only importers of tokio-modbus client code.
+//! `plan` and `decode` are pure; `reads` is the exception-2 fallback, also pure. `link` is
+//! the seam between the poller and a wire: one request at a time, with the outer error (the
+//! wire broke or stayed silent) kept apart from the inner [`ExceptionCode`] (the device
+//! answered and refused). `tcp` and `rtu` are the only importers of tokio-modbus client
+//! code. `scheduler` is the poll loop of one wire (availability, backoff, quality); `bus`
+//! runs one loop per RTU line or per TCP device; `commission` is `fieldlink read`.
 
+pub mod bus;
+pub mod commission;
 pub mod decode;
 pub mod link;
 pub mod plan;
 pub mod reads;
 pub mod rtu;
+pub mod scheduler;
 pub mod tcp;
+#[cfg(test)]
+mod tests;
 
-pub use link::{LinkError, ModbusLink, RawData};
+pub use link::{ExceptionCode, LinkError, ModbusLink, RawData};
 pub use plan::{describe_plan, plan, plan_groups, PlanGroup, ReadRequest};
-pub use tokio_modbus::ExceptionCode;

@@ -68,21 +68,25 @@ pub fn plan(points: &[Point], max_gap: u16) -> Vec<ReadRequest> {
 }
 
 /// Plans a device: one group per distinct effective interval (a point's own interval, or
-/// the device's), shortest interval first. Indexes refer to `device.points`.
+/// the device's), shortest interval first. Indexes refer to the device's Modbus points; a
+/// serial_line device makes no register reads, so it has no groups.
 pub fn plan_groups(device: &Device) -> Vec<PlanGroup> {
+    let Some(modbus) = device.modbus() else {
+        return Vec::new();
+    };
     let effective = |p: &Point| p.interval.unwrap_or(device.interval);
-    let mut intervals: Vec<Duration> = device.points.iter().map(effective).collect();
+    let mut intervals: Vec<Duration> = modbus.points.iter().map(effective).collect();
     intervals.sort();
     intervals.dedup();
     intervals
         .into_iter()
         .map(|interval| {
-            let subset: Vec<usize> = (0..device.points.len())
-                .filter(|&i| effective(&device.points[i]) == interval)
+            let subset: Vec<usize> = (0..modbus.points.len())
+                .filter(|&i| effective(&modbus.points[i]) == interval)
                 .collect();
             PlanGroup {
                 interval,
-                requests: plan_subset(&device.points, &subset, device.max_gap),
+                requests: plan_subset(&modbus.points, &subset, modbus.max_gap),
             }
         })
         .collect()
@@ -139,20 +143,10 @@ fn plan_subset(points: &[Point], subset: &[usize], max_gap: u16) -> Vec<ReadRequ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DataType, WordOrder};
+    use crate::config::{DataType, DeviceKind, ModbusDevice};
 
     fn pt(name: &str, table: Table, address: u16, data_type: DataType) -> Point {
-        Point {
-            name: name.into(),
-            table,
-            address,
-            data_type,
-            order: WordOrder::Abcd,
-            scale: 1.0,
-            offset: 0.0,
-            unit: None,
-            interval: None,
-        }
+        Point::new(name, table, address, data_type)
     }
 
     fn reg(address: u16, data_type: DataType) -> Point {
@@ -391,12 +385,13 @@ mod tests {
         let device = Device {
             name: "d".into(),
             bus: "b".into(),
-            unit: 1,
             interval: Duration::from_secs(1),
-            max_gap: 10,
-            points: vec![reg(0, DataType::U16), slow, reg(2, DataType::U16)],
-            offline_after: 3,
-            serial_line: None,
+            kind: DeviceKind::Modbus(ModbusDevice {
+                unit: 1,
+                max_gap: 10,
+                points: vec![reg(0, DataType::U16), slow, reg(2, DataType::U16)],
+                offline_after: 3,
+            }),
         };
         let groups = plan_groups(&device);
         assert_eq!(groups.len(), 2);
@@ -419,12 +414,13 @@ mod tests {
         let device = Device {
             name: "d".into(),
             bus: "b".into(),
-            unit: 1,
             interval: Duration::from_secs(1),
-            max_gap: 0,
-            points: vec![reg(0, DataType::U16), same],
-            offline_after: 3,
-            serial_line: None,
+            kind: DeviceKind::Modbus(ModbusDevice {
+                unit: 1,
+                max_gap: 0,
+                points: vec![reg(0, DataType::U16), same],
+                offline_after: 3,
+            }),
         };
         let groups = plan_groups(&device);
         assert_eq!(groups.len(), 1);

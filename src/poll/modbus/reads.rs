@@ -21,8 +21,8 @@
 
 use crate::config::Point;
 
+use super::link::{ExceptionCode, RawData};
 use super::plan::ReadRequest;
-use super::{ExceptionCode, RawData};
 
 /// Polls of a split slot before its merged read is tried again the first time.
 pub const FIRST_RETRY_POLLS: u32 = 10;
@@ -232,20 +232,15 @@ impl<H: Default> Slot<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DataType, Table, WordOrder};
+    use crate::config::{DataType, Table};
 
     fn point(address: u16) -> Point {
-        Point {
-            name: format!("p{address}"),
-            table: Table::Holding,
+        Point::new(
+            &format!("p{address}"),
+            Table::Holding,
             address,
-            data_type: DataType::U16,
-            order: WordOrder::Abcd,
-            scale: 1.0,
-            offset: 0.0,
-            unit: None,
-            interval: None,
-        }
+            DataType::U16,
+        )
     }
 
     fn slot(points: &[Point]) -> Slot<()> {

@@ -35,7 +35,8 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::Slave;
 
 use super::link::{
-    check_response, classify, io_words, to_request, LinkError, ModbusLink, ReadResult,
+    check_response, classify, io_words, to_request, ExceptionCode, LinkError, ModbusLink, RawData,
+    ReadResult,
 };
 use super::plan::ReadRequest;
 
@@ -170,7 +171,7 @@ async fn call(
     request: &ReadRequest,
     limit: Duration,
 ) -> (
-    Result<Result<super::RawData, tokio_modbus::ExceptionCode>, CallEnd>,
+    Result<Result<RawData, ExceptionCode>, CallEnd>,
     Option<Wire>,
 ) {
     events(&wire.watch).begin_request();

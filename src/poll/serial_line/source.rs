@@ -19,31 +19,29 @@
 //! for `stale_after`, or the port lost) every point is published bad once as `stale`. Each
 //! is published again with its next value.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout_at, Instant, MissedTickBehavior};
 use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::{Bus, BusKind, Device, LineQuery, SerialLine, SerialLineDevice};
+use crate::config::{Bus, BusKind, Device, DeviceKind, LineQuery, SerialLine, SerialLineDevice};
 use crate::health::{Beat, Health};
-use crate::model::{unix_ms_now, Quality, Reading, Sample, SampleSink, Value};
+use crate::model::{unix_ms_now, Quality, Reading, Sample, SampleSink};
 use crate::poll::serial_port::{self, describe_open_error, PortWatch, WATCH_PERIOD};
 
 use super::codec::{Frame, LineCodec};
+use super::counters::{bump, counters, SerialLineCounters};
 use super::extract::{extract, select, Selection};
-use super::{bump, counters, SerialLineCounters};
 
 /// A reopened session counts as working after a good line, or after this long.
 const SETTLED_AFTER: Duration = Duration::from_secs(5);
 /// The loop ticks at least every WATCH_PERIOD; this is what the watchdog allows.
 const BEAT_ALLOWANCE: Duration = Duration::from_secs(10);
-const READ_CHUNK: usize = 512;
+pub(super) const READ_CHUNK: usize = 512;
 
 struct Sensor {
     name: Arc<str>,
@@ -102,7 +100,9 @@ pub async fn run_serial_line_bus(
     let sensors = devices
         .into_iter()
         .filter_map(|d| {
-            let spec = d.serial_line?;
+            let DeviceKind::SerialLine(spec) = d.kind else {
+                return None;
+            };
             let labels = spec
                 .points
                 .iter()
@@ -406,7 +406,7 @@ impl BusTask {
 
 /// Flushes what is pending (a late answer to the previous query must not pass for the
 /// answer to this one), then sends the query within its response timeout.
-async fn send_query(
+pub(super) async fn send_query(
     port: &mut SerialStream,
     codec: &mut LineCodec,
     query: &LineQuery,
@@ -427,126 +427,5 @@ async fn send_query(
         Err(_) => {
             Err("the query could not be written within the response timeout (output stuck)".into())
         }
-    }
-}
-
-/// `fieldlink read` for a serial_line device: opens the port, reads (asking with the
-/// query, if any) until `lines` lines of the device were seen, and describes each line and
-/// the points parsed from it. Fails when the port cannot be opened or nothing arrives.
-pub async fn read_serial_line_once(
-    bus: &Bus,
-    device: &Device,
-    lines: usize,
-) -> anyhow::Result<String> {
-    let BusKind::SerialLine(line) = &bus.kind else {
-        bail!("bus {:?} is not a serial_line bus", bus.name);
-    };
-    let spec = device
-        .serial_line
-        .as_ref()
-        .with_context(|| format!("device {:?} has no serial_line settings", device.name))?;
-    let path = &line.serial.path;
-    let mut port = serial_port::open(&line.serial)
-        .map_err(|e| anyhow::anyhow!("{}", describe_open_error(&e, path)))?;
-    let _ = port.clear(ClearBuffer::Input);
-    let mut codec = LineCodec::new(&line.terminator, line.max_line);
-    let wait = spec
-        .query
-        .as_ref()
-        .map_or(spec.stale_after, |q| q.response_timeout);
-    let mut out = String::new();
-    let mut seen = 0;
-    let mut buf = [0u8; READ_CHUNK];
-    for n in 1..=lines.max(1) {
-        if let Some(q) = &spec.query {
-            send_query(&mut port, &mut codec, q)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        }
-        let deadline = Instant::now() + wait;
-        let got = 'wait: loop {
-            while let Some(frame) = codec.next_frame() {
-                match frame {
-                    Frame::Garbage => {
-                        let _ = writeln!(
-                            out,
-                            "  (skipped a line that is not text: wrong baud rate or noise?)"
-                        );
-                    }
-                    Frame::Overlong => {
-                        let _ = writeln!(
-                            out,
-                            "  (skipped a line longer than max_line = {} bytes)",
-                            line.max_line
-                        );
-                    }
-                    Frame::Line(text) => match select(spec, &text) {
-                        Selection::Accepted(payload) => {
-                            let payload = payload.to_owned();
-                            break 'wait Some((text, payload));
-                        }
-                        Selection::BadChecksum(e) => {
-                            let _ = writeln!(out, "  (skipped, {e}: {text})");
-                        }
-                        Selection::NotForDevice => {}
-                    },
-                }
-            }
-            match timeout_at(deadline, port.read(&mut buf)).await {
-                Err(_) => break None,
-                Ok(Ok(0)) => bail!("{} hung up (end of file)", path.display()),
-                Ok(Ok(k)) => codec.push(&buf[..k]),
-                Ok(Err(e)) => {
-                    return Err(e).with_context(|| format!("reading {} failed", path.display()))
-                }
-            }
-        };
-        let Some((text, payload)) = got else {
-            let _ = writeln!(out, "line {n}: nothing for {} within {wait:?}", device.name);
-            if spec.query.is_some() {
-                continue;
-            }
-            break;
-        };
-        seen += 1;
-        let _ = writeln!(out, "line {n}: {text}");
-        for point in &spec.points {
-            match extract(point, &payload) {
-                Ok(value) => {
-                    let unit = point
-                        .unit
-                        .as_deref()
-                        .map(|u| format!(" {u}"))
-                        .unwrap_or_default();
-                    let _ = writeln!(out, "  {:<20} = {}{unit}", point.name, show(&value));
-                }
-                Err(e) => {
-                    let _ = writeln!(out, "  {:<20}   no value: {e}", point.name);
-                }
-            }
-        }
-    }
-    if seen == 0 {
-        bail!(
-            "{out}no line for device {:?} arrived on {}: check the baud rate and wiring{}",
-            device.name,
-            path.display(),
-            if spec.filter.is_some() {
-                ", and that the filter matches what the sensor sends"
-            } else {
-                ""
-            }
-        );
-    }
-    Ok(out)
-}
-
-fn show(value: &Value) -> String {
-    match value {
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Text(t) => format!("{t:?}"),
     }
 }

@@ -34,7 +34,7 @@
 //!   publishes the point bad (`decode`). A bad point's next good value is published as usual.
 //!   While a device is offline its points keep their last message; its status says why.
 //! - A merged read refused with exception 2 falls back to single reads and comes back per
-//!   [`reads`](super::modbus::reads) (the same code `fieldlink read` uses).
+//!   [`reads`](super::reads) (the same code `fieldlink read` uses).
 //! - When the link itself cannot try (serial port missing), devices go offline at once and
 //!   the loop waits for the link's reopen time instead of backing devices off; they are
 //!   polled as soon as the link is back. The link reports the outage itself (once), so
@@ -52,13 +52,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Device, Point};
 use crate::health::Beat;
 use crate::model::{unix_ms_now, Quality, Reading, Sample, SampleSink, Value};
+use crate::poll::backoff;
 
-use super::backoff;
-use super::modbus::decode::{decode_bit, decode_registers};
-use super::modbus::link::{LinkError, ModbusLink, RawData};
-use super::modbus::plan::{plan_groups, ReadRequest};
-use super::modbus::reads::{Slot, SlotChange};
-use super::modbus::ExceptionCode;
+use super::decode::{decode_bit, decode_registers};
+use super::link::{ExceptionCode, LinkError, ModbusLink, RawData};
+use super::plan::{plan_groups, ReadRequest};
+use super::reads::{Slot, SlotChange};
 
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -141,22 +140,24 @@ pub(crate) struct PolledDevice {
 }
 
 impl PolledDevice {
-    pub(crate) fn new(device: &Device, now: Instant) -> Self {
-        PolledDevice {
+    /// The loop's view of a Modbus device; `None` for a device of another kind.
+    pub(crate) fn new(device: &Device, now: Instant) -> Option<Self> {
+        let modbus = device.modbus()?;
+        Some(PolledDevice {
             name: device.name.as_str().into(),
-            unit: device.unit,
-            point_names: device
+            unit: modbus.unit,
+            point_names: modbus
                 .points
                 .iter()
                 .map(|p| p.name.as_str().into())
                 .collect(),
-            point_units: device
+            point_units: modbus
                 .points
                 .iter()
                 .map(|p| p.unit.as_deref().map(Arc::from))
                 .collect(),
-            point_quality: vec![None; device.points.len()],
-            points: device.points.clone(),
+            point_quality: vec![None; modbus.points.len()],
+            points: modbus.points.clone(),
             groups: plan_groups(device)
                 .into_iter()
                 .map(|g| Group {
@@ -164,20 +165,20 @@ impl PolledDevice {
                     slots: g
                         .requests
                         .into_iter()
-                        .map(|r| Slot::new(r, &device.points))
+                        .map(|r| Slot::new(r, &modbus.points))
                         .collect(),
                     next_due: now,
                     last_served: 0,
                 })
                 .collect(),
             availability: Availability::Unknown,
-            offline_after: device.offline_after.max(1),
+            offline_after: modbus.offline_after.max(1),
             failed_polls: 0,
             probe_failures: 0,
             probe_at: None,
             offline_with_link: false,
             polls: 0,
-        }
+        })
     }
 
     /// Longest a single poll of this device can keep the loop busy, given a per-request

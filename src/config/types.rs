@@ -1,0 +1,588 @@
+//! The checked configuration: the contract the rest of the agent builds on. Every value here
+//! was checked by `validate`, so consumers never re-validate; the defaults the validator
+//! fills in are named constants on these types (`config/fieldlink.toml` shows the same
+//! values, a test keeps them in step).
+//!
+//! Plain data: imports nothing else of `config`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the packaged binary looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldlink/fieldlink.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this config was loaded from (for messages and for resolving relative paths).
+    pub source: PathBuf,
+    pub gateway: Gateway,
+    pub mqtt: Mqtt,
+    pub log: Log,
+    pub buses: Vec<Bus>,
+    pub devices: Vec<Device>,
+    /// `[buffer]`: the durable store-and-forward buffer (all keys optional).
+    pub buffer: Buffer,
+}
+
+impl Config {
+    pub fn bus(&self, name: &str) -> Option<&Bus> {
+        self.buses.iter().find(|b| b.name == name)
+    }
+    pub fn device(&self, name: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+    /// The devices on one bus, in file order.
+    pub fn devices_on<'a>(&'a self, bus: &'a str) -> impl Iterator<Item = &'a Device> + 'a {
+        self.devices.iter().filter(move |d| d.bus == bus)
+    }
+    pub fn dir(&self) -> &Path {
+        self.source.parent().unwrap_or(Path::new("."))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// Used in the default topic prefix and client id; `[A-Za-z0-9_-]+`.
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mqtt {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub keep_alive: Duration,
+    /// 0 or 1.
+    pub qos: u8,
+    /// Topic prefix without a trailing slash, default `fieldlink/<gateway id>`.
+    pub prefix: String,
+    pub username: Option<String>,
+    /// Read at connect time (so a rotated secret is picked up); may be resolved from
+    /// `$CREDENTIALS_DIRECTORY` by the uplink.
+    pub password_file: Option<PathBuf>,
+    pub tls: Option<Tls>,
+    pub connect_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub payload: PayloadMode,
+    /// Readings held in memory while the link is down, before the oldest is dropped.
+    pub queue_capacity: usize,
+    /// `deadband` (+ `max_interval`): report by exception; `None` publishes every reading.
+    pub report: Option<ReportByException>,
+}
+
+/// The defaults of `[mqtt]`: the validator fills them in, `config/fieldlink.toml` shows them
+/// (a test keeps the two in step).
+impl Mqtt {
+    pub const DEFAULT_PORT: u16 = 1883;
+    /// With TLS (`mqtts://` or a `[mqtt.tls]` table).
+    pub const DEFAULT_TLS_PORT: u16 = 8883;
+    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+    pub const DEFAULT_QOS: u8 = 1;
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+    pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+    pub const DEFAULT_PAYLOAD: PayloadMode = PayloadMode::Json;
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
+}
+
+/// Report by exception: a point's reading is published only when it moved past the deadband
+/// from the last *published* value of that point, or when `max_interval` passed since then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReportByException {
+    pub deadband: Deadband,
+    /// Heartbeat: a steady point is re-sent at least this often (default 5 min).
+    pub max_interval: Duration,
+}
+
+impl ReportByException {
+    pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(300);
+}
+
+/// `deadband = 0.5` (absolute, in the point's unit) or `deadband = "2%"` (of the last
+/// published value). Readings that are not numbers (bool, text) are published on any change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deadband {
+    /// Finite, >= 0. A change must be strictly larger to be published; 0 = on any change.
+    Absolute(f64),
+    /// Percent of the magnitude of the last published value, finite, >= 0.
+    Percent(f64),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// PEM CA bundle; `None` = the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for mutual TLS; both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadMode {
+    /// `{"value":…,"unit":"V","ts":<unix ms>,"seq":<n>}`
+    Json,
+    /// Just the value as text.
+    Plain,
+    /// One message per device and poll on `<prefix>/<device>`:
+    /// `{"ts":<unix ms>,"seq":<n>,"values":{"voltage":230.1,…}}`; units go once to the
+    /// retained `<prefix>/<device>/meta` (see `uplink::topic`).
+    Device,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// An `EnvFilter` directive such as "info" or "fieldlink=debug"; RUST_LOG wins if set.
+    pub level: String,
+}
+
+impl Log {
+    pub const DEFAULT_LEVEL: &'static str = "info";
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: Log::DEFAULT_LEVEL.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Bus {
+    pub name: String,
+    pub kind: BusKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum BusKind {
+    ModbusTcp(ModbusTcp),
+    ModbusRtu(ModbusRtu),
+    /// Sensors that stream or answer ASCII lines (NMEA GPS, weather stations, scales).
+    SerialLine(SerialLine),
+}
+
+#[derive(Debug, Clone)]
+pub struct ModbusTcp {
+    /// `host:port` (port defaults to 502), resolved on every connect.
+    pub address: String,
+    /// Per request, and for connecting.
+    pub timeout: Duration,
+}
+
+impl ModbusTcp {
+    /// When `address` names no port.
+    pub const DEFAULT_PORT: u16 = 502;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+#[derive(Debug, Clone)]
+pub struct ModbusRtu {
+    pub serial: SerialSettings,
+    pub response_timeout: Duration,
+    /// Silence kept between the end of one exchange and the next request (>= t3.5).
+    pub inter_request_delay: Duration,
+}
+
+impl ModbusRtu {
+    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Stretched to t3.5 (rounded up to the millisecond) where that is longer, at slow baud
+    /// rates.
+    pub const DEFAULT_INTER_REQUEST_DELAY: Duration = Duration::from_millis(20);
+}
+
+/// A serial port carrying text lines (`type = "serial_line"`). Its devices carry their
+/// extraction rules in [`SerialLineDevice`].
+#[derive(Debug, Clone)]
+pub struct SerialLine {
+    pub serial: SerialSettings,
+    /// The bytes that end a line (escape sequences already decoded; default `\n`). A `\r`
+    /// just before it, or a `\n` just after a `\r` terminator, is dropped as well.
+    pub terminator: Vec<u8>,
+    /// Longest line in bytes (terminator excluded); longer ones are counted and skipped.
+    pub max_line: usize,
+}
+
+impl SerialLine {
+    pub const DEFAULT_TERMINATOR: &'static [u8] = b"\n";
+    pub const DEFAULT_MAX_LINE: usize = 256;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    pub path: PathBuf,
+    pub baud: u32,
+    /// 5..=8
+    pub data_bits: u8,
+    pub parity: Parity,
+    /// 1 or 2
+    pub stop_bits: u8,
+}
+
+/// The defaults of both serial bus types (`modbus_rtu`, `serial_line`): 9600 8N1.
+impl SerialSettings {
+    pub const DEFAULT_BAUD: u32 = 9600;
+    pub const DEFAULT_DATA_BITS: u8 = 8;
+    pub const DEFAULT_PARITY: Parity = Parity::None;
+    pub const DEFAULT_STOP_BITS: u8 = 1;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// Device names that are (or will be) topic levels of the gateway itself, right under
+/// `<prefix>/`, with why. Refused in every payload mode: with `payload = "device"` a device
+/// publishes on `<prefix>/<device>` itself, and a config must stay valid when the mode
+/// changes. Kept in step with `uplink::topic` by a test.
+pub const RESERVED_DEVICE_NAMES: &[(&str, &str)] = &[
+    (
+        "status",
+        "<prefix>/status is the gateway's own online/offline status",
+    ),
+    ("health", "<prefix>/health is the gateway's health report"),
+    (
+        "meta",
+        "<prefix>/meta is reserved for the gateway's own metadata",
+    ),
+    (
+        "set",
+        "<prefix>/set is reserved for the command topics to come",
+    ),
+];
+
+/// Point names that are (or will be) topic levels of their device, `<prefix>/<device>/…`,
+/// with why. Refused in every payload mode, like [`RESERVED_DEVICE_NAMES`].
+pub const RESERVED_POINT_NAMES: &[(&str, &str)] = &[
+    (
+        "status",
+        "<prefix>/<device>/status is the device's availability topic",
+    ),
+    (
+        "meta",
+        "<prefix>/<device>/meta holds the units of the device's points (payload = \"device\")",
+    ),
+    (
+        "set",
+        "<prefix>/<device>/set is reserved for the command topics to come",
+    ),
+];
+
+/// The longest gateway id, bus, device or point name, in characters: an MQTT topic level is
+/// sensibly no longer than this (and dashboards show it).
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// A `[[device]]`: what every kind of device has, and its kind.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub name: String,
+    /// Name of a bus in `Config::buses` (validated to exist, and to be of the device's kind).
+    pub bus: String,
+    /// Modbus: how often the points are read (a point may have its own). A serial_line query
+    /// sensor: the query period; a streaming one: the expected time between lines.
+    pub interval: Duration,
+    pub kind: DeviceKind,
+}
+
+impl Device {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// The Modbus settings, for a device on a Modbus bus.
+    pub fn modbus(&self) -> Option<&ModbusDevice> {
+        match &self.kind {
+            DeviceKind::Modbus(m) => Some(m),
+            DeviceKind::SerialLine(_) => None,
+        }
+    }
+
+    /// The extraction rules, for a device on a serial_line bus.
+    pub fn serial_line(&self) -> Option<&SerialLineDevice> {
+        match &self.kind {
+            DeviceKind::SerialLine(l) => Some(l),
+            DeviceKind::Modbus(_) => None,
+        }
+    }
+}
+
+/// How a device is read: decided by the type of its bus.
+#[derive(Debug, Clone)]
+pub enum DeviceKind {
+    /// A unit on a `modbus_tcp` or `modbus_rtu` bus, read register by register.
+    Modbus(ModbusDevice),
+    /// A sensor on a `serial_line` bus, read line by line.
+    SerialLine(SerialLineDevice),
+}
+
+/// A Modbus unit: its id, its register map and how it is polled.
+#[derive(Debug, Clone)]
+pub struct ModbusDevice {
+    /// Modbus unit (slave) id: 1..=247, or 255 on Modbus TCP.
+    pub unit: u8,
+    /// Largest run of unwanted registers (or bits) the planner may read to merge two requests.
+    pub max_gap: u16,
+    /// Polls in a row in which the device answers nothing before it is reported offline
+    /// (1..=[`ModbusDevice::MAX_OFFLINE_AFTER`]). A serial_line device goes offline after
+    /// its `stale_after` instead, whose default (3 x interval) is the same rule in time.
+    pub offline_after: u32,
+    pub points: Vec<Point>,
+}
+
+impl ModbusDevice {
+    pub const DEFAULT_MAX_GAP: u16 = 8;
+    pub const DEFAULT_OFFLINE_AFTER: u32 = 3;
+    pub const MAX_OFFLINE_AFTER: u32 = 100;
+}
+
+/// How one sensor on a serial_line bus is read.
+#[derive(Debug, Clone)]
+pub struct SerialLineDevice {
+    /// Request/response: sent every `Device::interval`; `None` for a streaming sensor.
+    pub query: Option<LineQuery>,
+    /// A line must match this to belong to the device (e.g. `^\$GPGGA`).
+    pub filter: Option<regex::Regex>,
+    pub checksum: Option<ChecksumKind>,
+    /// The device goes offline when no good line arrived for this long.
+    pub stale_after: Duration,
+    pub points: Vec<SerialLinePoint>,
+}
+
+impl SerialLineDevice {
+    /// `stale_after` defaults to this many intervals: the Modbus rule of
+    /// [`ModbusDevice::DEFAULT_OFFLINE_AFTER`] polls, in time.
+    pub const DEFAULT_STALE_AFTER_INTERVALS: u32 = 3;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineQuery {
+    /// The bytes sent, escape sequences (`\r`, `\n`, `\xNN`) decoded.
+    pub bytes: Vec<u8>,
+    pub response_timeout: Duration,
+}
+
+impl LineQuery {
+    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumKind {
+    /// `$...*HH`: XOR of the bytes between `$` (or `!`) and `*`, as two hex digits.
+    Nmea,
+}
+
+#[derive(Debug, Clone)]
+pub struct SerialLinePoint {
+    pub name: String,
+    pub extract: Extract,
+    pub kind: LineValueKind,
+    pub scale: f64,
+    pub offset: f64,
+    pub unit: Option<String>,
+}
+
+/// Where a point's text is in a line.
+#[derive(Debug, Clone)]
+pub enum Extract {
+    /// The named capture `capture` of `regex` (validated to exist).
+    Regex {
+        regex: regex::Regex,
+        capture: String,
+    },
+    /// Field `index` (0-based) of the line split at `delimiter`.
+    Field { delimiter: String, index: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineValueKind {
+    /// A decimal number, published as a float.
+    Number,
+    /// A whole number, published as an integer (a float when scaled).
+    Integer,
+    /// The text itself, trimmed.
+    String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub name: String,
+    pub table: Table,
+    /// 0-based protocol address (4xxxx/3xxxx notations are converted by validation).
+    pub address: u16,
+    pub data_type: DataType,
+    pub order: WordOrder,
+    pub scale: f64,
+    pub offset: f64,
+    pub unit: Option<String>,
+    /// Overrides the device interval for this point.
+    pub interval: Option<Duration>,
+}
+
+impl Point {
+    /// A point as the file writes it with only the required keys: no scaling, no unit, no
+    /// interval of its own, big-endian (`ABCD`).
+    pub fn new(name: &str, table: Table, address: u16, data_type: DataType) -> Point {
+        Point {
+            name: name.to_owned(),
+            table,
+            address,
+            data_type,
+            order: WordOrder::Abcd,
+            scale: 1.0,
+            offset: 0.0,
+            unit: None,
+            interval: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Coil,
+    Discrete,
+    Input,
+    Holding,
+}
+
+impl Table {
+    /// Coils and discrete inputs are addressed in bits, the other two in 16-bit registers.
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    /// ASCII, two characters per register, `registers` registers long; trailing NULs and
+    /// spaces are trimmed.
+    String {
+        registers: u16,
+    },
+}
+
+impl DataType {
+    /// How many registers (or bits, for a bool in a bit table) the point spans.
+    pub fn width(self) -> u16 {
+        match self {
+            DataType::Bool | DataType::U16 | DataType::I16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+            DataType::String { registers } => registers,
+        }
+    }
+}
+
+/// Byte order within the value, written as the letters of the big-endian value A (most
+/// significant byte) to D. `ABCD` is Modbus' big-endian; `CDAB` swaps 16-bit words (common
+/// in meters); `BADC` swaps bytes within each word; `DCBA` is fully little-endian. For 64-bit
+/// values the same rule extends to ABCDEFGH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WordOrder {
+    Abcd,
+    Cdab,
+    Badc,
+    Dcba,
+}
+
+/// `[buffer]`: where and how readings survive outages, restarts and power cuts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buffer {
+    /// `path`: the state directory holding `buffer.db` (default `$STATE_DIRECTORY`, first
+    /// entry, else `/var/lib/fieldlink`).
+    pub path: PathBuf,
+    /// `durability`.
+    pub durability: Durability,
+    /// `commit_interval` (`durability = "always"` only): how often queued readings are
+    /// committed; a power cut loses at most this much. Default 1 s.
+    pub commit_interval: Duration,
+    /// `max_size`: bound on the stored readings (topic + payload + a fixed per-row overhead,
+    /// see `buffer::store`). Default 64 MiB.
+    pub max_size: u64,
+    /// `max_age`: stored readings older than this are dropped and counted. Default 7 days.
+    pub max_age: Duration,
+    /// `when_full`.
+    pub when_full: WhenFull,
+    /// `replay`.
+    pub replay: Replay,
+    /// `replay_rate`: readings per second replayed from disk; `None` = unlimited (default).
+    /// Live readings are never rate limited.
+    pub replay_rate: Option<u32>,
+    /// `spill_threshold`: readings held in memory (queued + in flight) beyond which they
+    /// spill to disk even while the link is up (`durability = "outage"`). Default 1000.
+    pub spill_threshold: usize,
+}
+
+/// `durability = "outage" | "always"`: SD-card wear against what a power cut can lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing is written per reading while the link is healthy; queued and unacknowledged
+    /// readings are written when the link dies, when the backlog passes `spill_threshold`,
+    /// and on shutdown. A power cut while the link is up loses what was not yet acknowledged.
+    Outage,
+    /// Every reading is committed (batched every `commit_interval`) before it is published.
+    /// A power cut loses at most the last `commit_interval`; costs one fsync per interval.
+    Always,
+}
+
+/// `when_full = "drop_oldest" | "drop_newest"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Keep the most recent history (default).
+    DropOldest,
+    /// Keep the start of the outage; new readings are dropped until the buffer drains.
+    DropNewest,
+}
+
+/// `replay = "all" | "latest"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Every stored reading, oldest first (default).
+    All,
+    /// Only the newest stored reading per topic, for expensive links.
+    Latest,
+}
+
+impl Buffer {
+    pub const DEFAULT_DIR: &'static str = "/var/lib/fieldlink";
+    pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_MAX_SIZE: u64 = 64 * 1024 * 1024;
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const DEFAULT_SPILL_THRESHOLD: usize = 1000;
+
+    /// systemd's `StateDirectory=` (first entry of `$STATE_DIRECTORY`), else
+    /// `/var/lib/fieldlink`.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').find(|p| !p.is_empty()).map(PathBuf::from))
+            })
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_DIR))
+    }
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Buffer {
+            path: Buffer::default_dir(),
+            durability: Durability::Outage,
+            commit_interval: Buffer::DEFAULT_COMMIT_INTERVAL,
+            max_size: Buffer::DEFAULT_MAX_SIZE,
+            max_age: Buffer::DEFAULT_MAX_AGE,
+            when_full: WhenFull::DropOldest,
+            replay: Replay::All,
+            replay_rate: None,
+            spill_threshold: Buffer::DEFAULT_SPILL_THRESHOLD,
+        }
+    }
+}

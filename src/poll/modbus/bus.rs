@@ -1,0 +1,87 @@
+//! The task of one Modbus bus: an RTU line is one loop serving its devices strictly one
+//! request at a time; a TCP bus runs one loop and one connection per device.
+//!
+//! Why one connection per TCP device: tokio-modbus contexts carry one request at a time, and
+//! after a timeout a TCP context must be thrown away (#324), so a dead unit behind a gateway
+//! would otherwise stall and reconnect its healthy neighbours too. The cost is one connection
+//! per device; gateways that cap connections (often 4-16) need their devices split over
+//! fewer entries or a longer interval.
+//!
+//! Health: each loop registers a [`Beat`](crate::health::Beat) (`bus NAME` for RTU, `bus NAME
+//! device NAME` for TCP) and ticks it every turn, at least every second, also while its
+//! devices back off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Bus, BusKind, Device};
+use crate::health::Health;
+use crate::model::SampleSink;
+
+use super::rtu::RtuLink;
+use super::scheduler::{run_loop, PolledDevice};
+use super::tcp::TcpLink;
+
+/// Polls every Modbus device of `bus` until `cancel` fires (devices of another kind are
+/// ignored; a serial_line bus polls nothing here). Never returns early on device or
+/// transport errors.
+pub async fn run_modbus_bus(
+    bus: Bus,
+    devices: Vec<Device>,
+    sink: Arc<dyn SampleSink>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
+    let start = tokio::time::Instant::now();
+    match bus.kind {
+        BusKind::ModbusRtu(rtu) => {
+            let per_request = rtu.response_timeout * 6 + rtu.inter_request_delay;
+            let polled: Vec<PolledDevice> = devices
+                .iter()
+                .filter_map(|d| PolledDevice::new(d, start))
+                .collect();
+            let beat =
+                health.register(format!("bus {}", bus.name), allowance(&polled, per_request));
+            let link = RtuLink::new(&bus.name, rtu);
+            run_loop(&bus.name, link, polled, sink.as_ref(), &beat, &cancel).await;
+        }
+        BusKind::ModbusTcp(tcp) => {
+            let mut loops = JoinSet::new();
+            for device in devices {
+                let Some(polled) = PolledDevice::new(&device, start) else {
+                    continue;
+                };
+                let polled = vec![polled];
+                // Connecting and the request each get the timeout.
+                let beat = health.register(
+                    format!("bus {} device {}", bus.name, device.name),
+                    allowance(&polled, tcp.timeout * 2),
+                );
+                let link = TcpLink::new(&tcp.address, tcp.timeout);
+                let (bus_name, sink, cancel) = (bus.name.clone(), sink.clone(), cancel.clone());
+                loops.spawn(async move {
+                    run_loop(&bus_name, link, polled, sink.as_ref(), &beat, &cancel).await;
+                });
+            }
+            while loops.join_next().await.is_some() {}
+        }
+        BusKind::SerialLine(_) => {
+            tracing::warn!(bus = %bus.name, "run_modbus_bus was given a serial_line bus; it polls nothing");
+            cancel.cancelled().await;
+        }
+    }
+}
+
+/// How long a loop may stay silent before health calls it stalled: its longest cycle, twice,
+/// plus slack for a loaded Pi.
+fn allowance(devices: &[PolledDevice], per_request: Duration) -> Duration {
+    let worst = devices
+        .iter()
+        .map(|d| d.worst_cycle(per_request))
+        .max()
+        .unwrap_or_default();
+    worst * 2 + Duration::from_secs(10)
+}
