@@ -61,7 +61,8 @@ pub async fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     result
 }
 
-/// rumqttd cannot report the port it bound, so take a free one first (FIELD-NOTES).
+/// rumqttd cannot report the port it bound, so take a free one first
+/// (docs/design.md#rumqttd-020-the-demos-embedded-broker).
 fn start_broker() -> anyhow::Result<u16> {
     let port = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?

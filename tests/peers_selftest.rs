@@ -187,8 +187,9 @@ async fn a_garbled_rtu_reply_is_refused_by_a_client_and_the_next_one_is_clean() 
     assert_eq!(clean, [0x1234, 0x5678]);
 }
 
-/// The trap the agent must avoid (FIELD-NOTES): a naive client that times out and asks again
-/// takes the late reply as its next answer. Shows the RTU late test really sets that trap.
+/// The trap the agent must avoid (docs/design.md#tokio-modbus-017): a naive client that times
+/// out and asks again takes the late reply as its next answer. Shows the RTU late test really
+/// sets that trap.
 #[tokio::test]
 async fn over_a_pty_pair_a_late_rtu_reply_fools_a_naive_client() {
     let pty = PtyPair::start();

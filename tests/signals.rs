@@ -184,12 +184,29 @@ impl BlockedAgent {
         assert_eq!(rc, 0);
     }
 
-    /// Writes the config into the FIFO: the agent reads it and starts.
-    fn feed(&self, toml: &str) {
-        let mut writer = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.fifo)
-            .unwrap();
+    /// Writes the config into the FIFO: the agent reads it and starts. A blocking open would
+    /// wait forever for a reader that died (the signal killed it), so the open is non-blocking
+    /// (ENXIO while nobody reads) and retried until a deadline, reporting how the agent ended.
+    fn feed(&mut self, toml: &str) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut writer = support::wait_until_blocking(
+            "the agent to open its config FIFO for reading",
+            Duration::from_secs(10),
+            || {
+                if let Some(exit) = self.child.try_wait().unwrap() {
+                    panic!(
+                        "the agent ended before reading its config: {exit:?}\n{}",
+                        self.stderr.text()
+                    );
+                }
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&self.fifo)
+                    .ok()
+            },
+        );
+        // The config is far smaller than a pipe buffer, so a non-blocking write takes it whole.
         writer.write_all(toml.as_bytes()).unwrap();
     }
 }

@@ -11,7 +11,7 @@
 //! `now` and acts on what comes out (a settled record leaves the outbox).
 //! What is tracked is the caller's business (`T`): this module never looks inside it.
 //!
-//! Facts it rests on (see FIELD-NOTES, rumqttc 0.25): `publish()` returns no packet id; the
+//! Facts it rests on (see docs/design.md#rumqttc-025): `publish()` returns no packet id; the
 //! ids appear in request order as `Outgoing::Publish(pkid)` events, so a FIFO of requests
 //! pairs each id with its publish. QoS 0 publishes carry id 0. With a fresh event loop per
 //! connection and a clean session, rumqttc never resends behind our back, so every write

@@ -12,7 +12,7 @@
 //! leaves the outbox only when `delivery` settles it, on its PUBACK (QoS 1) or once written
 //! (QoS 0).
 //!
-//! Design (see FIELD-NOTES, rumqttc 0.25):
+//! Design (see docs/design.md#rumqttc-025):
 //! - One fresh `EventLoop` per connection. `poll()` runs in its own task and forwards events
 //!   over a bounded channel, so the driver can `select!` on events, the keep-alive deadline,
 //!   the outbox, the health timer and shutdown without ever cancelling a `poll()` halfway

@@ -1,7 +1,8 @@
 //! Modbus RTU transport over a serial port: one request at a time, every call under a
 //! timeout, and a clean line before the next request after anything went wrong.
 //!
-//! Owns the serial port and the RTU client context. Why the care (see FIELD-NOTES):
+//! Owns the serial port and the RTU client context. Why the care
+//! (see docs/design.md#tokio-modbus-017):
 //! tokio-modbus' RTU client takes a late reply to a timed-out request as the answer to the
 //! next one, and its framed stream stays errored after a decode error. So after a timeout or
 //! a protocol error this link
