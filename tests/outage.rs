@@ -833,17 +833,31 @@ async fn a_full_buffer_drops_the_oldest_counts_them_and_drains_when_the_broker_r
         "only the {requeued} records on the wire at the cut may be kept ahead of the dropped \
          run (maybe delivered, so never dropped); {kept_older} were"
     );
-    let warnings: Vec<String> = rig
+    // One warning per full episode, and an episode ends only when the link has drained a
+    // tenth of the bound. On this machine the drain outruns the devices at once, so there is
+    // one episode; a slower machine (the aarch64 run under qemu) drains at about the rate
+    // the devices produce, and may see a few, but never a warning without an end between.
+    let episodes: Vec<String> = rig
         .agent
         .stderr
         .snapshot()
         .into_iter()
-        .filter(|l| l.contains("WARN") && l.contains("buffer full"))
+        .filter(|l| {
+            (l.contains("WARN") && l.contains("buffer full")) || l.contains("buffer no longer full")
+        })
         .collect();
-    assert_eq!(
-        warnings.len(),
-        1,
-        "one warning per full episode: {warnings:#?}"
+    let starts = episodes.iter().filter(|l| l.contains("WARN")).count();
+    assert!(starts >= 1, "the full buffer was reported");
+    for (i, line) in episodes.iter().enumerate() {
+        assert_eq!(
+            line.contains("WARN"),
+            i % 2 == 0,
+            "full and no-longer-full alternate, one warning per episode: {episodes:#?}"
+        );
+    }
+    assert!(
+        starts <= 3,
+        "the buffer flaps between full and not full: {episodes:#?}"
     );
 }
 

@@ -1199,7 +1199,10 @@ fn io_work(
                     crate::config::WhenFull::DropNewest => "the newest",
                 }
             );
-        } else if dropped_now == 0 && !batch.is_empty() && st.store_full {
+        } else if dropped_now == 0
+            && st.store_full
+            && store.stored_bytes() <= full_episode_ends_below(settings.limits.max_size)
+        {
             st.store_full = false;
             tracing::info!("buffer no longer full: readings are kept again");
         }
@@ -1320,4 +1323,12 @@ fn io_work(
     st.disk_depth = store.depth();
     st.store_dropped = store.dropped_total();
     noted
+}
+
+/// A full episode ends only once the link has drained a tenth of the bound: when the link
+/// drains about as fast as the devices produce, the store sits at its bound and a single
+/// batch without a drop would otherwise end the episode, and the next one start it again,
+/// every second or so (seen on a slow gateway: 25 warnings in 70 s).
+fn full_episode_ends_below(max_size: u64) -> u64 {
+    max_size - max_size / 10
 }
