@@ -17,3 +17,4 @@ pub mod signals;
 pub mod sim;
 pub mod systemd;
 pub mod uplink;
+pub mod writes;
