@@ -30,7 +30,7 @@ use fieldlink::config::{
     DataType, Deadband, PayloadMode, Point, ReportByException, Table, WordOrder,
 };
 use fieldlink::model::{Reading, Value};
-use fieldlink::poll::modbus::decode::decode_registers;
+use fieldlink::poll::modbus::codec::decode_registers;
 use fieldlink::poll::modbus::plan::{plan, plan_groups};
 use fieldlink::queue::{Outbox, ReadingNumber};
 use fieldlink::sim::{self, SimDevice, WireTiming};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{DataType, Point, Table};
 use crate::model::Value;
-use crate::poll::modbus::decode::{encode_bit, encode_registers, EncodeError};
+use crate::poll::modbus::codec::{encode_bit, encode_registers, EncodeError};
 
 use super::payload::{Command, ParseError, Status};
 

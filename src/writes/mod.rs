@@ -4,7 +4,7 @@
 //! Pure parts live here: `payload` (what a command and its result look like on the wire),
 //! `gate` (every rule decided before a command may reach a bus) and `pending` (a bus's
 //! queue of waiting commands, one per point). The register encoding
-//! is the read codec run backwards (`poll::modbus::decode`), so a value is written with
+//! is the read codec run backwards (`poll::modbus::codec`), so a value is written with
 //! exactly the scale, type and word order it is read with.
 
 pub mod gate;

@@ -1,7 +1,7 @@
 //! Modbus: pure planning and decoding, the RTU/TCP transports, the poll loop and the
 //! commissioning read.
 //!
-//! `plan` and `decode` are pure; `reads` is the exception-2 fallback, also pure. `link` is
+//! `plan` and `codec` (decoding reads, encoding writes) are pure; `reads` is the exception-2 fallback, also pure. `link` is
 //! the seam between the poller and a wire: one request at a time, with the outer error (the
 //! wire broke or stayed silent) kept apart from the inner [`ExceptionCode`] (the device
 //! answered and refused). `tcp` and `rtu` are the only importers of tokio-modbus client
@@ -9,8 +9,8 @@
 //! runs one loop per RTU line or per TCP device; `commission` is `fieldlink read`.
 
 pub mod bus;
+pub mod codec;
 pub mod commission;
-pub mod decode;
 pub mod link;
 pub mod plan;
 pub mod reads;

@@ -54,7 +54,7 @@ use crate::health::Beat;
 use crate::model::{unix_ms_now, Quality, Reading, Sample, SampleSink, Value};
 use crate::poll::backoff;
 
-use super::decode::{decode_bit, decode_registers};
+use super::codec::{decode_bit, decode_registers};
 use super::link::{ExceptionCode, LinkError, ModbusLink, RawData};
 use super::plan::{plan_groups, ReadRequest};
 use super::reads::{Slot, SlotChange};
