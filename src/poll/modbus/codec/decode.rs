@@ -1,6 +1,6 @@
 //! Reading: registers and bits into values, scaled.
 
-use super::ordered;
+use super::order::ordered;
 use crate::config::{DataType, Point, WordOrder};
 use crate::model::Value;
 

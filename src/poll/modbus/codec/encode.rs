@@ -2,7 +2,7 @@
 //! it, or the reason there are none.
 
 use super::decode::widen_f32;
-use super::ordered;
+use super::order::ordered;
 use crate::config::{DataType, Point, WordOrder};
 use crate::model::Value;
 
