@@ -1010,6 +1010,7 @@ fn micro(report: &mut Report) {
         offset: 0.0,
         unit: Some("V".into()),
         interval: None,
+        write: None,
     };
     let points: Vec<Point> = (0..40).map(point).collect();
     let words = sim::to_words(&230.123f32.to_be_bytes(), WordOrder::Abcd);

@@ -37,6 +37,22 @@ pub enum Command {
         #[arg(long, short)]
         device: String,
     },
+    /// Write one value to a writable point, read it back and print both (commissioning).
+    /// The point needs `writable = true`; the value passes the same checks as a command
+    /// from MQTT (min, max, what the register can hold).
+    Write {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The device's name in the config.
+        #[arg(long, short)]
+        device: String,
+        /// The point's name.
+        #[arg(long, short)]
+        point: String,
+        /// The value in engineering units: 21.5, -3, true/false, ON/OFF, or "text".
+        #[arg(allow_negative_numbers = true)]
+        value: String,
+    },
     /// Inspect the store-and-forward buffer (works while the agent runs).
     Buffer {
         #[command(subcommand)]

@@ -225,12 +225,12 @@ fn describe_read(r: &crate::poll::ReadRequest) -> String {
     )
 }
 
-pub fn read(path: &Path, device_name: &str) -> anyhow::Result<ExitCode> {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    crate::logging::init(&config.log.level)?;
+/// The device named on the command line, and its bus.
+fn device_and_bus<'c>(
+    config: &'c Config,
+    path: &Path,
+    device_name: &str,
+) -> anyhow::Result<(&'c crate::config::Device, &'c crate::config::Bus)> {
     let Some(device) = config.device(device_name) else {
         let names: Vec<_> = config.devices.iter().map(|d| d.name.as_str()).collect();
         anyhow::bail!(
@@ -242,6 +242,16 @@ pub fn read(path: &Path, device_name: &str) -> anyhow::Result<ExitCode> {
     let bus = config
         .bus(&device.bus)
         .context("validated config names a missing bus")?;
+    Ok((device, bus))
+}
+
+pub fn read(path: &Path, device_name: &str) -> anyhow::Result<ExitCode> {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    crate::logging::init(&config.log.level)?;
+    let (device, bus) = device_and_bus(&config, path, device_name)?;
     let report = runtime()?.block_on(crate::poll::read_once(bus, device))?;
     let text = format_read_report(&report);
     match &report {
@@ -433,4 +443,157 @@ pub fn demo(_seconds: Option<u64>) -> anyhow::Result<ExitCode> {
         "this build of fieldlink leaves the demo out (cargo feature `demo`); \
          run `cargo run --release -- demo` from the source tree"
     )
+}
+
+/// `fieldlink write`: checks `value` against the point's write rules (exactly as a command
+/// from MQTT is checked), writes it once, reads the point back and prints both, raw and
+/// decoded. Succeeds when the device confirmed the write and holds the value asked.
+pub fn write(
+    path: &Path,
+    device_name: &str,
+    point_name: &str,
+    value: &str,
+) -> anyhow::Result<ExitCode> {
+    use crate::writes::{gate, payload};
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    crate::logging::init(&config.log.level)?;
+    let (device, bus) = device_and_bus(&config, path, device_name)?;
+    let Some(modbus) = device.modbus() else {
+        anyhow::bail!(
+            "device {device_name:?} is a serial_line sensor: only Modbus holding registers and \
+             coils can be written"
+        );
+    };
+    let Some(point) = modbus.points.iter().find(|p| p.name == point_name) else {
+        let names: Vec<_> = modbus.points.iter().map(|p| p.name.as_str()).collect();
+        anyhow::bail!(
+            "device {device_name:?} has no point {point_name:?}; points: {}",
+            names.join(", ")
+        );
+    };
+    let command =
+        payload::parse(value.as_bytes()).map_err(|e| anyhow::anyhow!("not written: {e}"))?;
+    let clocks = gate::Clocks {
+        wall_ms: crate::model::unix_ms_now(),
+        now: std::time::Instant::now(),
+    };
+    let admitted = gate::admit(
+        point,
+        command,
+        crate::writes::DEFAULT_COMMAND_MAX_AGE,
+        None,
+        clocks,
+    )
+    .map_err(|refusal| anyhow::anyhow!("not written: {refusal}"))?;
+    let report = runtime()?.block_on(crate::poll::modbus::write::write_once(
+        bus,
+        device,
+        point,
+        &admitted.encoded,
+    ))?;
+    let (text, holds_request) = format_write_report(
+        device_name,
+        modbus.unit,
+        point,
+        &admitted.requested,
+        &report,
+    );
+    print!("{text}");
+    Ok(if report.written.is_ok() && holds_request {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The write and its read-back, raw and decoded; and whether the device holds `requested`.
+fn format_write_report(
+    device: &str,
+    unit: u8,
+    point: &crate::config::Point,
+    requested: &crate::model::Value,
+    report: &crate::poll::modbus::write::WriteReport,
+) -> (String, bool) {
+    use crate::poll::modbus::write::{describe_write, read_back_request};
+    use crate::poll::RawData;
+    let mut out = String::new();
+    let unit_of = point
+        .unit
+        .as_deref()
+        .map(|u| format!(" {u}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "device {device} (unit {unit}), point {}: writing {}{unit_of}",
+        point.name,
+        format_value(requested)
+    );
+    let _ = write!(
+        out,
+        "  {} in {:.1} ms: ",
+        describe_write(&report.request),
+        report.write_time.as_secs_f64() * 1000.0
+    );
+    match &report.written {
+        Ok(()) => {
+            let _ = writeln!(out, "confirmed");
+        }
+        Err(why) => {
+            let _ = writeln!(out, "{why}");
+        }
+    }
+    let Some(back) = &report.read_back else {
+        let _ = writeln!(out, "  no read-back: the device is unreachable");
+        return (out, false);
+    };
+    let _ = write!(out, "  {}: ", describe_read(&read_back_request(point)));
+    match &back.raw {
+        Ok(RawData::Registers(words)) => {
+            let hex: Vec<String> = words.iter().map(|w| format!("{w:04X}")).collect();
+            let _ = write!(out, "{}", hex.join(" "));
+        }
+        Ok(RawData::Bits(bits)) => {
+            let b: String = bits.iter().map(|&b| if b { '1' } else { '0' }).collect();
+            let _ = write!(out, "{b}");
+        }
+        Err(why) => {
+            let _ = write!(out, "{why}");
+        }
+    }
+    let holds = match &back.value {
+        Ok(value) => {
+            let _ = writeln!(out, " = {}{unit_of}", format_value(value));
+            same_value(value, requested)
+        }
+        Err(why) => {
+            let _ = writeln!(out, " ({why})");
+            false
+        }
+    };
+    if report.written.is_ok() && !holds && back.value.is_ok() {
+        let _ = writeln!(
+            out,
+            "  the device confirmed the write but holds another value: it may clamp or round \
+             it, or something else wrote it since"
+        );
+    }
+    (out, holds)
+}
+
+/// Equal as published: numbers by value (a scaled write reads back as a float).
+fn same_value(a: &crate::model::Value, b: &crate::model::Value) -> bool {
+    use crate::model::Value;
+    let number = |v: &Value| match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::UInt(u) => Some(*u as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    match (number(a), number(b)) {
+        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+        _ => a == b,
+    }
 }

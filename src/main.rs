@@ -19,6 +19,12 @@ fn main() -> ExitCode {
         Command::Run { config } => commands::run(&config),
         Command::Check { config } => commands::check(&config),
         Command::Read { config, device } => commands::read(&config, &device),
+        Command::Write {
+            config,
+            device,
+            point,
+            value,
+        } => commands::write(&config, &device, &point, &value),
         Command::Buffer {
             action: BufferAction::Stats { config },
         } => commands::buffer_stats(&config),

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use fieldlink::config::{
     self, BusKind, DataType, Device, ModbusDevice, Parity, PayloadMode, Table, WordOrder,
+    WriteFunction, WriteSettings,
 };
 
 fn repo() -> PathBuf {
@@ -262,6 +263,52 @@ fn defaults_fill_every_optional_key() {
     assert_eq!(point.order, WordOrder::Abcd);
     assert_eq!((point.scale, point.offset), (1.0, 0.0));
     assert_eq!((point.unit.as_ref(), point.interval), (None, None));
+    assert_eq!(
+        point.write, None,
+        "points are read-only unless they say writable = true"
+    );
+}
+
+#[test]
+fn a_writable_point_gets_its_rules_and_the_function_its_width_needs() {
+    let config = config::load_str(
+        Path::new("/nowhere/writes.toml"),
+        "[gateway]\nid = \"gw\"\n[mqtt]\nhost = \"broker\"\n\
+         [[bus]]\nname = \"lan\"\ntype = \"modbus_tcp\"\naddress = \"10.0.0.5\"\n\
+         [[device]]\nname = \"hvac\"\nbus = \"lan\"\nunit = 1\n\
+         [[device.point]]\nname = \"setpoint\"\naddress = \"40001\"\ntype = \"i16\"\n\
+         scale = 0.1\nwritable = true\nmin = 5.0\nmax = 30.0\n\
+         [[device.point]]\nname = \"limit\"\naddress = \"40003\"\ntype = \"f32\"\n\
+         writable = true\nmin_write_interval = \"10s\"\n\
+         [[device.point]]\nname = \"relay\"\ntable = \"coil\"\naddress = 4\n\
+         writable = true\nwrite_function = \"multiple\"\n",
+    )
+    .unwrap();
+    let points = &modbus(&config.devices[0]).points;
+    let rules = |name: &str| {
+        points
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.write.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        rules("setpoint"),
+        WriteSettings {
+            min: Some(5.0),
+            max: Some(30.0),
+            function: WriteFunction::Single,
+            min_write_interval: WriteSettings::DEFAULT_MIN_WRITE_INTERVAL,
+        }
+    );
+    let limit = rules("limit");
+    assert_eq!(
+        limit.function,
+        WriteFunction::Multiple,
+        "two registers need function 16"
+    );
+    assert_eq!(limit.min_write_interval, Duration::from_secs(10));
+    assert_eq!(rules("relay").function, WriteFunction::Multiple);
 }
 
 #[test]

@@ -127,6 +127,15 @@ pub const MAX_AGE: DurationRange = DurationRange {
     example: "7d",
 };
 
+/// A writable point's `min_write_interval`: how often it may be written. Zero turns the guard
+/// off; a day is far beyond any setpoint's need.
+pub const MIN_WRITE_INTERVAL: DurationRange = DurationRange {
+    min: ms(0),
+    max: seconds(DAY),
+    what: "a point's min_write_interval",
+    example: "1s",
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +158,9 @@ mod tests {
             let example = super::super::units::parse_duration(r.example).unwrap();
             assert!(r.contains(example), "{r:?}");
         }
+        // Zero is meaningful here: no guard between writes.
+        let r = MIN_WRITE_INTERVAL;
+        assert!(r.min == Duration::ZERO && r.min <= r.max);
+        assert!(r.contains(super::super::units::parse_duration(r.example).unwrap()));
     }
 }

@@ -189,6 +189,11 @@ pub struct RawPoint {
     pub offset: Option<Spanned<f64>>,
     pub unit: Option<Spanned<String>>,
     pub interval: Option<Spanned<HumanDuration>>,
+    pub writable: Option<Spanned<bool>>,
+    pub min: Option<Spanned<f64>>,
+    pub max: Option<Spanned<f64>>,
+    pub write_function: Option<Spanned<String>>,
+    pub min_write_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// The top of a profile file, without its `point` array.

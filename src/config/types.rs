@@ -417,6 +417,35 @@ pub struct Point {
     pub unit: Option<String>,
     /// Overrides the device interval for this point.
     pub interval: Option<Duration>,
+    /// `writable = true` and its rules; `None`: the point is read-only (the default).
+    pub write: Option<WriteSettings>,
+}
+
+/// How a writable point may be written (holding registers and coils only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteSettings {
+    /// `min`, in engineering units: lower values are refused.
+    pub min: Option<f64>,
+    /// `max`, in engineering units: higher values are refused.
+    pub max: Option<f64>,
+    /// `write_function`: which Modbus function writes it.
+    pub function: WriteFunction,
+    /// `min_write_interval`: writes closer together are refused (EEPROM-backed registers
+    /// wear out under frequent writes).
+    pub min_write_interval: Duration,
+}
+
+impl WriteSettings {
+    pub const DEFAULT_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+}
+
+/// The Modbus function a write uses. Some devices implement only one of each pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFunction {
+    /// Write Single Register (6) or Write Single Coil (5): one register or coil only.
+    Single,
+    /// Write Multiple Registers (16) or Write Multiple Coils (15).
+    Multiple,
 }
 
 impl Point {
@@ -433,6 +462,7 @@ impl Point {
             offset: 0.0,
             unit: None,
             interval: None,
+            write: None,
         }
     }
 }

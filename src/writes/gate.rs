@@ -8,27 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{DataType, Point, Table};
 use crate::model::Value;
-use crate::poll::modbus::codec::{encode_bit, encode_registers, EncodeError};
+use crate::poll::modbus::codec::{encode_bit, encode_registers, EncodeError, Encoded};
 
 use super::payload::{Command, ParseError, Status};
-
-/// The write rules of one point (its config keys).
-#[derive(Debug, Clone, PartialEq)]
-pub struct WritePolicy {
-    /// `min`, in engineering units.
-    pub min: Option<f64>,
-    /// `max`, in engineering units.
-    pub max: Option<f64>,
-    /// `min_write_interval`: EEPROM-backed registers wear out under frequent writes.
-    pub min_write_interval: Duration,
-}
-
-/// What goes on the wire for an admitted command.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Encoded {
-    Registers(Vec<u16>),
-    Coil(bool),
-}
 
 /// A command that passed every check: ready for the bus, until `deadline_ms`.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,17 +76,16 @@ pub struct Clocks {
     pub now: Instant,
 }
 
-/// Checks a parsed command against its point. `policy` is `None` for a point without
-/// `writable = true`; `last_write` is when this point was last written.
+/// Checks a parsed command against its point and the point's write rules (`point.write`,
+/// `None` without `writable = true`); `last_write` is when this point was last written.
 pub fn admit(
     point: &Point,
-    policy: Option<&WritePolicy>,
     command: Command,
     command_max_age: Duration,
     last_write: Option<Instant>,
     clocks: Clocks,
 ) -> Result<Admitted, Refusal> {
-    let policy = match (policy, point.table) {
+    let policy = match (&point.write, point.table) {
         (Some(p), Table::Holding | Table::Coil) => p,
         _ => return Err(Refusal::NotWritable(point.name.clone())),
     };
@@ -182,22 +163,25 @@ fn number(v: &Value) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{WriteFunction, WriteSettings};
     use crate::writes::payload::parse;
 
     const WALL: u64 = 1_764_160_000_000;
 
+    fn rules(min: Option<f64>, max: Option<f64>) -> Option<WriteSettings> {
+        Some(WriteSettings {
+            min,
+            max,
+            function: WriteFunction::Single,
+            min_write_interval: Duration::from_secs(1),
+        })
+    }
+
     fn setpoint() -> Point {
         Point {
             scale: 0.1,
+            write: rules(Some(5.0), Some(30.0)),
             ..Point::new("setpoint", Table::Holding, 10, DataType::I16)
-        }
-    }
-
-    fn policy() -> WritePolicy {
-        WritePolicy {
-            min: Some(5.0),
-            max: Some(30.0),
-            min_write_interval: Duration::from_secs(1),
         }
     }
 
@@ -209,7 +193,6 @@ mod tests {
     ) -> Result<Admitted, Refusal> {
         admit(
             point,
-            Some(&policy()),
             parse(payload.as_bytes()).unwrap(),
             Duration::from_secs(30),
             last_write,
@@ -229,20 +212,20 @@ mod tests {
     #[test]
     fn a_point_without_writable_or_on_a_read_only_table_refuses() {
         let now = Instant::now();
-        let p = setpoint();
+        let read_only = Point {
+            write: None,
+            ..setpoint()
+        };
         let cmd = parse(b"21.5").unwrap();
         let clocks = Clocks { wall_ms: WALL, now };
-        let refused = admit(&p, None, cmd.clone(), Duration::from_secs(30), None, clocks);
+        let age = Duration::from_secs(30);
+        let refused = admit(&read_only, cmd.clone(), age, None, clocks);
         assert_eq!(refused, Err(Refusal::NotWritable("setpoint".into())));
-        let input = Point::new("temp", Table::Input, 1, DataType::I16);
-        let refused = admit(
-            &input,
-            Some(&policy()),
-            cmd,
-            Duration::from_secs(30),
-            None,
-            clocks,
-        );
+        let input = Point {
+            write: rules(None, None),
+            ..Point::new("temp", Table::Input, 1, DataType::I16)
+        };
+        let refused = admit(&input, cmd, age, None, clocks);
         assert!(matches!(refused, Err(Refusal::NotWritable(_))));
     }
 
@@ -304,7 +287,10 @@ mod tests {
     #[test]
     fn a_coil_takes_bools_and_switch_words() {
         let now = Instant::now();
-        let relay = Point::new("relay", Table::Coil, 3, DataType::Bool);
+        let relay = Point {
+            write: rules(None, None),
+            ..Point::new("relay", Table::Coil, 3, DataType::Bool)
+        };
         for (payload, want) in [
             ("true", true),
             ("OFF", false),

@@ -10,3 +10,8 @@
 pub mod gate;
 pub mod payload;
 pub mod pending;
+
+use std::time::Duration;
+
+/// `command_max_age`: a command whose sender's `ts` is older than this is not run.
+pub const DEFAULT_COMMAND_MAX_AGE: Duration = Duration::from_secs(30);

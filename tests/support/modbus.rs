@@ -92,6 +92,17 @@ struct DeviceState {
     late_replies: u64,
     garbled_replies: u64,
     reads: Vec<Read>,
+    /// Every write this unit applied, in order.
+    writes: Vec<Write>,
+    /// Writes are refused with this exception (a read-only or locked register).
+    refuse_writes: Option<ExceptionCode>,
+}
+
+/// One write a unit applied: the table, first address and what it wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Registers { start: u16, words: Vec<u16> },
+    Coils { start: u16, bits: Vec<bool> },
 }
 
 /// What the unit does with one request.
@@ -127,6 +138,8 @@ impl SimDevice {
                 late_replies: 0,
                 garbled_replies: 0,
                 reads: Vec::new(),
+                writes: Vec::new(),
+                refuse_writes: None,
             })),
         }
     }
@@ -226,10 +239,31 @@ impl SimDevice {
         self.state.lock().unwrap().reads.clone()
     }
 
+    /// Every write this unit applied, in order.
+    pub fn writes(&self) -> Vec<Write> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    /// Refuses every write with `code` from now on (`None`: accepts them again).
+    pub fn refuse_writes(&self, code: Option<ExceptionCode>) {
+        self.state.lock().unwrap().refuse_writes = code;
+    }
+
+    /// The holding registers from `address`, as they are now.
+    pub fn holding(&self, address: u16, count: u16) -> Vec<u16> {
+        let s = self.state.lock().unwrap();
+        (address..address + count)
+            .map(|a| s.banks.holding.get(&a).copied().unwrap_or(0))
+            .collect()
+    }
+
     /// What this unit does with `request`.
     fn reply(&self, request: &Request<'_>) -> Reply {
         let mut s = self.state.lock().unwrap();
         s.requests += 1;
+        if let Some(reply) = s.write(request) {
+            return reply;
+        }
         let (bank, start, count) = match request {
             Request::ReadCoils(a, n) => (Bank::Coil, *a, *n),
             Request::ReadDiscreteInputs(a, n) => (Bank::Discrete, *a, *n),
@@ -274,6 +308,83 @@ impl SimDevice {
             s.late_replies += 1;
         }
         Reply::Answer(answer, delay)
+    }
+}
+
+impl DeviceState {
+    /// `Some(reply)` when `request` is a write: applied to existing registers or coils only
+    /// (a write to an address the map lacks is refused, as a device would), and echoed.
+    fn write(&mut self, request: &Request<'_>) -> Option<Reply> {
+        let (write, echo) = match request {
+            Request::WriteSingleRegister(a, w) => (
+                Write::Registers {
+                    start: *a,
+                    words: vec![*w],
+                },
+                Response::WriteSingleRegister(*a, *w),
+            ),
+            Request::WriteMultipleRegisters(a, words) => (
+                Write::Registers {
+                    start: *a,
+                    words: words.to_vec(),
+                },
+                Response::WriteMultipleRegisters(*a, words.len() as u16),
+            ),
+            Request::WriteSingleCoil(a, b) => (
+                Write::Coils {
+                    start: *a,
+                    bits: vec![*b],
+                },
+                Response::WriteSingleCoil(*a, *b),
+            ),
+            Request::WriteMultipleCoils(a, bits) => (
+                Write::Coils {
+                    start: *a,
+                    bits: bits.to_vec(),
+                },
+                Response::WriteMultipleCoils(*a, bits.len() as u16),
+            ),
+            _ => return None,
+        };
+        match self.behaviour {
+            Behaviour::Silent => return Some(Reply::None),
+            Behaviour::Exception(code) => return Some(Reply::Answer(Err(code), Duration::ZERO)),
+            _ => {}
+        }
+        if let Some(code) = self.refuse_writes {
+            return Some(Reply::Answer(Err(code), Duration::ZERO));
+        }
+        // All or nothing, as a device checks the whole range before it writes.
+        let applied = match &write {
+            Write::Registers { start, words } => {
+                let all =
+                    (0..words.len()).all(|i| self.banks.holding.contains_key(&(start + i as u16)));
+                if all {
+                    for (i, w) in words.iter().enumerate() {
+                        self.banks.holding.insert(start + i as u16, *w);
+                    }
+                }
+                all
+            }
+            Write::Coils { start, bits } => {
+                let all =
+                    (0..bits.len()).all(|i| self.banks.coils.contains_key(&(start + i as u16)));
+                if all {
+                    for (i, b) in bits.iter().enumerate() {
+                        self.banks.coils.insert(start + i as u16, *b);
+                    }
+                }
+                all
+            }
+        };
+        if !applied {
+            return Some(Reply::Answer(
+                Err(ExceptionCode::IllegalDataAddress),
+                Duration::ZERO,
+            ));
+        }
+        self.writes.push(write);
+        Some(Reply::Answer(Ok(echo), Duration::ZERO))
     }
 }
 

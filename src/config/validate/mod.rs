@@ -13,7 +13,8 @@
 //! - `shared`: what both bus families share: names, serial port settings, scaling,
 //!   `host:port`, and what the file declared so far (`shared::Seen`).
 //! - one file per section: `agent` (`[gateway]`, `[log]`, `[buffer]`), `mqtt`,
-//!   `register_map` (Modbus points and profiles), `modbus` (buses and devices),
+//!   `register_map` (Modbus points and profiles) with `writes` (a point's write rules),
+//!   `modbus` (buses and devices),
 //!   `serial_line` (buses, devices, extraction).
 //! - this file: the whole document, in file order, and which section reads each table.
 
@@ -25,6 +26,7 @@ mod mqtt;
 mod register_map;
 mod serial_line;
 mod shared;
+mod writes;
 
 use std::collections::HashMap;
 use std::path::Path;

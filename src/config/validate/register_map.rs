@@ -468,6 +468,11 @@ impl Checker {
             }
         }
 
+        let write = self.write_settings(file, raw, location.map(|(table, _)| table), data_type);
+        if write.is_none() {
+            ok = false;
+        }
+
         if !ok {
             return None;
         }
@@ -484,6 +489,7 @@ impl Checker {
                 offset: scaling.offset,
                 unit: scaling.unit,
                 interval: interval?,
+                write: write?,
             },
             file,
             name_span: raw.name.as_ref().map(|n| n.span()),

@@ -16,7 +16,7 @@ use tokio_modbus::{Request, Response};
 /// broken wire ([`LinkError`]) all the way to availability and quality.
 pub use tokio_modbus::ExceptionCode;
 
-use crate::config::Table;
+use crate::config::{Table, WriteFunction};
 use crate::model::Quality;
 
 use super::plan::ReadRequest;
@@ -76,10 +76,36 @@ impl LinkError {
 /// What one read produced: outer error, or the device's answer (data or exception).
 pub type ReadResult = Result<Result<RawData, ExceptionCode>, LinkError>;
 
+/// One write: registers or coils from `start`, with the function the point asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRequest {
+    pub start: u16,
+    pub data: WriteData,
+    pub function: WriteFunction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteData {
+    Registers(Vec<u16>),
+    Coils(Vec<bool>),
+}
+
+/// What one write produced: outer error, or the device's answer (done, or an exception).
+pub type WriteResult = Result<Result<(), ExceptionCode>, LinkError>;
+
 /// One Modbus wire. Implementations wrap every call in a timeout and reset themselves after
 /// an outer error, so the next call starts clean.
 pub trait ModbusLink: Send {
     fn read(&mut self, unit: u8, request: &ReadRequest) -> impl Future<Output = ReadResult> + Send;
+
+    /// A write, under the same rules as a read (timeout, reset after an outer error). A
+    /// write sets registers or coils to values, so sending it again after the connection
+    /// closed before any reply cannot do more than the first would have done.
+    fn write(
+        &mut self,
+        unit: u8,
+        request: &WriteRequest,
+    ) -> impl Future<Output = WriteResult> + Send;
 
     /// When the link cannot even try (e.g. the serial port is missing and its reopen is
     /// backed off), the instant it will try again; the poller waits instead of failing
@@ -108,6 +134,42 @@ pub(crate) fn to_request(r: &ReadRequest) -> Request<'static> {
         Table::Discrete => Request::ReadDiscreteInputs(r.start, r.count),
         Table::Input => Request::ReadInputRegisters(r.start, r.count),
         Table::Holding => Request::ReadHoldingRegisters(r.start, r.count),
+    }
+}
+
+pub(crate) fn to_write_request(w: &WriteRequest) -> Request<'static> {
+    match (&w.data, w.function) {
+        (WriteData::Registers(words), WriteFunction::Single) if words.len() == 1 => {
+            Request::WriteSingleRegister(w.start, words[0])
+        }
+        (WriteData::Coils(bits), WriteFunction::Single) if bits.len() == 1 => {
+            Request::WriteSingleCoil(w.start, bits[0])
+        }
+        (WriteData::Registers(words), _) => {
+            Request::WriteMultipleRegisters(w.start, words.clone().into())
+        }
+        (WriteData::Coils(bits), _) => Request::WriteMultipleCoils(w.start, bits.clone().into()),
+    }
+}
+
+/// Checks that `response` is the device's echo of write `w`: single writes echo address and
+/// value, multiple writes address and quantity.
+pub(crate) fn check_write_response(w: &WriteRequest, response: Response) -> Result<(), LinkError> {
+    let expected = match to_write_request(w) {
+        Request::WriteSingleRegister(a, v) => Response::WriteSingleRegister(a, v),
+        Request::WriteSingleCoil(a, v) => Response::WriteSingleCoil(a, v),
+        Request::WriteMultipleRegisters(a, words) => {
+            Response::WriteMultipleRegisters(a, words.len() as u16)
+        }
+        Request::WriteMultipleCoils(a, bits) => Response::WriteMultipleCoils(a, bits.len() as u16),
+        other => unreachable!("not a write: {other:?}"),
+    };
+    if response == expected {
+        Ok(())
+    } else {
+        Err(LinkError::Protocol(format!(
+            "the reply does not confirm the write: expected {expected:?}, got {response:?}"
+        )))
     }
 }
 

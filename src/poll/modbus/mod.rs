@@ -19,6 +19,7 @@ pub mod scheduler;
 pub mod tcp;
 #[cfg(test)]
 mod tests;
+pub mod write;
 
 pub use link::{ExceptionCode, LinkError, ModbusLink, RawData};
 pub use plan::{describe_plan, plan, plan_groups, PlanGroup, ReadRequest};

@@ -43,13 +43,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::Slave;
+use tokio_modbus::{Request, Response, Slave};
 use tokio_serial::SerialStream;
 
 use crate::config::ModbusRtu;
 use crate::poll::serial_port::{self, describe_open_error, hung_up, PortWatch, WATCH_PERIOD};
 
-use super::link::{check_response, classify, to_request, LinkError, ModbusLink, ReadResult};
+use super::link::{
+    check_response, check_write_response, classify, to_request, to_write_request, ExceptionCode,
+    LinkError, ModbusLink, ReadResult, WriteRequest, WriteResult,
+};
 use super::plan::ReadRequest;
 
 /// A reopened port counts as working after an answer from any device, or this long
@@ -169,8 +172,14 @@ impl RtuLink {
 }
 
 impl RtuLink {
-    /// One request and its answer; the line is settled first if the last exchange went wrong.
-    async fn exchange(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
+    /// One request and its checked answer; the line is settled first if the last exchange
+    /// went wrong.
+    async fn exchange<T>(
+        &mut self,
+        unit: u8,
+        request: Request<'static>,
+        check: &(impl Fn(Response) -> Result<T, LinkError> + Sync),
+    ) -> Result<Result<T, ExceptionCode>, LinkError> {
         let port = self.ensure_open()?;
         if self.dirty {
             self.settle(&port).await;
@@ -183,11 +192,7 @@ impl RtuLink {
         });
         ctx.set_slave(Slave(unit));
         port.received.store(0, Ordering::Relaxed);
-        let answer = timeout(
-            self.settings.response_timeout,
-            ctx.call(to_request(request)),
-        )
-        .await;
+        let answer = timeout(self.settings.response_timeout, ctx.call(request)).await;
         self.last_exchange_end = Some(Instant::now());
         let outcome = match answer {
             Err(_) => match port.received.load(Ordering::Relaxed) {
@@ -200,7 +205,7 @@ impl RtuLink {
             },
             Ok(Err(e)) => Err(classify(e)),
             Ok(Ok(Err(exception))) => Ok(Err(exception)),
-            Ok(Ok(Ok(response))) => check_response(request, response).map(Ok),
+            Ok(Ok(Ok(response))) => check(response).map(Ok),
         };
         match &outcome {
             Err(LinkError::Transport(why)) => {
@@ -223,16 +228,37 @@ impl RtuLink {
     }
 }
 
-impl ModbusLink for RtuLink {
-    async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
-        let first = self.exchange(unit, request).await;
+impl RtuLink {
+    /// An exchange, asked once more after a garbled reply (RS-485 noise), once the line
+    /// settled. Silence is never asked again (see the module doc).
+    async fn transact<T>(
+        &mut self,
+        unit: u8,
+        request: Request<'static>,
+        check: impl Fn(Response) -> Result<T, LinkError> + Sync,
+    ) -> Result<Result<T, ExceptionCode>, LinkError> {
+        let first = self.exchange(unit, request.clone(), &check).await;
         match first {
             Err(LinkError::Protocol(why)) if self.port.is_some() => {
                 tracing::debug!(bus = %self.watch.bus(), unit, "{why}; asking again");
-                self.exchange(unit, request).await
+                self.exchange(unit, request, &check).await
             }
             other => other,
         }
+    }
+}
+
+impl ModbusLink for RtuLink {
+    async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
+        self.transact(unit, to_request(request), |r| check_response(request, r))
+            .await
+    }
+
+    async fn write(&mut self, unit: u8, request: &WriteRequest) -> WriteResult {
+        self.transact(unit, to_write_request(request), |r| {
+            check_write_response(request, r)
+        })
+        .await
     }
 
     fn not_before(&self) -> Option<Instant> {

@@ -32,11 +32,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::Slave;
+use tokio_modbus::{Request, Response, Slave};
 
 use super::link::{
-    check_response, classify, io_words, to_request, ExceptionCode, LinkError, ModbusLink, RawData,
-    ReadResult,
+    check_response, check_write_response, classify, io_words, to_request, to_write_request,
+    ExceptionCode, LinkError, ModbusLink, ReadResult, WriteRequest, WriteResult,
 };
 use super::plan::ReadRequest;
 
@@ -137,13 +137,34 @@ enum CallEnd {
 
 impl ModbusLink for TcpLink {
     async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
+        self.transact(unit, to_request(request), |r| check_response(request, r))
+            .await
+    }
+
+    async fn write(&mut self, unit: u8, request: &WriteRequest) -> WriteResult {
+        self.transact(unit, to_write_request(request), |r| {
+            check_write_response(request, r)
+        })
+        .await
+    }
+}
+
+impl TcpLink {
+    /// One request and its checked answer, asked again once on a fresh connection when the
+    /// device had closed the old one before any byte of the reply.
+    async fn transact<T>(
+        &mut self,
+        unit: u8,
+        request: Request<'static>,
+        check: impl Fn(Response) -> Result<T, LinkError> + Send + Sync,
+    ) -> Result<Result<T, ExceptionCode>, LinkError> {
         let mut reopened = false;
         loop {
             let wire = match self.wire.take() {
                 Some(wire) => wire,
                 None => connect(self.address.clone(), self.timeout).await?,
             };
-            let (outcome, wire) = call(wire, unit, request, self.timeout).await;
+            let (outcome, wire) = call(wire, unit, request.clone(), &check, self.timeout).await;
             self.wire = wire;
             match outcome {
                 Ok(answer) => return Ok(answer),
@@ -165,23 +186,21 @@ impl ModbusLink for TcpLink {
 }
 
 /// One call on `wire`; gives the wire back when it is still usable.
-async fn call(
+async fn call<T>(
     mut wire: Wire,
     unit: u8,
-    request: &ReadRequest,
+    request: Request<'static>,
+    check: &(impl Fn(Response) -> Result<T, LinkError> + Sync),
     limit: Duration,
-) -> (
-    Result<Result<RawData, ExceptionCode>, CallEnd>,
-    Option<Wire>,
-) {
+) -> (Result<Result<T, ExceptionCode>, CallEnd>, Option<Wire>) {
     events(&wire.watch).begin_request();
     wire.ctx.set_slave(Slave(unit));
-    let answer = timeout(limit, wire.ctx.call(to_request(request))).await;
+    let answer = timeout(limit, wire.ctx.call(request)).await;
     let outcome = match answer {
         Err(_) => Err(CallEnd::Other(LinkError::Timeout(limit))),
         Ok(Ok(Err(exception))) => return (Ok(Err(exception)), Some(wire)),
-        Ok(Ok(Ok(response))) => match check_response(request, response) {
-            Ok(raw) => return (Ok(Ok(raw)), Some(wire)),
+        Ok(Ok(Ok(response))) => match check(response) {
+            Ok(answer) => return (Ok(Ok(answer)), Some(wire)),
             Err(e) => Err(CallEnd::Other(e)),
         },
         Ok(Err(e)) => Err(events(&wire.watch).explain(e)),

@@ -6,6 +6,13 @@ use super::order::ordered;
 use crate::config::{DataType, Point, WordOrder};
 use crate::model::Value;
 
+/// What goes on the wire for a value: registers, or a coil's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoded {
+    Registers(Vec<u16>),
+    Coil(bool),
+}
+
 /// Why a value cannot be written to a point. Nothing goes on the wire.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EncodeError {

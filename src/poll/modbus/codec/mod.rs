@@ -37,4 +37,4 @@ mod order;
 mod tests;
 
 pub use decode::{decode_bit, decode_registers, raw_from_registers, scale, widen_f32, DecodeError};
-pub use encode::{encode_bit, encode_registers, EncodeError};
+pub use encode::{encode_bit, encode_registers, EncodeError, Encoded};
