@@ -78,6 +78,10 @@ pub fn describe(config: &Config) -> String {
     for bus in &config.buses {
         let what = match &bus.kind {
             BusKind::ModbusTcp(t) => format!("Modbus TCP {} (timeout {:?})", t.address, t.timeout),
+            BusKind::ModbusRtuTcp(t) => format!(
+                "Modbus RTU over TCP {} (response timeout {:?}, inter-request delay {:?})",
+                t.address, t.response_timeout, t.inter_request_delay
+            ),
             BusKind::ModbusRtu(r) => format!(
                 "Modbus RTU {} {} {}{}{} (response timeout {:?}, inter-request delay {:?})",
                 r.serial.path.display(),

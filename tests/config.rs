@@ -683,8 +683,8 @@ fn shown_in_annotated_config(anchor: &str, key: &str) -> String {
 fn the_annotated_config_shows_the_defaults_the_types_name() {
     use config::units::{parse_duration, parse_size};
     use config::{
-        Buffer, LineQuery, Log, ModbusRtu, ModbusTcp, Mqtt, ReportByException, SerialLine,
-        SerialSettings,
+        Buffer, LineQuery, Log, ModbusRtu, ModbusRtuTcp, ModbusTcp, Mqtt, ReportByException,
+        SerialLine, SerialSettings, WriteSettings,
     };
     // Durations are compared as values: "60s" and "1m" are the same default.
     let duration = |d: Duration| format!("= {d:?}");
@@ -756,6 +756,21 @@ fn the_annotated_config_shows_the_defaults_the_types_name() {
             "type = \"modbus_rtu\"",
             "inter_request_delay",
             duration(ModbusRtu::DEFAULT_INTER_REQUEST_DELAY),
+        ),
+        (
+            "type = \"modbus_rtu_tcp\"",
+            "response_timeout",
+            duration(ModbusRtuTcp::DEFAULT_RESPONSE_TIMEOUT),
+        ),
+        (
+            "type = \"modbus_rtu_tcp\"",
+            "inter_request_delay",
+            duration(ModbusRtuTcp::DEFAULT_INTER_REQUEST_DELAY),
+        ),
+        (
+            "# writable = true",
+            "min_write_interval",
+            duration(WriteSettings::DEFAULT_MIN_WRITE_INTERVAL),
         ),
         (
             "type = \"serial_line\"",

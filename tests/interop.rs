@@ -1,6 +1,7 @@
 //! Interop: the agent against pymodbus, a Modbus implementation nobody on the project wrote,
-//! over TCP and over RTU through a socat pty pair. Needs python3 + pymodbus and socat; when
-//! they are missing the tests fail and name the README's test command, which installs them.
+//! over TCP, over RTU frames on TCP (a serial device server) and over RTU through a socat pty
+//! pair. Needs python3 + pymodbus and socat; when they are missing the tests fail and name
+//! the README's test command, which installs them.
 mod support;
 
 use std::time::Duration;
@@ -140,6 +141,35 @@ timeout = "500ms"
 name = "py"
 bus = "plc"
 unit = 3
+interval = "200ms"
+{POINTS}"#,
+        agent::head(broker.port, &prefix),
+        py.address()
+    );
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let _agent = Agent::start(&toml);
+    all_values_arrive(&watch, &prefix, "py").await;
+}
+
+/// A serial device server in raw TCP mode (USR-TCP232, Moxa NPort) carries RTU frames, CRC
+/// included, over TCP: pymodbus' RTU framer on a TCP listener stands in for one.
+#[tokio::test]
+async fn the_agent_reads_a_pymodbus_server_speaking_rtu_frames_over_tcp_right() {
+    let py = PyModbus::rtu_tcp(&register_map(4));
+    let broker = Broker::start();
+    let prefix = agent::prefix("py-rtu-tcp");
+    let toml = format!(
+        r#"{}
+[[bus]]
+name = "gw"
+type = "modbus_rtu_tcp"
+address = "{}"
+response_timeout = "500ms"
+
+[[device]]
+name = "py"
+bus = "gw"
+unit = 4
 interval = "200ms"
 {POINTS}"#,
         agent::head(broker.port, &prefix),

@@ -193,6 +193,28 @@ async fn a_coil_is_switched_on_an_rtu_line_over_a_pty() {
     assert!(other.writes().is_empty());
 }
 
+#[tokio::test]
+async fn a_register_behind_a_serial_device_server_is_written_with_rtu_frames_over_tcp() {
+    let dev = SimDevice::new(7);
+    dev.set_registers(Bank::Holding, 3, &[0, 0]);
+    let sim = modbus::serve_rtu_tcp(&[&dev]).await;
+    let config = format!(
+        "{HEAD}[[bus]]\nname = \"gw\"\ntype = \"modbus_rtu_tcp\"\naddress = \"{}\"\n\
+         [[device]]\nname = \"hvac\"\nbus = \"gw\"\nunit = 7\n\
+         [[device.point]]\nname = \"flow\"\naddress = \"40004\"\ntype = \"u32\"\n\
+         order = \"CDAB\"\nwritable = true\n",
+        sim.address()
+    );
+    let out = write(&config, "flow", "305419896").await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("function 16 at holding 3: 5678 1234"),
+        "{shown}"
+    );
+    assert_eq!(dev.holding(3, 2), [0x5678, 0x1234]);
+}
+
 /// One point of the interop write: its config, the value written, and the raw value's
 /// big-endian bytes.
 struct Case {

@@ -99,6 +99,18 @@ pub struct RawTcpBus {
     pub timeout: Option<Spanned<HumanDuration>>,
 }
 
+/// `[[bus]]` with `type = "modbus_rtu_tcp"`: RTU frames over TCP (serial device servers).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRtuTcpBus {
+    pub name: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<HumanDuration>>,
+    pub inter_request_delay: Option<Spanned<HumanDuration>>,
+}
+
 /// `[[bus]]` with `type = "modbus_rtu"`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

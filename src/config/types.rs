@@ -158,6 +158,9 @@ pub struct Bus {
 pub enum BusKind {
     ModbusTcp(ModbusTcp),
     ModbusRtu(ModbusRtu),
+    /// RTU frames (with CRC) over a TCP connection, as serial device servers (USR-TCP232,
+    /// Moxa NPort in raw TCP mode) carry them: an RS-485 line at the far end of a socket.
+    ModbusRtuTcp(ModbusRtuTcp),
     /// Sensors that stream or answer ASCII lines (NMEA GPS, weather stations, scales).
     SerialLine(SerialLine),
 }
@@ -174,6 +177,22 @@ impl ModbusTcp {
     /// When `address` names no port.
     pub const DEFAULT_PORT: u16 = 502;
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+#[derive(Debug, Clone)]
+pub struct ModbusRtuTcp {
+    /// `host:port` of the device server, resolved on every connect.
+    pub address: String,
+    /// Per request (network and serial time together), and for connecting.
+    pub response_timeout: Duration,
+    /// Silence kept between the end of one exchange and the next request.
+    pub inter_request_delay: Duration,
+}
+
+impl ModbusRtuTcp {
+    /// A serial line behind a network hop: longer than a local port's default.
+    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_INTER_REQUEST_DELAY: Duration = Duration::from_millis(20);
 }
 
 #[derive(Debug, Clone)]

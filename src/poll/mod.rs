@@ -43,7 +43,7 @@ pub async fn run_bus(
         BusKind::SerialLine(_) => {
             serial_line::run_serial_line_bus(bus, devices, sink, health, cancel).await;
         }
-        BusKind::ModbusRtu(_) | BusKind::ModbusTcp(_) => {
+        BusKind::ModbusRtu(_) | BusKind::ModbusTcp(_) | BusKind::ModbusRtuTcp(_) => {
             modbus::bus::run_modbus_bus(bus, devices, sink, health, cancel).await;
         }
     }

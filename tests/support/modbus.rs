@@ -663,6 +663,41 @@ impl Drop for TcpSim {
 /// sim can be stopped and brought back on the same port ([`serve_tcp_at`]) without an
 /// outgoing connection of a test running in parallel being handed that port meanwhile (as
 /// happens to a port from `bind(0)`).
+/// Serves `devices` with RTU frames over TCP on a free port, as a serial device server in
+/// raw TCP mode carries them from its RS-485 line.
+pub async fn serve_rtu_tcp(devices: &[&SimDevice]) -> TcpSim {
+    serve_rtu_tcp_with(devices, Habit::KeepOpen).await
+}
+
+/// [`serve_rtu_tcp`] with a connection habit (device servers that drop idle connections).
+pub async fn serve_rtu_tcp_with(devices: &[&SimDevice], habit: Habit) -> TcpSim {
+    let listener = loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], super::broker::listen_port()));
+        // Another test may take the port between `listen_port` and this bind: pick again.
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            break listener;
+        }
+    };
+    let addr = listener.local_addr().unwrap();
+    let svc = service(devices, None);
+    let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    let task = tokio::spawn(async move {
+        let on_connected = move |stream, _peer| {
+            let svc = svc.clone();
+            counted.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(Some((svc, HabitStream::new(stream, habit)))) }
+        };
+        let _ = server.serve(&on_connected, |_err| {}).await;
+    });
+    TcpSim {
+        addr,
+        task,
+        connections,
+    }
+}
+
 pub async fn serve_tcp(devices: &[&SimDevice]) -> TcpSim {
     serve_tcp_with(devices, Habit::KeepOpen).await
 }
@@ -828,6 +863,12 @@ impl PyModbus {
     /// JSON shape), and waits for its READY line.
     pub fn tcp(map: &serde_json::Value) -> PyModbus {
         PyModbus::start(map, &["tcp"])
+    }
+
+    /// Starts a pymodbus server speaking RTU frames over TCP (pymodbus' RTU framer on a TCP
+    /// listener), on a port it picks.
+    pub fn rtu_tcp(map: &serde_json::Value) -> PyModbus {
+        PyModbus::start(map, &["rtu-tcp"])
     }
 
     /// Starts a pymodbus RTU server on the serial `path`.

@@ -5,6 +5,7 @@ A Modbus implementation nobody on the project wrote: the agent must read it righ
 
     pymodbus_server.py --map MAP.json tcp            # listens on 127.0.0.1, a free port
     pymodbus_server.py --map MAP.json rtu PATH BAUD  # RTU on a serial path (a socat pty)
+    pymodbus_server.py --map MAP.json rtu-tcp        # RTU frames over TCP (a device server)
 
 MAP.json: {"<unit id>": {"holding": {"<addr>": word, ...}, "input": {...},
                          "coil": {"<addr>": 0|1, ...}, "discrete": {...}}, ...}
@@ -75,6 +76,7 @@ async def main():
     parser.add_argument("--map", required=True)
     sub = parser.add_subparsers(dest="mode", required=True)
     sub.add_parser("tcp")
+    sub.add_parser("rtu-tcp")
     rtu = sub.add_parser("rtu")
     rtu.add_argument("path")
     rtu.add_argument("baud", type=int)
@@ -85,6 +87,10 @@ async def main():
 
     if args.mode == "tcp":
         server = ModbusTcpServer(ctx, address=("127.0.0.1", 0))
+    elif args.mode == "rtu-tcp":
+        # pymodbus' RTU framer on a TCP listener: what a serial device server in raw TCP
+        # mode puts on the wire.
+        server = ModbusTcpServer(ctx, framer=RTU_FRAMER, address=("127.0.0.1", 0))
     else:
         server = ModbusSerialServer(
             ctx,
@@ -107,7 +113,7 @@ async def main():
         sys.exit("pymodbus server stopped before it was ready")
     if server.transport is None:
         sys.exit("pymodbus server did not start listening within 10 s")
-    if args.mode == "tcp":
+    if args.mode in ("tcp", "rtu-tcp"):
         port = server.transport.sockets[0].getsockname()[1]
         print(f"READY {port}", flush=True)
     else:

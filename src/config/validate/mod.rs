@@ -168,7 +168,7 @@ impl Checker {
                     file,
                     start,
                     format!(
-                        "{what} has no `type`: add type = \"modbus_tcp\", \"modbus_rtu\" or \"serial_line\""
+                        "{what} has no `type`: add type = \"modbus_tcp\", \"modbus_rtu\", \"modbus_rtu_tcp\" or \"serial_line\""
                     ),
                 );
                 None
@@ -176,10 +176,11 @@ impl Checker {
             Some(t) => match t.as_str() {
                 Some("modbus_tcp") => Some(BusFamily::Tcp),
                 Some("modbus_rtu") => Some(BusFamily::Rtu),
+                Some("modbus_rtu_tcp") => Some(BusFamily::RtuTcp),
                 Some("serial_line") => Some(BusFamily::Line),
                 _ => {
                     let shown = t.as_value().map(|v| v.to_string()).unwrap_or_default();
-                    self.fail(file, t.span(), format!("bus `type` = {} is not known: use \"modbus_tcp\" (Modbus over TCP), \"modbus_rtu\" (Modbus over a serial line) or \"serial_line\" (a sensor sending text lines)", shown.trim()));
+                    self.fail(file, t.span(), format!("bus `type` = {} is not known: use \"modbus_tcp\" (Modbus over TCP), \"modbus_rtu\" (Modbus over a serial line), \"modbus_rtu_tcp\" (Modbus RTU frames over TCP, through a serial device server) or \"serial_line\" (a sensor sending text lines)", shown.trim()));
                     None
                 }
             },
@@ -199,6 +200,7 @@ impl Checker {
         let bus = match family {
             BusFamily::Tcp => self.tcp_bus(file, item, &what),
             BusFamily::Rtu => self.rtu_bus(seen, file, item, &what),
+            BusFamily::RtuTcp => self.rtu_tcp_bus(file, item, &what),
             BusFamily::Line => self.line_bus(seen, file, item, &what),
         };
         let known = &mut seen.buses;

@@ -1,4 +1,4 @@
-//! Modbus: `modbus_tcp` and `modbus_rtu` buses, and the devices on them (unit id, interval,
+//! Modbus: `modbus_tcp`, `modbus_rtu` and `modbus_rtu_tcp` buses, and the devices on them (unit id, interval,
 //! `max_gap`, `offline_after`, and a register map from the device's own points and its
 //! profile, checked in `register_map`).
 
@@ -12,9 +12,9 @@ use super::explanations::quoted_list;
 use super::register_map::{LocatedPoint, Profiles};
 use super::shared::{join_host_port, split_host_port, BusFamily, RtuUnitUser, Seen, SerialKeys};
 use crate::config::limits;
-use crate::config::raw::{RawDevice, RawRtuBus, RawTcpBus};
+use crate::config::raw::{RawDevice, RawRtuBus, RawRtuTcpBus, RawTcpBus};
 use crate::config::types::{
-    Bus, BusKind, Device, DeviceKind, ModbusDevice, ModbusRtu, ModbusTcp, Parity,
+    Bus, BusKind, Device, DeviceKind, ModbusDevice, ModbusRtu, ModbusRtuTcp, ModbusTcp, Parity,
 };
 use crate::config::units::{format_duration, rtu_min_silence};
 
@@ -56,6 +56,63 @@ impl Checker {
                 kind: BusKind::ModbusTcp(ModbusTcp {
                     address: address?,
                     timeout: timeout?,
+                }),
+            },
+        ))
+    }
+
+    pub(super) fn rtu_tcp_bus(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        what: &str,
+    ) -> Option<(Option<Range<usize>>, Bus)> {
+        let d = self.decode::<RawRtuTcpBus>(file, item, what, &[])?;
+        let raw = &d.value;
+        let name = self.require(&d, &raw.name, "name", "name = \"rs485-gw\"");
+        let name = name.and_then(|n| self.name(file, n, "bus").map(|s| (span_of(n), s)));
+        // Device servers listen on vendor-specific ports (4001, 8234, 502...): no default.
+        let address = self
+            .require(&d, &raw.address, "address", "address = \"10.0.0.9:4001\"")
+            .and_then(|a| match split_host_port(a.get_ref()) {
+                Ok((host, Some(port))) => Some(join_host_port(&host, port)),
+                Ok((_, None)) => {
+                    self.fail(file, span_of(a), format!("bus address \"{}\" has no port: a serial device server listens on the port set in its web page (often 4001, 8234 or 502): write \"host:port\"", a.get_ref()));
+                    None
+                }
+                Err(why) => {
+                    self.fail(file, span_of(a), format!("bus address \"{}\" {why}: write \"host:port\", e.g. \"10.0.0.9:4001\"", a.get_ref()));
+                    None
+                }
+            });
+        let response_timeout = self.duration_or(
+            file,
+            &raw.response_timeout,
+            "response_timeout",
+            &limits::REQUEST_TIMEOUT,
+            ModbusRtuTcp::DEFAULT_RESPONSE_TIMEOUT,
+        );
+        let inter_request_delay = match &raw.inter_request_delay {
+            None => Some(ModbusRtuTcp::DEFAULT_INTER_REQUEST_DELAY),
+            Some(delay) if delay.get_ref().0 > limits::INTER_REQUEST_DELAY_MAX => {
+                self.fail(file, span_of(delay), format!(
+                    "`inter_request_delay` = \"{}\" is longer than {}: devices usually want 5 to 50 ms, e.g. \"20ms\"",
+                    format_duration(delay.get_ref().0),
+                    format_duration(limits::INTER_REQUEST_DELAY_MAX),
+                ));
+                None
+            }
+            Some(delay) => Some(delay.get_ref().0),
+        };
+        let (name_span, name) = name?;
+        Some((
+            name_span,
+            Bus {
+                name,
+                kind: BusKind::ModbusRtuTcp(ModbusRtuTcp {
+                    address: address?,
+                    response_timeout: response_timeout?,
+                    inter_request_delay: inter_request_delay?,
                 }),
             },
         ))
@@ -219,7 +276,8 @@ impl Checker {
                 }
             });
 
-        if let (Some((bus_name, Some(BusFamily::Rtu))), Some(unit), Some(u)) =
+        // A device server's line is a serial line like any other: one unit per id.
+        if let (Some((bus_name, Some(BusFamily::Rtu | BusFamily::RtuTcp))), Some(unit), Some(u)) =
             (&bus, unit, &raw.unit)
         {
             let here = self.files[file].position(u.span().start).0;

@@ -46,6 +46,8 @@ pub(super) struct KnownBus {
 pub(super) enum BusFamily {
     Tcp,
     Rtu,
+    /// RTU frames over TCP: an RS-485 line behind a device server.
+    RtuTcp,
     Line,
 }
 

@@ -1,5 +1,6 @@
-//! The task of one Modbus bus: an RTU line is one loop serving its devices strictly one
-//! request at a time; a TCP bus runs one loop and one connection per device.
+//! The task of one Modbus bus: an RTU line, local or behind a serial device server
+//! (`modbus_rtu_tcp`), is one loop serving its devices strictly one request at a time; a TCP
+//! bus runs one loop and one connection per device.
 //!
 //! Why one connection per TCP device: tokio-modbus contexts carry one request at a time, and
 //! after a timeout a TCP context must be thrown away (#324), so a dead unit behind a gateway
@@ -22,6 +23,7 @@ use crate::health::Health;
 use crate::model::SampleSink;
 
 use super::rtu::RtuLink;
+use super::rtu_tcp::{self, RtuTcpLink};
 use super::scheduler::{run_loop, PolledDevice};
 use super::tcp::TcpLink;
 
@@ -46,6 +48,18 @@ pub async fn run_modbus_bus(
             let beat =
                 health.register(format!("bus {}", bus.name), allowance(&polled, per_request));
             let link = RtuLink::new(&bus.name, rtu);
+            run_loop(&bus.name, link, polled, sink.as_ref(), &beat, &cancel).await;
+        }
+        BusKind::ModbusRtuTcp(settings) => {
+            let polled: Vec<PolledDevice> = devices
+                .iter()
+                .filter_map(|d| PolledDevice::new(d, start))
+                .collect();
+            let beat = health.register(
+                format!("bus {}", bus.name),
+                allowance(&polled, rtu_tcp::per_request(&settings)),
+            );
+            let link = RtuTcpLink::new(settings);
             run_loop(&bus.name, link, polled, sink.as_ref(), &beat, &cancel).await;
         }
         BusKind::ModbusTcp(tcp) => {

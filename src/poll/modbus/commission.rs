@@ -15,6 +15,7 @@ use super::link::{ExceptionCode, LinkError, ModbusLink, RawData};
 use super::plan::{plan_groups, ReadRequest};
 use super::reads::{Slot, SlotChange};
 use super::rtu::RtuLink;
+use super::rtu_tcp::RtuTcpLink;
 use super::scheduler::decode_point;
 use super::tcp::TcpLink;
 
@@ -88,6 +89,9 @@ pub async fn read_once(bus: &Bus, device: &Device) -> Result<ModbusReadReport, R
     match &bus.kind {
         BusKind::ModbusRtu(rtu) => read_with(RtuLink::new(&bus.name, rtu.clone()), device).await,
         BusKind::ModbusTcp(tcp) => read_with(TcpLink::new(&tcp.address, tcp.timeout), device).await,
+        BusKind::ModbusRtuTcp(settings) => {
+            read_with(RtuTcpLink::new(settings.clone()), device).await
+        }
         BusKind::SerialLine(_) => Err(ReadOnceError::WrongBus {
             device: device.name.clone(),
             device_bus: device.bus.clone(),

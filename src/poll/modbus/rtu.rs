@@ -33,27 +33,22 @@
 
 use std::io;
 use std::os::unix::io::AsRawFd;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::time::{sleep_until, timeout, Instant};
-use tokio_modbus::client::{Client, Context};
-use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::{Request, Response, Slave};
+use tokio::time::{sleep_until, Instant};
+use tokio_modbus::client::Context;
+use tokio_modbus::{Request, Response};
 use tokio_serial::SerialStream;
 
 use crate::config::ModbusRtu;
 use crate::poll::serial_port::{self, describe_open_error, hung_up, PortWatch, WATCH_PERIOD};
 
 use super::link::{
-    check_response, check_write_response, classify, to_request, to_write_request, ExceptionCode,
-    LinkError, ModbusLink, ReadResult, WriteRequest, WriteResult,
+    check_response, check_write_response, to_request, to_write_request, ExceptionCode, LinkError,
+    ModbusLink, ReadResult, WriteRequest, WriteResult,
 };
 use super::plan::ReadRequest;
+use super::rtu_exchange::{exchange, wait_out, SharedStream};
 
 /// A reopened port counts as working after an answer from any device, or this long
 /// without trouble (all its devices may be silent).
@@ -116,10 +111,7 @@ impl RtuLink {
                 self.watch.opened();
                 let now = Instant::now();
                 self.next_node_check = now + WATCH_PERIOD;
-                let shared = SharedPort {
-                    stream: Arc::new(Mutex::new(stream)),
-                    received: Arc::new(AtomicUsize::new(0)),
-                };
+                let shared = SharedPort::new(stream);
                 // Whatever was queued before we owned the port is not an answer to us.
                 shared.flush_input();
                 self.port = Some(OpenPort {
@@ -156,16 +148,7 @@ impl RtuLink {
 
     async fn settle(&mut self, port: &SharedPort) {
         self.ctx = None;
-        let quiet = self.settings.response_timeout;
-        let give_up = Instant::now() + quiet * 4;
-        let mut reader = port.clone();
-        let mut sink = [0u8; 256];
-        while Instant::now() < give_up {
-            match timeout(quiet, reader.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => continue,
-                _ => break,
-            }
-        }
+        wait_out(port, self.settings.response_timeout).await;
         port.flush_input();
         self.dirty = false;
     }
@@ -187,35 +170,22 @@ impl RtuLink {
         if let Some(end) = self.last_exchange_end {
             sleep_until(end + self.settings.inter_request_delay).await;
         }
-        let ctx = self.ctx.get_or_insert_with(|| {
-            tokio_modbus::client::rtu::attach_slave(port.clone(), Slave(unit))
-        });
-        ctx.set_slave(Slave(unit));
-        port.received.store(0, Ordering::Relaxed);
-        let answer = timeout(self.settings.response_timeout, ctx.call(request)).await;
+        let outcome = exchange(
+            &mut self.ctx,
+            &port,
+            unit,
+            request,
+            self.settings.response_timeout,
+            check,
+        )
+        .await;
         self.last_exchange_end = Some(Instant::now());
-        let outcome = match answer {
-            Err(_) => match port.received.load(Ordering::Relaxed) {
-                0 => Err(LinkError::Timeout(self.settings.response_timeout)),
-                bytes => Err(LinkError::Protocol(format!(
-                    "a garbled reply: {bytes} bytes that made no valid answer within {} (line \
-                     noise, a wrong baud rate or parity, or two units with the same id?)",
-                    humantime::format_duration(self.settings.response_timeout)
-                ))),
-            },
-            Ok(Err(e)) => Err(classify(e)),
-            Ok(Ok(Err(exception))) => Ok(Err(exception)),
-            Ok(Ok(Ok(response))) => check(response).map(Ok),
-        };
         match &outcome {
             Err(LinkError::Transport(why)) => {
                 let why = format!("the line failed: {why} (adapter unplugged?)");
                 self.lose_port(why);
             }
-            Err(_) => {
-                self.ctx = None;
-                self.dirty = true;
-            }
+            Err(_) => self.dirty = true,
             Ok(_) => {}
         }
         if let Some(open) = &mut self.port {
@@ -291,20 +261,10 @@ impl ModbusLink for RtuLink {
     }
 }
 
-/// The serial stream, shared between the successive client contexts of one open port: a
-/// context owns its transport, and we recreate contexts without reopening the port. Counts
-/// the bytes it reads, so an exchange can tell a garbled reply from silence.
-#[derive(Clone)]
-struct SharedPort {
-    stream: Arc<Mutex<SerialStream>>,
-    received: Arc<AtomicUsize>,
-}
+/// The serial port, shared by the client contexts built on it.
+type SharedPort = SharedStream<SerialStream>;
 
-impl SharedPort {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SerialStream> {
-        self.stream.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+impl SharedStream<SerialStream> {
     fn flush_input(&self) {
         let guard = self.lock();
         // SAFETY: the fd belongs to the SerialStream we hold locked, so it is open for the
@@ -317,37 +277,5 @@ impl SharedPort {
 
     fn release_exclusive(&self) {
         let _ = self.lock().set_exclusive(false);
-    }
-}
-
-impl AsyncRead for SharedPort {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut *self.lock()).poll_read(cx, buf);
-        self.received
-            .fetch_add(buf.filled().len() - before, Ordering::Relaxed);
-        polled
-    }
-}
-
-impl AsyncWrite for SharedPort {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_shutdown(cx)
     }
 }

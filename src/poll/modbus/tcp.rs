@@ -66,6 +66,21 @@ impl TcpLink {
 /// Resolves and connects within `limit`, with what failed in words. Free of `&TcpLink` so the
 /// future stays `Send` (the context inside the link is not `Sync`).
 async fn connect(address: String, limit: Duration) -> Result<Wire, LinkError> {
+    let stream = open_socket(address, limit).await?;
+    let watch = Arc::new(Mutex::new(WireEvents::default()));
+    let stream = WatchedStream {
+        inner: stream,
+        watch: watch.clone(),
+    };
+    Ok(Wire {
+        ctx: tokio_modbus::client::tcp::attach(stream),
+        watch,
+    })
+}
+
+/// A TCP connection to `address` (`host:port`) within `limit`, or what failed in words: the
+/// socket under Modbus TCP here, and under RTU frames in `rtu_tcp`.
+pub(super) async fn open_socket(address: String, limit: Duration) -> Result<TcpStream, LinkError> {
     let attempt = async {
         let targets: Vec<SocketAddr> = tokio::net::lookup_host(address.as_str())
             .await
@@ -99,15 +114,7 @@ async fn connect(address: String, limit: Duration) -> Result<Wire, LinkError> {
     };
     // Requests are tiny and latency-bound; Nagle would only add delay.
     let _ = stream.set_nodelay(true);
-    let watch = Arc::new(Mutex::new(WireEvents::default()));
-    let stream = WatchedStream {
-        inner: stream,
-        watch: watch.clone(),
-    };
-    Ok(Wire {
-        ctx: tokio_modbus::client::tcp::attach(stream),
-        watch,
-    })
+    Ok(stream)
 }
 
 fn connect_failure(address: &str, target: SocketAddr, e: &io::Error) -> String {

@@ -15,6 +15,7 @@ use super::commission::RequestFailure;
 use super::link::{LinkError, ModbusLink, RawData, WriteData, WriteRequest};
 use super::plan::ReadRequest;
 use super::rtu::RtuLink;
+use super::rtu_tcp::RtuTcpLink;
 use super::scheduler::decode_point;
 use super::tcp::TcpLink;
 
@@ -143,6 +144,10 @@ pub async fn write_once(
         }
         BusKind::ModbusTcp(tcp) => {
             let mut link = TcpLink::new(&tcp.address, tcp.timeout);
+            write_point(&mut link, modbus.unit, point, encoded).await
+        }
+        BusKind::ModbusRtuTcp(settings) => {
+            let mut link = RtuTcpLink::new(settings.clone());
             write_point(&mut link, modbus.unit, point, encoded).await
         }
         BusKind::SerialLine(_) => {
