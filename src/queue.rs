@@ -29,24 +29,7 @@ use tokio::sync::Notify;
 use crate::buffer::clock::{Clock, Queued, SystemClock};
 use crate::buffer::Durable;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub seq: u64,
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub ts_ms: u64,
-    /// When it was queued on the boot-time clock: what the buffer's age bound measures.
-    pub queued_at: Queued,
-}
-
-/// What a reading's payload publishes as its identity: `(boot, seq)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadingNumber {
-    /// The agent's start count (persisted in the buffer; see `buffer::durable`).
-    pub boot: u64,
-    /// 1, 2, 3… per boot, readings only.
-    pub seq: u64,
-}
+pub use crate::buffer::record::{ReadingNumber, Record};
 
 #[derive(Debug, Default)]
 struct State {

@@ -74,9 +74,11 @@ use tokio::sync::Notify;
 
 use super::clock::{describe_step, Clock, OsBoot, Queued, StepWatch, SystemClock};
 use super::error::{BufferError, Result};
-use super::store::{Limits, Now, Recovery, Stats, Store, Verdict};
+use super::record::{ReadingNumber, Record};
+use super::recover::Recovery;
+use super::stats::Stats;
+use super::store::{Limits, Now, Store, Verdict};
 use crate::config::{Buffer, Durability, Replay};
-use crate::queue::{ReadingNumber, Record};
 
 /// Sequence numbers reserved on disk ahead of use (see the store's invariants).
 pub const SEQ_RESERVE_BLOCK: u64 = 65_536;
@@ -1108,7 +1110,7 @@ fn io_work(
                 .iter()
                 .chain(st.queued.iter())
                 .filter(|e| !e.persisted)
-                .map(|e| super::store::row_bytes(&e.record.topic, &e.record.payload))
+                .map(|e| super::schema::row_bytes(&e.record.topic, &e.record.payload))
                 .sum();
             store.stored_bytes() + incoming > settings.limits.max_size
         }

@@ -20,13 +20,19 @@
 //! - Disk full, read-only directory, damaged file: typed [`BufferError`], never a panic;
 //!   the outbox keeps working from memory and retries the disk.
 
+pub mod age;
 pub mod clock;
 pub mod durable;
 pub mod error;
 pub mod lock;
+pub mod record;
 mod recover;
+pub mod schema;
+mod stats;
 pub mod store;
 
 pub use durable::{Durable, IoDriver, Settings, Status};
 pub use error::BufferError;
-pub use store::{stats, Limits, Recovery, Stats, Store};
+pub use recover::Recovery;
+pub use stats::{stats, Stats};
+pub use store::{Limits, Store};
