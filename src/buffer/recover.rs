@@ -248,7 +248,7 @@ fn write_fresh(path: &Path, rows: &[Row], meta: SurvivingMeta) -> Result<()> {
             ("dropped_full", meta.dropped_full),
             ("dropped_age", meta.dropped_age),
             ("dropped_given_up", meta.dropped_given_up),
-            // Lost with `meta`: a made-up epoch above any counted one (see `durable`),
+            // Lost with `meta`: a made-up epoch above any counted one (see `outbox`),
             // so no reading number of an earlier start is reused.
             (
                 "boot",

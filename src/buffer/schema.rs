@@ -37,7 +37,7 @@ use super::record::Record;
 pub const FILE_NAME: &str = "buffer.db";
 pub const SCHEMA_VERSION: i64 = 2;
 /// The tables, as the module doc describes them (also used by recovery). On a schema-1
-/// file `records` exists already and keeps its columns until [`migrate_from_1`] adds them.
+/// file `records` exists already and keeps its columns until `migrate_from_1` adds them.
 pub const SCHEMA_SQL: &str = "
     CREATE TABLE IF NOT EXISTS records (
         seq INTEGER PRIMARY KEY,

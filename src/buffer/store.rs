@@ -335,7 +335,7 @@ impl Store {
     }
 
     /// Makes sure every later start gets an epoch above `boot` (used when the epoch had to
-    /// be made up without the store, see `durable`).
+    /// be made up without the store, see `outbox`).
     pub fn raise_boot(&mut self, boot: u64) -> Result<()> {
         self.conn
             .execute(
