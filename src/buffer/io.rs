@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use super::clock::{describe_step, Clock, StepWatch};
 use super::error::{BufferError, Result};
 use super::state::{Opened, State, SEQ_RESERVE_BLOCK};
+use super::stats::Stats;
 use super::store::{Now, Store};
 use crate::config::Durability;
 
@@ -38,6 +39,16 @@ pub(super) struct Shared {
 pub(super) struct Disk {
     pub store: Option<Store>,
     pub step_watch: StepWatch,
+}
+
+impl Disk {
+    /// Closed; a store is attached by `attach`.
+    pub fn new() -> Disk {
+        Disk {
+            store: None,
+            step_watch: StepWatch::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -272,7 +283,7 @@ fn round(shared: &Shared, store: &mut Store, now: Instant, final_flush: bool) ->
 }
 
 /// The store's figures for `Outbox::stats` (`None` while it is unavailable).
-pub(super) fn stats(shared: &Shared) -> Option<Result<super::Stats>> {
+pub(super) fn stats(shared: &Shared) -> Option<Result<Stats>> {
     lock(&shared.disk).store.as_ref().map(|s| s.stats())
 }
 

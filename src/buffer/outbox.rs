@@ -66,13 +66,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::clock::{Clock, OsBoot, Queued, StepWatch, SystemClock};
+use super::clock::{Clock, OsBoot, Queued, SystemClock};
 use super::error::Result;
 use super::io::{self, lock, Disk, Shared, WakeFlags};
+use super::plan::Ready;
 use super::record::{ReadingNumber, Record};
+pub use super::rules::Rules;
 use super::state::State;
-pub use super::state::{Ready, Rules, Status, RETRY_AFTER, SEQ_RESERVE_BLOCK};
+pub use super::state::{RETRY_AFTER, SEQ_RESERVE_BLOCK};
 use super::stats::Stats;
+pub use super::status::Status;
 use super::store::Limits;
 use crate::config::{Buffer, Durability, Replay};
 
@@ -162,10 +165,7 @@ impl Outbox {
     pub fn open(settings: Settings, fallback_first_seq: u64, driver: IoDriver) -> Outbox {
         let started = now();
         let mut state = State::new(settings.rules(), fallback_first_seq, 0, started);
-        let mut disk = Disk {
-            store: None,
-            step_watch: StepWatch::new(),
-        };
+        let mut disk = Disk::new();
         disk.step_watch.look(settings.clock.as_ref());
         io::attach(
             &settings.dir,
@@ -186,13 +186,7 @@ impl Outbox {
         state: State,
         disk: Option<(Disk, IoDriver)>,
     ) -> Outbox {
-        let (disk, driver) = disk.unwrap_or((
-            Disk {
-                store: None,
-                step_watch: StepWatch::new(),
-            },
-            IoDriver::Manual,
-        ));
+        let (disk, driver) = disk.unwrap_or((Disk::new(), IoDriver::Manual));
         let shared = Arc::new(Shared {
             dir,
             clock,

@@ -81,13 +81,13 @@ pub use super::age::Now;
 use super::clock::OsBoot;
 use super::error::{BufferError, Result};
 use super::record::Record;
-pub use super::recover::Recovery;
+use super::recover::Recovery;
 use super::schema::{
     insert_row, migrate_from_1, read_record, row_bytes, to_i64, to_u64, truncated_to_nothing,
     INSERT_ROW, SCHEMA_SQL, SCHEMA_VERSION,
 };
 pub use super::schema::{FILE_NAME, ROW_OVERHEAD};
-pub use super::stats::{bytes_on_disk, stats, Stats};
+use super::stats::{bytes_on_disk, Stats};
 use crate::config::WhenFull;
 
 /// The bounds a store enforces.
