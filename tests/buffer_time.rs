@@ -1,7 +1,8 @@
 //! Time and identity in the durable buffer (issue 10, items 4 and 5), with the clock
 //! injected (`ManualClock`): a wall-clock step must not age readings, an OS reboot ages
 //! stored readings by the least time they can have, a schema-1 file is migrated in place,
-//! and every start is a new boot epoch with reading numbers from 1.
+//! every start is a new boot epoch with reading numbers from 1, and a rate-held replay waits
+//! on the runtime clock (paused in the test).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -317,4 +318,39 @@ fn a_schema_1_buffer_is_migrated_in_place_and_its_backlog_is_delivered() {
     for c in ["os_boot", "boot_ms", "sent"] {
         assert!(columns.contains(c), "{c} in {columns:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_held_to_its_rate_waits_on_the_runtime_clock_so_a_paused_test_needs_no_sleep() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(WALL, HOUR_MS, "boot-a");
+    let d = Outbox::open(
+        Settings {
+            replay_rate: Some(10),
+            ..settings(dir.path(), &clock)
+        },
+        1,
+        IoDriver::Manual,
+    );
+    push_readings(&d, &clock, 30, 10);
+    d.spill();
+    d.io_step().unwrap();
+    assert!(
+        d.take(100).is_empty(),
+        "on disk only, and the link was down"
+    );
+    d.io_step().unwrap(); // the link is up: the replay read
+    assert_eq!(d.take(100).len(), 10, "one second's worth");
+    let start = tokio::time::Instant::now();
+    let early = tokio::time::timeout(Duration::from_millis(99), d.wait_queued()).await;
+    assert!(early.is_err(), "nothing before the next token");
+    d.wait_queued().await;
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(d.take(100).len(), 1);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        d.take(100).len(),
+        10,
+        "a long wait refills one second's worth, no more"
+    );
 }
