@@ -143,8 +143,10 @@ pub struct Outbox {
     io_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The monotonic clock of the decisions: tokio's, so a test on a paused runtime drives
-/// the replay rate (outside a paused runtime it is the system's).
+/// The monotonic clock of the API's decisions: tokio's, so a test on a paused runtime
+/// drives the replay rate (outside a paused runtime it is the system's). The I/O thread's
+/// timers (commit, delete batches, retry) run on the system clock: a paused test drives
+/// those through `buffer::state` directly.
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
