@@ -26,13 +26,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fieldlink::buffer::{Outbox, ReadingNumber};
 use fieldlink::config::{
     DataType, Deadband, PayloadMode, Point, ReportByException, Table, WordOrder,
 };
 use fieldlink::model::{Reading, Value};
 use fieldlink::poll::modbus::codec::decode_registers;
 use fieldlink::poll::modbus::plan::{plan, plan_groups};
-use fieldlink::queue::{Outbox, ReadingNumber};
 use fieldlink::sim::{self, SimDevice, WireTiming};
 use fieldlink::uplink::report::ExceptionFilter;
 use fieldlink::uplink::topic;
