@@ -77,7 +77,18 @@ pub fn describe(config: &Config) -> String {
     );
     for bus in &config.buses {
         let what = match &bus.kind {
-            BusKind::ModbusTcp(t) => format!("Modbus TCP {} (timeout {:?})", t.address, t.timeout),
+            BusKind::ModbusTcp(t) => {
+                let devices = config.devices.iter().filter(|d| d.bus == bus.name).count();
+                format!(
+                    "Modbus TCP {} (timeout {:?}, {})",
+                    t.address,
+                    t.timeout,
+                    match t.connection_for(devices) {
+                        config::TcpConnection::Shared => "one shared connection",
+                        config::TcpConnection::PerDevice => "one connection per device",
+                    }
+                )
+            }
             BusKind::ModbusRtuTcp(t) => format!(
                 "Modbus RTU over TCP {} (response timeout {:?}, inter-request delay {:?})",
                 t.address, t.response_timeout, t.inter_request_delay

@@ -97,6 +97,7 @@ pub struct RawTcpBus {
     pub kind: Option<Spanned<String>>,
     pub address: Option<Spanned<String>>,
     pub timeout: Option<Spanned<HumanDuration>>,
+    pub connection: Option<Spanned<String>>,
 }
 
 /// `[[bus]]` with `type = "modbus_rtu_tcp"`: RTU frames over TCP (serial device servers).

@@ -171,6 +171,30 @@ pub struct ModbusTcp {
     pub address: String,
     /// Per request, and for connecting.
     pub timeout: Duration,
+    /// `connection`; `None` (not set): shared when the bus has more than one device.
+    pub connection: Option<TcpConnection>,
+}
+
+/// How the devices of a `modbus_tcp` bus reach its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpConnection {
+    /// One connection and one poll loop per device: a silent unit never delays the others,
+    /// at the cost of one connection slot per device.
+    PerDevice,
+    /// One connection for the whole bus, one request at a time, reopened after any
+    /// timeout: for gateways that accept only 1 to 4 connections for all their unit ids.
+    Shared,
+}
+
+impl ModbusTcp {
+    /// What `connection` comes to for a bus of `devices` devices.
+    pub fn connection_for(&self, devices: usize) -> TcpConnection {
+        self.connection.unwrap_or(if devices > 1 {
+            TcpConnection::Shared
+        } else {
+            TcpConnection::PerDevice
+        })
+    }
 }
 
 impl ModbusTcp {

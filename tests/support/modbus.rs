@@ -536,6 +536,9 @@ pub enum Habit {
     CloseWhenIdle(Duration),
     /// Accepts a connection and closes it at once, without reading a request.
     CloseAtOnce,
+    /// Serves one connection at a time and closes any other at once, as cheap TCP-to-RS-485
+    /// gateways with a single connection slot do.
+    OneAtATime,
 }
 
 /// A server-side connection that follows a [`Habit`]: when the habit says so, reads end the
@@ -543,13 +546,15 @@ pub enum Habit {
 struct HabitStream {
     inner: tokio::net::TcpStream,
     habit: Habit,
+    /// Connections open now, counted down when this one closes.
+    open: Arc<AtomicU64>,
     /// A reply went out: with `CloseAfterReply`, the connection ends at the next read.
     replied: bool,
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl HabitStream {
-    fn new(inner: tokio::net::TcpStream, habit: Habit) -> Self {
+    fn new(inner: tokio::net::TcpStream, habit: Habit, open: Arc<AtomicU64>) -> Self {
         let idle = match habit {
             Habit::CloseWhenIdle(after) => Some(Box::pin(tokio::time::sleep(after))),
             _ => None,
@@ -557,9 +562,16 @@ impl HabitStream {
         HabitStream {
             inner,
             habit,
+            open,
             replied: false,
             idle,
         }
+    }
+}
+
+impl Drop for HabitStream {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -633,9 +645,16 @@ pub struct TcpSim {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
     connections: Arc<AtomicU64>,
+    /// Connections closed at once because another was open (`Habit::OneAtATime`).
+    turned_away: Arc<AtomicU64>,
 }
 
 impl TcpSim {
+    /// Connections closed at once because another was open (`Habit::OneAtATime`).
+    pub fn turned_away(&self) -> u64 {
+        self.turned_away.load(Ordering::Relaxed)
+    }
+
     /// `host:port`, as the config's `address` wants it.
     pub fn address(&self) -> String {
         self.addr.to_string()
@@ -663,6 +682,31 @@ impl Drop for TcpSim {
 /// sim can be stopped and brought back on the same port ([`serve_tcp_at`]) without an
 /// outgoing connection of a test running in parallel being handed that port meanwhile (as
 /// happens to a port from `bind(0)`).
+/// What a sim does with a new connection: serve it through its habit, or turn it away at
+/// once when the habit allows one connection at a time and one is open.
+fn accept(
+    svc: SimService,
+    habit: Habit,
+    connections: Arc<AtomicU64>,
+    turned_away: Arc<AtomicU64>,
+) -> impl Fn(
+    tokio::net::TcpStream,
+    SocketAddr,
+) -> std::future::Ready<io::Result<Option<(SimService, HabitStream)>>> {
+    let open = Arc::new(AtomicU64::new(0));
+    move |stream, _peer| {
+        connections.fetch_add(1, Ordering::Relaxed);
+        if habit == Habit::OneAtATime && open.load(Ordering::Relaxed) > 0 {
+            turned_away.fetch_add(1, Ordering::Relaxed);
+            // Dropping the stream closes it, as a gateway with no free slot does.
+            return std::future::ready(Ok(None));
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let stream = HabitStream::new(stream, habit, open.clone());
+        std::future::ready(Ok(Some((svc.clone(), stream))))
+    }
+}
+
 /// Serves `devices` with RTU frames over TCP on a free port, as a serial device server in
 /// raw TCP mode carries them from its RS-485 line.
 pub async fn serve_rtu_tcp(devices: &[&SimDevice]) -> TcpSim {
@@ -681,20 +725,16 @@ pub async fn serve_rtu_tcp_with(devices: &[&SimDevice], habit: Habit) -> TcpSim 
     let addr = listener.local_addr().unwrap();
     let svc = service(devices, None);
     let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
-    let connections = Arc::new(AtomicU64::new(0));
-    let counted = connections.clone();
+    let (connections, turned_away) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let on_connected = accept(svc, habit, connections.clone(), turned_away.clone());
     let task = tokio::spawn(async move {
-        let on_connected = move |stream, _peer| {
-            let svc = svc.clone();
-            counted.fetch_add(1, Ordering::Relaxed);
-            async move { Ok(Some((svc, HabitStream::new(stream, habit)))) }
-        };
         let _ = server.serve(&on_connected, |_err| {}).await;
     });
     TcpSim {
         addr,
         task,
         connections,
+        turned_away,
     }
 }
 
@@ -746,20 +786,16 @@ fn serve_listener(
     let addr = listener.local_addr().unwrap();
     let svc = service(devices, None);
     let server = tokio_modbus::server::tcp::Server::new(listener);
-    let connections = Arc::new(AtomicU64::new(0));
-    let counted = connections.clone();
+    let (connections, turned_away) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let on_connected = accept(svc, habit, connections.clone(), turned_away.clone());
     let task = tokio::spawn(async move {
-        let on_connected = move |stream, _peer| {
-            let svc = svc.clone();
-            counted.fetch_add(1, Ordering::Relaxed);
-            async move { Ok(Some((svc, HabitStream::new(stream, habit)))) }
-        };
         let _ = server.serve(&on_connected, |_err| {}).await;
     });
     TcpSim {
         addr,
         task,
         connections,
+        turned_away,
     }
 }
 

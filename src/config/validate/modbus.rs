@@ -15,6 +15,7 @@ use crate::config::limits;
 use crate::config::raw::{RawDevice, RawRtuBus, RawRtuTcpBus, RawTcpBus};
 use crate::config::types::{
     Bus, BusKind, Device, DeviceKind, ModbusDevice, ModbusRtu, ModbusRtuTcp, ModbusTcp, Parity,
+    TcpConnection,
 };
 use crate::config::units::{format_duration, rtu_min_silence};
 
@@ -48,6 +49,20 @@ impl Checker {
             &limits::REQUEST_TIMEOUT,
             ModbusTcp::DEFAULT_TIMEOUT,
         );
+        let connection = match &raw.connection {
+            None => Some(None),
+            Some(c) => self
+                .choice(
+                    file,
+                    c,
+                    "connection",
+                    &[
+                        ("per_device", TcpConnection::PerDevice),
+                        ("shared", TcpConnection::Shared),
+                    ],
+                )
+                .map(Some),
+        };
         let (name_span, name) = name?;
         Some((
             name_span,
@@ -56,6 +71,7 @@ impl Checker {
                 kind: BusKind::ModbusTcp(ModbusTcp {
                     address: address?,
                     timeout: timeout?,
+                    connection: connection?,
                 }),
             },
         ))

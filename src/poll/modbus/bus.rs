@@ -1,12 +1,15 @@
 //! The task of one Modbus bus: an RTU line, local or behind a serial device server
 //! (`modbus_rtu_tcp`), is one loop serving its devices strictly one request at a time; a TCP
-//! bus runs one loop and one connection per device.
+//! bus runs either one loop and one connection per device (`connection = "per_device"`) or
+//! one loop on one shared connection (`"shared"`, the default when the bus has more than one
+//! device).
 //!
-//! Why one connection per TCP device: tokio-modbus contexts carry one request at a time, and
-//! after a timeout a TCP context must be thrown away (#324), so a dead unit behind a gateway
-//! would otherwise stall and reconnect its healthy neighbours too. The cost is one connection
-//! per device; gateways that cap connections (often 4-16) need their devices split over
-//! fewer entries or a longer interval.
+//! The trade: tokio-modbus contexts carry one request at a time, and after a timeout a TCP
+//! context must be thrown away (#324), so on a shared connection a dead unit behind a gateway
+//! costs its neighbours one timeout per poll and a reconnect. Per device, a dead unit delays
+//! nobody, but every device takes a connection slot, and TCP-to-RS-485 gateways often accept
+//! only 1 to 4 connections for all their unit ids: one connection per device would keep
+//! being refused there, so several devices at one address share by default.
 //!
 //! Health: each loop registers a [`Beat`](crate::health::Beat) (`bus NAME` for RTU, `bus NAME
 //! device NAME` for TCP) and ticks it every turn, at least every second, also while its
@@ -18,7 +21,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Bus, BusKind, Device};
+use crate::config::{Bus, BusKind, Device, TcpConnection};
 use crate::health::Health;
 use crate::model::SampleSink;
 
@@ -60,6 +63,19 @@ pub async fn run_modbus_bus(
                 allowance(&polled, rtu_tcp::per_request(&settings)),
             );
             let link = RtuTcpLink::new(settings);
+            run_loop(&bus.name, link, polled, sink.as_ref(), &beat, &cancel).await;
+        }
+        BusKind::ModbusTcp(tcp) if tcp.connection_for(devices.len()) == TcpConnection::Shared => {
+            let polled: Vec<PolledDevice> = devices
+                .iter()
+                .filter_map(|d| PolledDevice::new(d, start))
+                .collect();
+            // Connecting and the request each get the timeout.
+            let beat = health.register(
+                format!("bus {}", bus.name),
+                allowance(&polled, tcp.timeout * 2),
+            );
+            let link = TcpLink::new(&tcp.address, tcp.timeout);
             run_loop(&bus.name, link, polled, sink.as_ref(), &beat, &cancel).await;
         }
         BusKind::ModbusTcp(tcp) => {

@@ -173,6 +173,7 @@ fn tcp_bus(address: std::net::SocketAddr) -> Bus {
         kind: BusKind::ModbusTcp(ModbusTcp {
             address: address.to_string(),
             timeout: Duration::from_millis(200),
+            connection: None,
         }),
     }
 }
