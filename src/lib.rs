@@ -14,6 +14,7 @@ pub mod model;
 pub mod poll;
 pub mod queue;
 pub mod signals;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod systemd;
 pub mod uplink;
