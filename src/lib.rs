@@ -13,6 +13,7 @@ pub mod logging;
 pub mod model;
 pub mod poll;
 pub mod signals;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod systemd;
 pub mod uplink;

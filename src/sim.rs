@@ -2,8 +2,10 @@
 //!
 //! Owns the in-process peers only: register banks, per-unit misbehaviour switches, and the
 //! TCP and RTU servers around them. It is part of the library (not test-only) because the
-//! demo ships it. It never touches the agent's state; the agent talks to it over a real
-//! socket or pseudo-terminal like to any device.
+//! demo ships it, but only with the `sim` feature (which `demo` enables, and tests and benches
+//! get from the crate's dev-dependency on itself): the packaged build leaves it and
+//! tokio-modbus' server code out. It never touches the agent's state; the agent talks to it
+//! over a real socket or pseudo-terminal like to any device.
 //!
 //! Behaviour per unit ([`Behaviour`]): answer normally, refuse with an exception, stay
 //! silent, answer late (always, or every n-th request), and on RTU emit garbage or a frame

@@ -10,6 +10,7 @@ use fieldlink::buffer::store::{Limits, ROW_OVERHEAD};
 use fieldlink::buffer::{IoDriver, Outbox, Settings};
 use fieldlink::config::{Durability, Replay, WhenFull};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 fn settings(dir: &Path, durability: Durability) -> Settings {
     Settings {
@@ -80,8 +81,20 @@ struct Model {
     crashed: bool,
 }
 
+/// A failing case is saved in the repository's `proptest-regressions/` (committed) and replayed
+/// first by every later run. Named directly: proptest's default looks for a `lib.rs` above the
+/// test file and, under `tests/`, finds none and writes next to the test instead.
+const REGRESSIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/proptest-regressions/buffer_durable.txt"
+);
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn durable_outbox_loses_nothing_it_spilled_or_committed_and_never_hands_out_a_record_twice(

@@ -9,6 +9,7 @@ use fieldlink::buffer::store::{protecting, Limits, Now, Store, FILE_NAME, ROW_OV
 use fieldlink::buffer::Record;
 use fieldlink::config::WhenFull;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 fn record(seq: u64, topic: &str, len: usize) -> Record {
     Record {
@@ -123,8 +124,20 @@ fn copy_db(from: &Path, to: &Path) {
     }
 }
 
+/// A failing case is saved in the repository's `proptest-regressions/` (committed) and replayed
+/// first by every later run. Named directly: proptest's default looks for a `lib.rs` above the
+/// test file and, under `tests/`, finds none and writes next to the test instead.
+const REGRESSIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/proptest-regressions/buffer_store.txt"
+);
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn store_matches_a_sorted_map_across_reopens_crashes_and_bounds(

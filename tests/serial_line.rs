@@ -671,6 +671,7 @@ mod properties {
     use fieldlink::poll::serial_line::codec::{Frame, LineCodec};
     use fieldlink::poll::serial_line::extract::{extract, select, Selection};
     use proptest::prelude::*;
+    use proptest::test_runner::FileFailurePersistence;
     use std::time::Duration;
 
     fn frames_of(terminator: &[u8], max_line: usize, chunks: &[Vec<u8>]) -> Vec<Frame> {
@@ -738,8 +739,20 @@ mod properties {
         }
     }
 
+    /// A failing case is saved in the repository's `proptest-regressions/` (committed) and replayed
+    /// first by every later run. Named directly: proptest's default looks for a `lib.rs` above the
+    /// test file and, under `tests/`, finds none and writes next to the test instead.
+    const REGRESSIONS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/proptest-regressions/serial_line.txt"
+    );
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig {
+            cases: 400,
+            failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn arbitrary_bytes_in_arbitrary_chunks_frame_the_same_and_never_panic(

@@ -27,8 +27,8 @@ pub fn listen_port() -> u16 {
     }
 }
 
-/// Starts `cmd` (a mosquitto) and waits until it accepts connections on `port`. `Err` if it
-/// exited first (its port was taken after all), with what it said.
+/// Starts `cmd` (a mosquitto) and waits until it listens on `port`. `Err` if it exited first
+/// (its port was taken after all), with what it said.
 pub fn spawn_listening(cmd: &mut Command, port: u16) -> Result<Child, String> {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -37,7 +37,14 @@ pub fn spawn_listening(cmd: &mut Command, port: u16) -> Result<Child, String> {
         .expect("start mosquitto");
     let start = Instant::now();
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        // A connection alone does not prove the listener is ours: a peer of a test running
+        // in parallel (a TCP sim, another suite's broker) can take the port between
+        // `listen_port` and mosquitto's bind; mosquitto then exits ("Address already in use")
+        // while the connection succeeds, and the test talks to the wrong peer (seen as a
+        // missing SUBACK in tests/signals.rs).
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && owns_listener(child.id(), port).unwrap_or(true)
+        {
             return Ok(child);
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -52,6 +59,38 @@ pub fn spawn_listening(cmd: &mut Command, port: u16) -> Result<Child, String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (the socket's inode
+/// from /proc/net/tcp among the process' descriptors). `None` where /proc cannot say (a
+/// descriptor table this user may not read): then the connection has to do. An empty table
+/// (a process exiting) says no.
+fn owns_listener(pid: u32, port: u16) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            // State 0A is LISTEN; field 9 is the socket's inode.
+            if local_port != port || *f.get(3)? != "0A" {
+                return None;
+            }
+            Some(format!("socket:[{}]", f.get(9)?))
+        })
+        .collect();
+    let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => fds,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return None,
+        // Gone, or a zombie (which holds no descriptors): not listening.
+        Err(_) => return Some(false),
+    };
+    Some(
+        fds.flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|link| inodes.iter().any(|i| link.as_os_str() == i.as_str())),
+    )
 }
 
 /// How a broker is configured beyond the listener.
@@ -70,7 +109,7 @@ pub struct Broker {
     options: Options,
 }
 
-fn mosquitto_bin() -> PathBuf {
+pub fn mosquitto_bin() -> PathBuf {
     for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
         if std::path::Path::new(p).exists() {
             return p.into();
