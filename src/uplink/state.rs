@@ -8,9 +8,12 @@
 //! - Backoff: exponential with full jitter. The n-th consecutive failure draws uniformly from
 //!   `[initial/2, min(max, initial * 2^n)]`; the floor of `initial/2` keeps an unlucky draw
 //!   from turning into a reconnect storm against a broker that refuses us.
-//! - The failure count resets once a connection has stayed up for `healthy_after`
-//!   (`min(2 x backoff_max, 60 s)`), so a link that flaps (up, then dead at once) keeps
-//!   backing off instead of hammering the broker.
+//! - The failure count resets once a connection has proved itself: it stayed up at least
+//!   twice as long as the wait before it (and at least [`PROVEN_UP_MIN`]), or for
+//!   `healthy_after` (`min(2 x backoff_max, 60 s)`) whatever the wait. A link that flaps (up,
+//!   then dead at once) keeps backing off instead of hammering the broker, while a path that
+//!   works but is cut now and then (a NAT or carrier that resets connections every 30 s, seen
+//!   in the chaos soak) reconnects after a short wait every time, not after the ceiling.
 //! - Health pacing ([`HealthPacer`]): besides its minute, the health topic goes out when
 //!   something an operator must hear about changed (link state, a trouble such as the
 //!   buffer's disk error appearing, changing or clearing, the dropped count starting to
@@ -36,6 +39,8 @@ pub const REMIND_EVERY: Duration = Duration::from_secs(600);
 const DEAD_AFTER_KEEP_ALIVES: f64 = 1.5;
 /// Upper bound on the healthy period after which the backoff starts again from `initial`.
 const HEALTHY_AFTER_MAX: Duration = Duration::from_secs(60);
+/// A connection shorter than this proves nothing, whatever the wait before it was.
+pub const PROVEN_UP_MIN: Duration = Duration::from_secs(5);
 
 /// When the broker was last heard from, and so when the link must be declared dead.
 #[derive(Debug, Clone)]
@@ -128,6 +133,8 @@ pub struct Link {
     backoff: Backoff,
     healthy_after: Duration,
     up_since: Option<Instant>,
+    /// The wait before the current (or last) attempt.
+    last_wait: Duration,
     connections: u64,
 }
 
@@ -137,6 +144,7 @@ impl Link {
             healthy_after: (max * 2).min(HEALTHY_AFTER_MAX),
             backoff: Backoff::new(initial, max, rng),
             up_since: None,
+            last_wait: Duration::ZERO,
             connections: 0,
         }
     }
@@ -150,11 +158,15 @@ impl Link {
     /// The link was lost (or an attempt failed): returns the delay before the next attempt.
     pub fn on_down(&mut self, now: Instant) -> Duration {
         if let Some(since) = self.up_since.take() {
-            if now.saturating_duration_since(since) >= self.healthy_after {
+            let proven = (self.last_wait * 2)
+                .max(PROVEN_UP_MIN)
+                .min(self.healthy_after);
+            if now.saturating_duration_since(since) >= proven {
                 self.backoff.reset();
             }
         }
-        self.backoff.next_delay()
+        self.last_wait = self.backoff.next_delay();
+        self.last_wait
     }
 
     pub fn is_up(&self) -> bool {
@@ -408,9 +420,9 @@ mod tests {
         }
         assert_eq!(link.backoff().ceiling(), secs(8.0));
 
-        // Up, but dead again before the healthy period: keep backing off.
+        // Up, but dead again at once: keep backing off.
         link.on_connected(Instant::now());
-        tokio::time::advance(secs(15.9)).await;
+        tokio::time::advance(secs(4.9)).await;
         link.on_down(Instant::now());
         assert_eq!(link.backoff().failures(), 5);
 
@@ -422,6 +434,38 @@ mod tests {
         assert_eq!(link.backoff().failures(), 1);
         assert_eq!(link.connections(), 2);
         assert_eq!(link.reconnects(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_cut_every_half_minute_reconnects_after_a_short_wait_every_time() {
+        let mut link = Link::new(secs(1.0), secs(60.0), fastrand::Rng::with_seed(7));
+        let mut waits = Vec::new();
+        for _ in 0..20 {
+            let wait = link.on_down(Instant::now());
+            waits.push(wait);
+            tokio::time::advance(wait).await;
+            link.on_connected(Instant::now());
+            tokio::time::advance(secs(30.0)).await;
+        }
+        assert!(
+            waits.iter().all(|&w| w <= secs(1.0)),
+            "every connection outlived twice its wait, so none escalates: {waits:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_lasts_no_longer_than_twice_its_wait_keeps_backing_off() {
+        let mut link = Link::new(secs(1.0), secs(60.0), fastrand::Rng::with_seed(11));
+        for _ in 0..6 {
+            link.on_down(Instant::now());
+        }
+        let before = link.backoff().failures();
+        let wait = link.on_down(Instant::now());
+        link.on_connected(Instant::now());
+        let proven = (wait * 2).max(PROVEN_UP_MIN).min(link.healthy_after());
+        tokio::time::advance(proven - secs(0.1)).await;
+        link.on_down(Instant::now());
+        assert_eq!(link.backoff().failures(), before + 2, "no reset");
     }
 
     #[test]
