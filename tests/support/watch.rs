@@ -1,5 +1,10 @@
 //! An MQTT subscriber (rumqttc) that records every message it sees, for assertions.
+//!
+//! It survives a broker restart: a clean session forgets the subscription, so every CONNACK
+//! after the first subscribes again (and [`Watch::subacks`] counts the SUBACKs, so a test
+//! can wait until the subscriber is back before letting the agent publish again).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +26,7 @@ impl Message {
 /// Subscribes to `filter` on the broker at `port` and keeps every message in arrival order.
 pub struct Watch {
     pub messages: Arc<Mutex<Vec<Message>>>,
+    subacks: Arc<AtomicU64>,
     client: AsyncClient,
     task: tokio::task::JoinHandle<()>,
 }
@@ -37,11 +43,25 @@ impl Watch {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (subacked_tx, subacked_rx) = tokio::sync::oneshot::channel();
         let sink = messages.clone();
+        let subacks = Arc::new(AtomicU64::new(0));
+        let subacks_seen = subacks.clone();
+        let resubscriber = client.clone();
+        let filter = filter.to_string();
         let task = tokio::spawn(async move {
             let mut subacked = Some(subacked_tx);
+            let mut connacks = 0u64;
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connacks += 1;
+                        // try_: this task is the one that drains the request channel, so an
+                        // awaited send could wait on itself.
+                        if connacks > 1 {
+                            let _ = resubscriber.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
+                        }
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subacks_seen.fetch_add(1, Ordering::SeqCst);
                         if let Some(tx) = subacked.take() {
                             let _ = tx.send(());
                         }
@@ -64,9 +84,15 @@ impl Watch {
             .unwrap();
         Watch {
             messages,
+            subacks,
             client,
             task,
         }
+    }
+
+    /// SUBACKs received: 1 after [`Watch::start`], one more after each resubscription.
+    pub fn subacks(&self) -> u64 {
+        self.subacks.load(Ordering::SeqCst)
     }
 
     pub fn snapshot(&self) -> Vec<Message> {
