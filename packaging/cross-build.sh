@@ -58,15 +58,17 @@ if [ "${SKIP_QEMU_TESTS:-0}" != 1 ]; then
     # a pty as a serial port is left out here (the x86_64 suite runs it): whole test files in
     # QEMU_SKIP_FILES, single tests by name substring in QEMU_SKIP. (The full-buffer
     # accounting test runs here again: the dropped counter is exact since issue 10.)
+    # soak (the chaos soak, tests/soak.rs) is left out as a whole: its RS-485 line and sensors
+    # are ptys, and its recovery and tail bounds are timings taken for a native agent.
     skip_args=""
     for s in ${QEMU_SKIP-rtu pty hung_up}; do skip_args="$skip_args --skip $s"; done
     test_args="--lib"
     for f in tests/*.rs; do
         name=$(basename "$f" .rs)
-        case " ${QEMU_SKIP_FILES-serial_line} " in *" $name "*) continue ;; esac
+        case " ${QEMU_SKIP_FILES-serial_line soak} " in *" $name "*) continue ;; esac
         test_args="$test_args --test $name"
     done
-    echo "cross-build: not under qemu (TCGETS2 unsupported by qemu-user): files ${QEMU_SKIP_FILES-serial_line}, tests matching$skip_args"
+    echo "cross-build: not under qemu (TCGETS2 unsupported by qemu-user): files ${QEMU_SKIP_FILES-serial_line soak}, tests matching$skip_args"
     # shellcheck disable=SC2086
     t $CARGO test --locked --no-fail-fast --target aarch64-unknown-linux-gnu $test_args -- $skip_args ${QEMU_TEST_ARGS:-}
 fi
