@@ -137,6 +137,8 @@ impl Settings {
 #[derive(Debug, Default, Clone)]
 pub struct KindStats {
     pub injected: u32,
+    /// Readings that arrived again, from the fault's start to the next fault's.
+    pub duplicates: u64,
     pub skipped: Option<String>,
     pub worst_recovery: Option<Duration>,
 }
@@ -190,15 +192,25 @@ impl Report {
             self.wall.as_secs_f64(),
             self.boots
         );
-        let _ = writeln!(t, "| fault | injected | worst recovery |");
-        let _ = writeln!(t, "|---|---|---|");
+        let _ = writeln!(
+            t,
+            "| fault | injected | worst recovery | duplicates after it |"
+        );
+        let _ = writeln!(t, "|---|---|---|---|");
         for (kind, s) in &self.kinds {
             let worst = match (&s.skipped, s.worst_recovery) {
                 (Some(why), _) => format!("skipped: {why}"),
                 (None, Some(d)) => format!("{:.2} s", d.as_secs_f64()),
                 (None, None) => "-".into(),
             };
-            let _ = writeln!(t, "| {} | {} | {} |", kind.name(), s.injected, worst);
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} |",
+                kind.name(),
+                s.injected,
+                worst,
+                s.duplicates
+            );
         }
         let _ = writeln!(t);
         let _ = writeln!(t, "| readings | count |");
@@ -757,8 +769,10 @@ response_timeout = "200ms"
             .map(|d| format!("{}/{d}/", self.prefix))
             .collect();
         let agent_since = since_ms + self.offset_ms();
+        let mut cursor = from;
         loop {
-            let msgs = self.watch.messages.lock().unwrap()[from..].to_vec();
+            let msgs = self.watch.messages.lock().unwrap()[cursor..].to_vec();
+            cursor += msgs.len();
             let hit = msgs.iter().filter_map(parse).any(|s| {
                 s.good && s.ts_ms >= agent_since && topics.iter().any(|t| s.topic.starts_with(t))
             });
@@ -992,6 +1006,8 @@ pub async fn run(settings: Settings) -> Report {
     };
     let mut done = 0usize;
     let mut pending = order.into_iter();
+    // Where each fault's messages begin, to put duplicates down to the fault before them.
+    let mut windows: Vec<(usize, Kind)> = Vec::new();
     loop {
         if settings.max_faults.is_some_and(|m| done >= m) || started.elapsed() >= settings.duration
         {
@@ -1004,6 +1020,7 @@ pub async fn run(settings: Settings) -> Report {
         let hold = draw(&mut rng, settings.hold);
         tokio::time::sleep(gap).await;
         let from = rig.watch.messages.lock().unwrap().len();
+        windows.push((from, kind));
         let t0 = Instant::now();
         match rig.inject(kind, hold, &mut rng).await {
             Err(why) if why.starts_with("EFFECT") => {
@@ -1043,6 +1060,16 @@ pub async fn run(settings: Settings) -> Report {
     }
 
     settle(&mut rig, &settings, &mut report).await;
+    let mut first_seen = std::collections::HashSet::new();
+    for (i, m) in rig.watch.snapshot().iter().enumerate() {
+        let Some(s) = parse(m) else { continue };
+        if !first_seen.insert((s.boot, s.seq)) {
+            let window = windows.partition_point(|(start, _)| *start <= i);
+            if let Some((_, kind)) = window.checked_sub(1).map(|w| windows[w]) {
+                report.kinds.get_mut(&kind).unwrap().duplicates += 1;
+            }
+        }
+    }
     report.wall = started.elapsed();
     report
 }
