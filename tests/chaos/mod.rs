@@ -543,7 +543,7 @@ impl Rig {
         let broker = tokio::task::block_in_place(Broker::start);
         let proxy = Proxy::start(broker.port).await;
         let prefix = crate::support::agent::prefix("soak");
-        let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+        let watch = Watch::start_surviving_restarts(broker.port, &format!("{prefix}/#")).await;
 
         let new_device = |unit: u8| {
             let d = SimDevice::new(unit);

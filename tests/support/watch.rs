@@ -1,8 +1,11 @@
 //! An MQTT subscriber (rumqttc) that records every message it sees, for assertions.
 //!
-//! It survives a broker restart: a clean session forgets the subscription, so every CONNACK
-//! after the first subscribes again (and [`Watch::subacks`] counts the SUBACKs, so a test
-//! can wait until the subscriber is back before letting the agent publish again).
+//! [`Watch::start_surviving_restarts`] makes one that survives a broker restart: a clean
+//! session forgets the subscription, so every CONNACK after the first subscribes again (and
+//! [`Watch::subacks`] counts the SUBACKs, so a test can wait until the subscriber is back
+//! before letting the agent publish again). A plain [`Watch::start`] stays deaf after a
+//! restart, which suites that start a fresh watcher on the new broker rely on (a resubscribing
+//! old one would see every message twice).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +38,15 @@ impl Watch {
     /// Connects, subscribes and returns once the SUBACK has arrived (so nothing published
     /// afterwards is missed, and retained messages are delivered).
     pub async fn start(port: u16, filter: &str) -> Watch {
+        Watch::connect(port, filter, false).await
+    }
+
+    /// Like [`Watch::start`], but subscribes again after every reconnect.
+    pub async fn start_surviving_restarts(port: u16, filter: &str) -> Watch {
+        Watch::connect(port, filter, true).await
+    }
+
+    async fn connect(port: u16, filter: &str, resubscribe: bool) -> Watch {
         let mut opts = MqttOptions::new(super::unique("watch"), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
@@ -56,7 +68,7 @@ impl Watch {
                         connacks += 1;
                         // try_: this task is the one that drains the request channel, so an
                         // awaited send could wait on itself.
-                        if connacks > 1 {
+                        if resubscribe && connacks > 1 {
                             let _ = resubscriber.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
                         }
                     }
