@@ -822,23 +822,31 @@ response_timeout = "200ms"
                 self.proxy.set(Mode::Blackhole);
                 let dialed = self.proxy.accepted();
                 // The agent dials again once it has declared the link dead (1.5 x keep-alive).
-                crate::support::wait_until(
-                    "the agent to give up the blackholed link",
-                    Duration::from_secs(20),
-                    || (self.proxy.accepted() > dialed).then_some(()),
-                )
+                let gave_up = poll_for(EFFECT_DEADLINE, || {
+                    (self.proxy.accepted() > dialed).then_some(())
+                })
                 .await;
                 let subacks = self.watch.subacks();
-                tokio::task::block_in_place(|| self.broker.restart());
-                crate::support::wait_until(
-                    "the subscriber to subscribe again",
-                    Duration::from_secs(20),
-                    || (self.watch.subacks() > subacks).then_some(()),
-                )
+                if gave_up.is_some() {
+                    tokio::task::block_in_place(|| self.broker.restart());
+                }
+                let back = poll_for(EFFECT_DEADLINE, || {
+                    (self.watch.subacks() > subacks).then_some(())
+                })
                 .await;
                 tokio::time::sleep(hold).await;
                 self.proxy.set(Mode::Pass);
                 self.proxy.drop_blackholed();
+                if gave_up.is_none() {
+                    return Err(format!(
+                        "EFFECT: the agent did not give up the blackholed link within {EFFECT_DEADLINE:?}"
+                    ));
+                }
+                if back.is_none() {
+                    return Err(format!(
+                        "EFFECT: the subscriber did not subscribe again within {EFFECT_DEADLINE:?}"
+                    ));
+                }
             }
             Kind::Blackhole => {
                 self.proxy.set(Mode::Blackhole);
