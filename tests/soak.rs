@@ -26,6 +26,13 @@ async fn a_short_chaos_soak_delivers_or_counts_every_reading() {
     let table = report.table();
     println!("{table}");
     assert!(report.violations.is_empty(), "{table}");
+    // Early in a run the buffer's WAL is still growing, so a full disk must be noticed (a
+    // long run may fill it when the WAL has room left: the agent then needs no new block).
+    let disk = &report.kinds[&chaos::Kind::DiskFull];
+    assert!(
+        disk.noticed.is_none_or(|n| n > 0),
+        "the agent never reported the full disk\n{table}"
+    );
     for (kind, stats) in &report.kinds {
         assert!(
             stats.injected > 0 || stats.skipped.is_some(),

@@ -137,6 +137,8 @@ impl Settings {
 #[derive(Debug, Default, Clone)]
 pub struct KindStats {
     pub injected: u32,
+    /// Disk full only: how many times the agent needed the disk meanwhile and said so.
+    pub noticed: Option<u32>,
     /// Readings that arrived again, from the fault's start to the next fault's.
     pub duplicates: u64,
     pub skipped: Option<String>,
@@ -203,11 +205,15 @@ impl Report {
                 (None, Some(d)) => format!("{:.2} s", d.as_secs_f64()),
                 (None, None) => "-".into(),
             };
+            let injected = match s.noticed {
+                Some(n) => format!("{} (the agent noticed {n})", s.injected),
+                None => s.injected.to_string(),
+            };
             let _ = writeln!(
                 t,
                 "| {} | {} | {} | {} |",
                 kind.name(),
-                s.injected,
+                injected,
                 worst,
                 s.duplicates
             );
@@ -470,6 +476,8 @@ struct Rig {
     clock: Result<FakeClock, String>,
     disk: Result<Disk, String>,
     ticker: JoinHandle<()>,
+    /// Disk-full faults during which the agent reported its store unusable.
+    disk_noticed: u32,
     _config_home: tempfile::TempDir,
     _serial_dir: tempfile::TempDir,
     /// Per agent process: pid, start, RSS span.
@@ -728,6 +736,7 @@ response_timeout = "200ms"
             clock,
             disk,
             ticker,
+            disk_noticed: 0,
             _config_home: config_home,
             _serial_dir: serial_dir,
             rss: vec![RssSpan {
@@ -916,15 +925,21 @@ response_timeout = "200ms"
                 let before = self.log_count("disk buffer unavailable");
                 disk.fill()
                     .map_err(|e| format!("cannot fill the tmpfs: {e}"))?;
-                // The agent says so once per spell: a spell that began in an earlier fault
-                // (the store is retried only every 30 s) is still on.
-                if !self.disk_error_on() {
-                    self.log_effect("disk buffer unavailable", before, "the disk error logged")
-                        .await?;
-                }
-                tokio::time::sleep(hold).await;
+                // The agent only notices when it needs a new block: once its WAL has grown,
+                // commits reuse its pages, so a full disk may well not disturb it at all. It
+                // says so once per spell, and a spell that began in an earlier fault (the
+                // store is retried every 30 s) may still be on.
+                let deadline = Instant::now() + hold;
+                let noticed = poll_for(hold, || {
+                    (self.log_count("disk buffer unavailable") > before || self.disk_error_on())
+                        .then_some(())
+                })
+                .await
+                .is_some();
+                tokio::time::sleep_until(deadline.into()).await;
                 let disk = self.disk.as_ref().map_err(|e| e.clone())?;
                 disk.free();
+                self.disk_noticed += u32::from(noticed);
             }
         }
         Ok((all, Instant::now(), now_ms()))
@@ -1032,6 +1047,7 @@ pub async fn run(settings: Settings) -> Report {
         let t0 = Instant::now();
         match rig.inject(kind, hold, &mut rng).await {
             Err(why) if why.starts_with("EFFECT") => {
+                eprintln!("chaos soak: VIOLATION {}: {why}", kind.name());
                 report.violations.push(format!("{}: {why}", kind.name()));
             }
             Err(why) => {
@@ -1052,7 +1068,10 @@ pub async fn run(settings: Settings) -> Report {
                         );
                         stats.worst_recovery = Some(stats.worst_recovery.map_or(d, |w| w.max(d)));
                     }
-                    Err(e) => report.violations.push(format!("{}: {e}", kind.name())),
+                    Err(e) => {
+                        eprintln!("chaos soak: VIOLATION {}: {e}", kind.name());
+                        report.violations.push(format!("{}: {e}", kind.name()));
+                    }
                 }
             }
         }
@@ -1068,6 +1087,9 @@ pub async fn run(settings: Settings) -> Report {
     }
 
     settle(&mut rig, &settings, &mut report).await;
+    if rig.disk.is_ok() {
+        report.kinds.get_mut(&Kind::DiskFull).unwrap().noticed = Some(rig.disk_noticed);
+    }
     let mut first_seen = std::collections::HashSet::new();
     for (i, m) in rig.watch.snapshot().iter().enumerate() {
         let Some(s) = parse(m) else { continue };
