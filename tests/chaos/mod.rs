@@ -157,6 +157,8 @@ pub struct KindStats {
     pub duplicates: u64,
     pub skipped: Option<String>,
     pub worst_recovery: Option<Duration>,
+    /// Recoveries that missed [`RECOVERY_DEADLINE`] (violations; not in `worst_recovery`).
+    pub timed_out: u32,
 }
 
 /// One agent process's memory: VmRSS after warm-up and at its last quiet moment.
@@ -218,6 +220,13 @@ impl Report {
                 (Some(why), _) => format!("skipped: {why}"),
                 (None, Some(d)) => format!("{:.2} s", d.as_secs_f64()),
                 (None, None) => "-".into(),
+            };
+            let worst = match s.timed_out {
+                0 => worst,
+                n => format!(
+                    "> {} s ({n} times); else {worst}",
+                    RECOVERY_DEADLINE.as_secs()
+                ),
             };
             let injected = match s.noticed {
                 Some(n) => format!("{} (the agent noticed {n})", s.injected),
@@ -1083,6 +1092,7 @@ pub async fn run(settings: Settings) -> Report {
                         stats.worst_recovery = Some(stats.worst_recovery.map_or(d, |w| w.max(d)));
                     }
                     Err(e) => {
+                        stats.timed_out += 1;
                         eprintln!("chaos soak: VIOLATION {}: {e}", kind.name());
                         report.violations.push(format!("{}: {e}", kind.name()));
                     }
