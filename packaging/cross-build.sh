@@ -56,14 +56,16 @@ if [ "${SKIP_QEMU_TESTS:-0}" != 1 ]; then
     # through CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER by tests/support/bin.rs.
     # qemu-user 7.2 cannot set a serial port's baud rate (TCGETS2 -> ENOSYS), so whatever opens
     # a pty as a serial port is left out here (the x86_64 suite runs it): whole test files in
-    # QEMU_SKIP_FILES (config_run: every test there has an RTU bus), single tests by name
-    # substring in QEMU_SKIP. `before_the_config` (tests/signals.rs) waits until the program
-    # has blocked SIGHUP, read from /proc/<pid>/status; under qemu-user that pid is qemu,
-    # which catches every signal itself from its first instruction, so the test cannot tell
-    # when the guest took charge and its SIGHUP lands on a guest that has not.
+    # QEMU_SKIP_FILES (config_run: every test there has an RTU bus; soak, the chaos soak: its
+    # RS-485 line and sensors are ptys, and its recovery and tail bounds are timings taken for
+    # a native agent), single tests by name substring in QEMU_SKIP. `before_the_config`
+    # (tests/signals.rs) waits until the program has blocked SIGHUP, read from
+    # /proc/<pid>/status; under qemu-user that pid is qemu, which catches every signal itself
+    # from its first instruction, so the test cannot tell when the guest took charge and its
+    # SIGHUP lands on a guest that has not.
     skip_args=""
     for s in ${QEMU_SKIP-rtu pty hung_up before_the_config}; do skip_args="$skip_args --skip $s"; done
-    skip_files=${QEMU_SKIP_FILES-serial_line config_run}
+    skip_files=${QEMU_SKIP_FILES-serial_line config_run soak}
     test_args="--lib"
     for f in tests/*.rs; do
         name=$(basename "$f" .rs)
@@ -73,7 +75,7 @@ if [ "${SKIP_QEMU_TESTS:-0}" != 1 ]; then
     echo "cross-build: not under qemu (TCGETS2 unsupported by qemu-user): files $skip_files, tests matching$skip_args"
     # Every wait in the tests has a deadline, but a hang under emulation must still not eat
     # the CI budget: the whole emulated run gets QEMU_TEST_TIMEOUT seconds (default 25 min;
-    # the suite takes about 6 under qemu here).
+    # the suite takes about 8 under qemu here).
     # shellcheck disable=SC2086
     t timeout --kill-after=30 "${QEMU_TEST_TIMEOUT:-1500}" \
         $CARGO test --locked --no-fail-fast --target aarch64-unknown-linux-gnu $test_args -- $skip_args ${QEMU_TEST_ARGS:-}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine or here: installs what the tests need if
-# it is missing (mosquitto, socat, a Python venv with pymodbus), then runs every test.
+# it is missing (mosquitto, socat, libfaketime, a Python venv with pymodbus), then runs every test.
 # Usage: tests/run.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,8 @@ missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v socat >/dev/null || missing+=(socat)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The chaos soak (tests/soak.rs) fakes a wall-clock step with it (LD_PRELOAD).
+compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || missing+=(libfaketime)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   as_root apt-get update -qq

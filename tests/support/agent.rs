@@ -92,6 +92,7 @@ pub struct Agent {
     exit: Option<ExitStatus>,
     pub config: ConfigDir,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     earlier_stderr: Vec<String>,
 }
 
@@ -110,11 +111,16 @@ fn use_state_dir(cmd: &mut Command, dir: &Path) {
 
 /// Spawns `fieldlink run --config <config> <extra_args>` with the config's folder as its
 /// state directory; returns the child and its captured stdout and stderr.
-fn spawn_run(config: &ConfigDir, extra_args: &[String]) -> (Child, Lines, Lines) {
+fn spawn_run(
+    config: &ConfigDir,
+    extra_args: &[String],
+    env: &[(String, String)],
+) -> (Child, Lines, Lines) {
     let mut args = vec!["run", "--config", config.path_str()];
     args.extend(extra_args.iter().map(String::as_str));
     let mut cmd = command(&args);
     use_state_dir(&mut cmd, config.dir.path());
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -134,6 +140,12 @@ impl Agent {
 
     /// Starts `fieldlink run --config <config>`, plus `extra_args`.
     pub fn start_with(config: ConfigDir, extra_args: &[&str]) -> Agent {
+        Agent::start_with_env(config, extra_args, &[])
+    }
+
+    /// Like [`Agent::start_with`], with more environment (kept for [`Agent::restart`]), e.g.
+    /// an `LD_PRELOAD` that fakes the wall clock.
+    pub fn start_with_env(config: ConfigDir, extra_args: &[&str], env: &[(&str, &str)]) -> Agent {
         // A typo in a test's config should fail here, saying so, not as a timeout later.
         if let Err(errors) = fieldlink::config::load(&config.path) {
             panic!(
@@ -142,7 +154,11 @@ impl Agent {
             );
         }
         let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
-        let (child, stdout, stderr) = spawn_run(&config, &extra_args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, stdout, stderr) = spawn_run(&config, &extra_args, &env);
         Agent {
             child,
             stderr,
@@ -150,6 +166,7 @@ impl Agent {
             exit: None,
             config,
             extra_args,
+            env,
             earlier_stderr: Vec::new(),
         }
     }
@@ -162,7 +179,7 @@ impl Agent {
             self.try_exit().is_some(),
             "restart() needs the previous agent to have exited (sigkill or wait_exit first)"
         );
-        let (child, stdout, stderr) = spawn_run(&self.config, &self.extra_args);
+        let (child, stdout, stderr) = spawn_run(&self.config, &self.extra_args, &self.env);
         self.earlier_stderr.extend(self.stderr.snapshot());
         self.child = child;
         self.stdout = stdout;

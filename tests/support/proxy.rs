@@ -92,6 +92,21 @@ impl Proxy {
         *self.shared.mode.borrow()
     }
 
+    /// Closes the sockets of blackholed connections (both sides), as a NAT that forgot a
+    /// flow answers the next packet with a reset: the peers learn the path is gone.
+    pub fn drop_blackholed(&self) {
+        for parked in self.shared.graveyard.lock().unwrap().drain(..) {
+            if let Some(client) = parked.downcast_ref::<TcpStream>() {
+                rst(client);
+            } else if let Some((from, to)) =
+                parked.downcast_ref::<(OwnedReadHalf, OwnedWriteHalf)>()
+            {
+                rst(from.as_ref());
+                rst(to.as_ref());
+            }
+        }
+    }
+
     /// Resets both sides of every live connection (RST, not FIN).
     pub fn reset_all(&self) {
         self.shared.resets.send_modify(|n| *n += 1);

@@ -1,5 +1,13 @@
 //! An MQTT subscriber (rumqttc) that records every message it sees, for assertions.
+//!
+//! [`Watch::start_surviving_restarts`] makes one that survives a broker restart: a clean
+//! session forgets the subscription, so every CONNACK after the first subscribes again (and
+//! [`Watch::subacks`] counts the SUBACKs, so a test can wait until the subscriber is back
+//! before letting the agent publish again). A plain [`Watch::start`] stays deaf after a
+//! restart, which suites that start a fresh watcher on the new broker rely on (a resubscribing
+//! old one would see every message twice).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +29,7 @@ impl Message {
 /// Subscribes to `filter` on the broker at `port` and keeps every message in arrival order.
 pub struct Watch {
     pub messages: Arc<Mutex<Vec<Message>>>,
+    subacks: Arc<AtomicU64>,
     client: AsyncClient,
     task: tokio::task::JoinHandle<()>,
 }
@@ -29,6 +38,15 @@ impl Watch {
     /// Connects, subscribes and returns once the SUBACK has arrived (so nothing published
     /// afterwards is missed, and retained messages are delivered).
     pub async fn start(port: u16, filter: &str) -> Watch {
+        Watch::connect(port, filter, false).await
+    }
+
+    /// Like [`Watch::start`], but subscribes again after every reconnect.
+    pub async fn start_surviving_restarts(port: u16, filter: &str) -> Watch {
+        Watch::connect(port, filter, true).await
+    }
+
+    async fn connect(port: u16, filter: &str, resubscribe: bool) -> Watch {
         let mut opts = MqttOptions::new(super::unique("watch"), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
@@ -37,11 +55,25 @@ impl Watch {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (subacked_tx, subacked_rx) = tokio::sync::oneshot::channel();
         let sink = messages.clone();
+        let subacks = Arc::new(AtomicU64::new(0));
+        let subacks_seen = subacks.clone();
+        let resubscriber = client.clone();
+        let filter = filter.to_string();
         let task = tokio::spawn(async move {
             let mut subacked = Some(subacked_tx);
+            let mut connacks = 0u64;
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connacks += 1;
+                        // try_: this task is the one that drains the request channel, so an
+                        // awaited send could wait on itself.
+                        if resubscribe && connacks > 1 {
+                            let _ = resubscriber.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
+                        }
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subacks_seen.fetch_add(1, Ordering::SeqCst);
                         if let Some(tx) = subacked.take() {
                             let _ = tx.send(());
                         }
@@ -64,9 +96,15 @@ impl Watch {
             .unwrap();
         Watch {
             messages,
+            subacks,
             client,
             task,
         }
+    }
+
+    /// SUBACKs received: 1 after [`Watch::start`], one more after each resubscription.
+    pub fn subacks(&self) -> u64 {
+        self.subacks.load(Ordering::SeqCst)
     }
 
     pub fn snapshot(&self) -> Vec<Message> {
