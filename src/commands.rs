@@ -307,7 +307,6 @@ pub fn format_read_report(report: &ReadReport) -> String {
 /// decoded, so an integrator can compare against the device's manual (byte order, scale) at
 /// a glance.
 fn format_modbus_read(report: &ModbusReadReport) -> String {
-    use crate::poll::RawData;
     let mut out = String::new();
     let _ = writeln!(out, "device {}:", report.device);
     for (i, r) in report.requests.iter().enumerate() {
@@ -319,13 +318,8 @@ fn format_modbus_read(report: &ModbusReadReport) -> String {
             r.elapsed.as_secs_f64() * 1000.0
         );
         match &r.outcome {
-            Ok(RawData::Registers(words)) => {
-                let hex: Vec<String> = words.iter().map(|w| format!("{w:04X}")).collect();
-                let _ = writeln!(out, "{}", hex.join(" "));
-            }
-            Ok(RawData::Bits(bits)) => {
-                let b: String = bits.iter().map(|&b| if b { '1' } else { '0' }).collect();
-                let _ = writeln!(out, "{b}");
+            Ok(raw) => {
+                let _ = writeln!(out, "{}", format_raw(raw));
             }
             Err(crate::poll::RequestFailure::Exception(e))
                 if *e == crate::poll::ExceptionCode::IllegalDataAddress
@@ -395,11 +389,7 @@ fn format_line_read(report: &LineReadReport) -> String {
                 for point in points {
                     match &point.value {
                         Ok(value) => {
-                            let unit = point
-                                .unit
-                                .as_deref()
-                                .map(|u| format!(" {u}"))
-                                .unwrap_or_default();
+                            let unit = unit_suffix(point.unit.as_deref());
                             let _ = writeln!(
                                 out,
                                 "  {:<20} = {}{unit}",
@@ -416,6 +406,25 @@ fn format_line_read(report: &LineReadReport) -> String {
         }
     }
     out
+}
+
+/// Registers as hex words, bits as 0/1: how the commissioning reports show raw data.
+fn format_raw(raw: &crate::poll::RawData) -> String {
+    match raw {
+        crate::poll::RawData::Registers(words) => words
+            .iter()
+            .map(|w| format!("{w:04X}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        crate::poll::RawData::Bits(bits) => {
+            bits.iter().map(|&b| if b { '1' } else { '0' }).collect()
+        }
+    }
+}
+
+/// " V" for a point with a unit, "" without.
+fn unit_suffix(unit: Option<&str>) -> String {
+    unit.map(|u| format!(" {u}")).unwrap_or_default()
 }
 
 fn format_value(v: &crate::model::Value) -> String {
@@ -533,13 +542,8 @@ fn format_write_report(
     report: &crate::poll::modbus::write::WriteReport,
 ) -> (String, bool) {
     use crate::poll::modbus::write::{describe_write, read_back_request};
-    use crate::poll::RawData;
     let mut out = String::new();
-    let unit_of = point
-        .unit
-        .as_deref()
-        .map(|u| format!(" {u}"))
-        .unwrap_or_default();
+    let unit_of = unit_suffix(point.unit.as_deref());
     let _ = writeln!(
         out,
         "device {device} (unit {unit}), point {}: writing {}{unit_of}",
@@ -566,13 +570,8 @@ fn format_write_report(
     };
     let _ = write!(out, "  {}: ", describe_read(&read_back_request(point)));
     match &back.raw {
-        Ok(RawData::Registers(words)) => {
-            let hex: Vec<String> = words.iter().map(|w| format!("{w:04X}")).collect();
-            let _ = write!(out, "{}", hex.join(" "));
-        }
-        Ok(RawData::Bits(bits)) => {
-            let b: String = bits.iter().map(|&b| if b { '1' } else { '0' }).collect();
-            let _ = write!(out, "{b}");
+        Ok(raw) => {
+            let _ = write!(out, "{}", format_raw(raw));
         }
         Err(why) => {
             let _ = write!(out, "{why}");

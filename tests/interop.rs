@@ -124,31 +124,29 @@ async fn all_values_arrive(watch: &Watch, prefix: &str, device: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn the_agent_reads_a_pymodbus_tcp_server_right() {
-    let py = PyModbus::tcp(&register_map(3));
+/// Runs the agent with `bus` (a `[[bus]]` table named "peer") and the device `py` of `unit`
+/// on it, and waits for every point's value and `online`.
+async fn reads_right(bus: &str, unit: u8, name: &str) {
     let broker = Broker::start();
-    let prefix = agent::prefix("py-tcp");
+    let prefix = agent::prefix(name);
     let toml = format!(
-        r#"{}
-[[bus]]
-name = "plc"
-type = "modbus_tcp"
-address = "{}"
-timeout = "500ms"
-
-[[device]]
-name = "py"
-bus = "plc"
-unit = 3
-interval = "200ms"
-{POINTS}"#,
-        agent::head(broker.port, &prefix),
-        py.address()
+        "{}\n{bus}\n[[device]]\nname = \"py\"\nbus = \"peer\"\nunit = {unit}\n\
+         interval = \"200ms\"\n{POINTS}",
+        agent::head(broker.port, &prefix)
     );
     let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
     let _agent = Agent::start(&toml);
     all_values_arrive(&watch, &prefix, "py").await;
+}
+
+#[tokio::test]
+async fn the_agent_reads_a_pymodbus_tcp_server_right() {
+    let py = PyModbus::tcp(&register_map(3));
+    let bus = format!(
+        "[[bus]]\nname = \"peer\"\ntype = \"modbus_tcp\"\naddress = \"{}\"\ntimeout = \"500ms\"",
+        py.address()
+    );
+    reads_right(&bus, 3, "py-tcp").await;
 }
 
 /// A serial device server in raw TCP mode (USR-TCP232, Moxa NPort) carries RTU frames, CRC
@@ -156,58 +154,23 @@ interval = "200ms"
 #[tokio::test]
 async fn the_agent_reads_a_pymodbus_server_speaking_rtu_frames_over_tcp_right() {
     let py = PyModbus::rtu_tcp(&register_map(4));
-    let broker = Broker::start();
-    let prefix = agent::prefix("py-rtu-tcp");
-    let toml = format!(
-        r#"{}
-[[bus]]
-name = "gw"
-type = "modbus_rtu_tcp"
-address = "{}"
-response_timeout = "500ms"
-
-[[device]]
-name = "py"
-bus = "gw"
-unit = 4
-interval = "200ms"
-{POINTS}"#,
-        agent::head(broker.port, &prefix),
+    let bus = format!(
+        "[[bus]]\nname = \"peer\"\ntype = \"modbus_rtu_tcp\"\naddress = \"{}\"\n\
+         response_timeout = \"500ms\"",
         py.address()
     );
-    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
-    let _agent = Agent::start(&toml);
-    all_values_arrive(&watch, &prefix, "py").await;
+    reads_right(&bus, 4, "py-rtu-tcp").await;
 }
 
 #[tokio::test]
 async fn the_agent_reads_a_pymodbus_rtu_server_over_a_socat_pty_pair_right() {
     let pty = PtyPair::start();
     let py = PyModbus::rtu(&register_map(9), &pty.sim, 19200);
-    let broker = Broker::start();
-    let prefix = agent::prefix("py-rtu");
-    let toml = format!(
-        r#"{}
-[[bus]]
-name = "rs485"
-type = "modbus_rtu"
-path = "{}"
-baud = 19200
-parity = "none"
-response_timeout = "500ms"
-inter_request_delay = "10ms"
-
-[[device]]
-name = "py"
-bus = "rs485"
-unit = 9
-interval = "200ms"
-{POINTS}"#,
-        agent::head(broker.port, &prefix),
+    let bus = format!(
+        "[[bus]]\nname = \"peer\"\ntype = \"modbus_rtu\"\npath = \"{}\"\nbaud = 19200\n\
+         parity = \"none\"\nresponse_timeout = \"500ms\"\ninter_request_delay = \"10ms\"",
         agent::path_str(&pty.agent)
     );
-    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
-    let _agent = Agent::start(&toml);
-    all_values_arrive(&watch, &prefix, "py").await;
+    reads_right(&bus, 9, "py-rtu").await;
     drop(py);
 }

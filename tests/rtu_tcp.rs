@@ -108,11 +108,7 @@ async fn a_device_server_that_closes_the_connection_after_every_reply_keeps_its_
         .await;
     assert!(sim.connections() >= 5, "a fresh connection per request");
     for device in ["u5", "u6"] {
-        let statuses: Vec<String> = watch
-            .on(&format!("{prefix}/{device}/status"))
-            .into_iter()
-            .map(|m| m.payload)
-            .collect();
+        let statuses = expect::statuses(&watch, &format!("{prefix}/{device}/status"));
         assert!(
             statuses.iter().all(|s| s == "online"),
             "{device} never went offline: {statuses:?}"

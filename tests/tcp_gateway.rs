@@ -72,11 +72,7 @@ async fn a_gateway_with_one_connection_slot_keeps_all_five_units_online() {
     );
     assert_eq!(sim.connections(), 1, "one connection, kept");
     for id in ids {
-        let statuses: Vec<String> = watch
-            .on(&format!("{prefix}/u{id}/status"))
-            .into_iter()
-            .map(|m| m.payload)
-            .collect();
+        let statuses = expect::statuses(&watch, &format!("{prefix}/u{id}/status"));
         assert!(
             statuses.iter().all(|s| s == "online"),
             "u{id}: {statuses:?}"
@@ -113,11 +109,7 @@ async fn a_silent_unit_on_a_shared_connection_goes_offline_alone() {
         watch
             .wait_for(&topic, DEADLINE, |_| watch.on(&topic).len() >= before + 3)
             .await;
-        let statuses: Vec<String> = watch
-            .on(&format!("{prefix}/u{id}/status"))
-            .into_iter()
-            .map(|m| m.payload)
-            .collect();
+        let statuses = expect::statuses(&watch, &format!("{prefix}/u{id}/status"));
         assert!(
             statuses.iter().all(|s| s == "online"),
             "u{id}: {statuses:?}"

@@ -47,3 +47,8 @@ pub async fn status(watch: &Watch, topic: &str, word: &str, deadline: Duration) 
     })
     .await
 }
+
+/// Every status word published on `topic` so far, in order.
+pub fn statuses(watch: &Watch, topic: &str) -> Vec<String> {
+    watch.on(topic).into_iter().map(|m| m.payload).collect()
+}
