@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fieldlink::buffer::{Outbox, ReadingNumber};
+use fieldlink::queue::{Outbox, ReadingNumber};
 use fieldlink::config::{
     DataType, Deadband, PayloadMode, Point, ReportByException, Table, WordOrder,
 };
