@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::{self, Durable};
 use crate::config::Config;
 use crate::health::Health;
-use crate::model::SampleSink;
+use crate::model::{CommandSink, SampleSink};
 use crate::queue::Outbox;
 use crate::systemd::Notifier;
 use crate::uplink::{self, Publisher};
+use crate::writes::router::Router;
 
 /// How long bus tasks get to finish the request they are in after polling is stopped.
 const BUS_STOP_GRACE: Duration = Duration::from_millis(500);
@@ -49,6 +50,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     let outbox = Arc::new(Outbox::with_buffer(durable));
     report_to_health(&health, &outbox);
     let publisher: Arc<dyn SampleSink> = Arc::new(Publisher::new(&config.mqtt, outbox.clone()));
+    // Only with a writable point does the agent subscribe to commands at all.
+    let commands = Router::new(&config, publisher.clone()).map(Arc::new);
 
     let polling = CancellationToken::new();
     let mut buses = JoinSet::new();
@@ -63,6 +66,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
             devices,
             publisher.clone(),
             health.clone(),
+            commands.clone(),
             polling.clone(),
         ));
     }
@@ -72,6 +76,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         config.mqtt.clone(),
         outbox.clone(),
         health.clone(),
+        commands.map(|c| c as Arc<dyn CommandSink>),
         uplink_stop.clone(),
     ));
 

@@ -507,7 +507,7 @@ pub fn write(
     let admitted = gate::admit(
         point,
         command,
-        crate::writes::DEFAULT_COMMAND_MAX_AGE,
+        crate::config::Mqtt::DEFAULT_COMMAND_MAX_AGE,
         None,
         clocks,
     )

@@ -99,6 +99,16 @@ pub enum Sample {
     PollDone {
         device: Arc<str>,
     },
+    /// A point's value read back right after a write: published at once, past any deadband,
+    /// and it replaces the point's value in a poll batch that was read before the write.
+    WrittenValue(Reading),
+    /// The answer to one command, on `…/<device>/<point>/set/result`: `result` is its JSON,
+    /// made by `writes::payload`.
+    CommandResult {
+        device: Arc<str>,
+        point: Arc<str>,
+        result: Vec<u8>,
+    },
 }
 
 pub fn unix_ms_now() -> u64 {
@@ -112,4 +122,12 @@ pub fn unix_ms_now() -> u64 {
 /// block (a slow or dead link must not slow the buses down).
 pub trait SampleSink: Send + Sync {
     fn send(&self, sample: Sample);
+}
+
+/// Where the uplink hands a command it received on `<prefix>/<device>/<point>/set`.
+/// Implemented by the command router (`writes::router`); must never block the link.
+pub trait CommandSink: Send + Sync {
+    /// `retained`: the broker delivered it as a retained message (it was there before we
+    /// subscribed), which must not run.
+    fn command(&self, device: &str, point: &str, payload: &[u8], retained: bool);
 }

@@ -136,6 +136,15 @@ pub const MIN_WRITE_INTERVAL: DurationRange = DurationRange {
     example: "1s",
 };
 
+/// `[mqtt] command_max_age`: how old a command may be (by its sender's `ts`) and still run.
+/// Below a second, clock skew between sender and gateway alone would refuse commands.
+pub const COMMAND_MAX_AGE: DurationRange = DurationRange {
+    min: seconds(1),
+    max: seconds(DAY),
+    what: "the age after which a command is not run",
+    example: "30s",
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,7 @@ pub struct RawMqtt {
     pub queue_capacity: Option<Spanned<i64>>,
     pub deadband: Option<Spanned<DeadbandText>>,
     pub max_interval: Option<Spanned<HumanDuration>>,
+    pub command_max_age: Option<Spanned<HumanDuration>>,
 }
 
 /// `[mqtt.tls]`: its presence turns TLS on.

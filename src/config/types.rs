@@ -69,6 +69,8 @@ pub struct Mqtt {
     pub queue_capacity: usize,
     /// `deadband` (+ `max_interval`): report by exception; `None` publishes every reading.
     pub report: Option<ReportByException>,
+    /// A command whose sender's `ts` is older than this is not run (writes from MQTT).
+    pub command_max_age: Duration,
 }
 
 /// The defaults of `[mqtt]`: the validator fills them in, `config/fieldlink.toml` shows them
@@ -84,6 +86,7 @@ impl Mqtt {
     pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
     pub const DEFAULT_PAYLOAD: PayloadMode = PayloadMode::Json;
     pub const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
+    pub const DEFAULT_COMMAND_MAX_AGE: Duration = Duration::from_secs(30);
 }
 
 /// Report by exception: a point's reading is published only when it moved past the deadband

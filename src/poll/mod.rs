@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Bus, BusKind, Device, DeviceKind};
 use crate::health::Health;
 use crate::model::SampleSink;
+use crate::writes::router::Router;
 
 pub use commission::ReadOnceError;
 pub use modbus::commission::{ModbusReadReport, PointReport, RequestFailure, RequestReport};
@@ -30,13 +31,15 @@ pub use modbus::scheduler::{BACKOFF_MAX, BACKOFF_MIN};
 pub use modbus::{ExceptionCode, LinkError, RawData};
 pub use serial_line::commission::{LineEvent, LinePointValue, LineReadReport};
 
-/// Polls every device of `bus` until `cancel` fires. Serial buses serve one request at a
+/// Polls every device of `bus` until `cancel` fires, and runs the commands `commands` routes
+/// to them between two requests. Serial buses serve one request at a
 /// time; TCP devices run in parallel. Never returns early on device or transport errors.
 pub async fn run_bus(
     bus: Bus,
     devices: Vec<Device>,
     sink: Arc<dyn SampleSink>,
     health: Arc<Health>,
+    commands: Option<Arc<Router>>,
     cancel: CancellationToken,
 ) {
     match bus.kind {
@@ -44,7 +47,7 @@ pub async fn run_bus(
             serial_line::run_serial_line_bus(bus, devices, sink, health, cancel).await;
         }
         BusKind::ModbusRtu(_) | BusKind::ModbusTcp(_) | BusKind::ModbusRtuTcp(_) => {
-            modbus::bus::run_modbus_bus(bus, devices, sink, health, cancel).await;
+            modbus::bus::run_modbus_bus(bus, devices, sink, health, commands, cancel).await;
         }
     }
 }

@@ -7,7 +7,9 @@
 //! failures as typed causes and in words), `broker_check` (after each connect: did the broker
 //! keep our retained messages, does it deliver ours), `republish` (the retained state we
 //! own, put back when a broker lost it), `quarantine` (finding a record the broker will
-//! never take).
+//! never take), `subscriptions` (which subscription a SUBACK answers). Commands received on
+//! `…/set` are handed to a [`CommandSink`](crate::model::CommandSink) at once; what they do
+//! is the business of `writes`.
 //!
 //! Owns the path from a [`Sample`] to the broker. Must not touch the buses, the config file or
 //! systemd: it reports link state through [`Health`] and nothing else.
@@ -22,6 +24,7 @@ pub mod report;
 mod republish;
 mod session_end;
 pub mod state;
+mod subscriptions;
 mod tls;
 pub mod topic;
 mod user_timeout;
@@ -92,6 +95,11 @@ impl Publisher {
         });
     }
 
+    fn push_command_result(&self, device: &str, point: &str, result: Vec<u8>) {
+        let topic = topic::command_result_topic(&self.prefix, device, point);
+        self.outbox.push(topic, crate::model::unix_ms_now(), result);
+    }
+
     fn push_availability(&self, device: &str, online: bool) {
         let topic = topic::device_status_topic(&self.prefix, device);
         self.outbox.push(
@@ -142,6 +150,12 @@ impl SampleSink for Publisher {
                     self.push_availability(&device, online)
                 }
                 Sample::PollDone { .. } => {}
+                Sample::WrittenValue(reading) => self.push_reading(&reading),
+                Sample::CommandResult {
+                    device,
+                    point,
+                    result,
+                } => self.push_command_result(&device, &point, result),
             }
             return;
         };
@@ -172,6 +186,27 @@ impl SampleSink for Publisher {
                     self.push_batch(&mut shaping, &device, batch);
                 }
             }
+            Sample::WrittenValue(reading) => {
+                if let Some(filter) = &mut shaping.filter {
+                    filter.published(&reading);
+                }
+                if self.payload == PayloadMode::Device {
+                    // The batch of a poll that was read before the write must not put the old
+                    // value back when it is published.
+                    if let Some(batch) = shaping.batches.get_mut(&reading.device) {
+                        batch.retain(|r| r.point != reading.point);
+                    }
+                    let device = reading.device.clone();
+                    self.push_batch(&mut shaping, &device, vec![reading]);
+                } else {
+                    self.push_reading(&reading);
+                }
+            }
+            Sample::CommandResult {
+                device,
+                point,
+                result,
+            } => self.push_command_result(&device, &point, result),
             Sample::DeviceAvailability { device, online } => {
                 if !online {
                     if let Some(filter) = &mut shaping.filter {
@@ -208,6 +243,7 @@ mod tests {
             payload,
             queue_capacity: 100,
             report: None,
+            command_max_age: Duration::from_secs(30),
         }
     }
 

@@ -50,10 +50,12 @@ use super::quarantine::{GiveUp, Quarantine};
 use super::republish::RepublishSet;
 use super::session_end::{Failure, LogLine, SessionEnd, UnackedRecord};
 use super::state::{ComplaintPacer, HealthFacts, HealthPacer, KeepAliveWatch, Link, Say};
+use super::subscriptions::{Purpose, Subscriptions};
 use super::topic::{self, OutboxFacts};
 use super::user_timeout;
 use crate::config::Mqtt;
 use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
+use crate::model::CommandSink;
 use crate::queue::{Outbox, Record};
 
 /// Records and republishes handed to rumqttc and not yet settled (see `delivery`).
@@ -81,6 +83,9 @@ struct Settings {
     tls: Option<Arc<rustls::ClientConfig>>,
     status_topic: String,
     health_topic: String,
+    command_filter: String,
+    /// Where commands go; `None`: no point is writable, and we do not subscribe.
+    commands: Option<Arc<dyn CommandSink>>,
     /// `host:port`, for messages.
     broker: String,
 }
@@ -116,6 +121,7 @@ pub async fn run(
     cfg: Mqtt,
     outbox: Arc<Outbox>,
     health: Arc<Health>,
+    commands: Option<Arc<dyn CommandSink>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = match &cfg.tls {
@@ -131,6 +137,8 @@ pub async fn run(
         },
         status_topic: topic::gateway_status_topic(&cfg.prefix),
         health_topic: topic::health_topic(&cfg.prefix),
+        command_filter: topic::command_filter(&cfg.prefix),
+        commands,
         broker: format!("{}:{}", cfg.host, cfg.port),
         tls,
         cfg,
@@ -275,6 +283,7 @@ struct Session<'a> {
     /// Records taken from the outbox and not handed to rumqttc yet: a suspect waits here
     /// until it can go alone (see `quarantine`), and what was taken after it waits behind.
     held: VecDeque<Record>,
+    subscriptions: Subscriptions,
     birth_written_at: Option<Instant>,
     birth_sent: bool,
     birth_acked: bool,
@@ -372,6 +381,7 @@ impl<'a> Session<'a> {
             connected_at: now,
             delivery: Delivery::new(RECORD_WINDOW),
             held: VecDeque::new(),
+            subscriptions: Subscriptions::default(),
             birth_written_at: None,
             birth_sent: false,
             birth_acked: false,
@@ -425,6 +435,15 @@ impl<'a> Session<'a> {
             self.client
                 .try_subscribe(&self.settings.status_topic, QoS::AtMostOnce)
                 .map_err(|e| diagnose::client_refused(&e))?;
+            self.subscriptions.asked(Purpose::BrokerCheck);
+        }
+        // Every connection subscribes afresh (clean session), so the broker never hands us a
+        // command queued while we were away.
+        if self.settings.commands.is_some() {
+            self.client
+                .try_subscribe(&self.settings.command_filter, QoS::AtLeastOnce)
+                .map_err(|e| diagnose::client_refused(&e))?;
+            self.subscriptions.asked(Purpose::Commands);
         }
         let mut health_timer =
             tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
@@ -616,11 +635,16 @@ impl<'a> Session<'a> {
                             .return_codes
                             .iter()
                             .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
-                        self.check.on_suback(granted, now);
+                        match self.subscriptions.acknowledged(ack.pkid) {
+                            Some(Purpose::BrokerCheck) => self.check.on_suback(granted, now),
+                            Some(Purpose::Commands) => self.on_commands_suback(granted),
+                            None => {}
+                        }
                     }
                     Packet::Publish(p) if p.topic == self.settings.status_topic => {
                         self.check.on_own_status(p.retain);
                     }
+                    Packet::Publish(p) => self.on_command(&p),
                     _ => {}
                 }
             }
@@ -635,9 +659,37 @@ impl<'a> Session<'a> {
                     Written::AwaitingAck(_) => {}
                 }
             }
+            Event::Outgoing(Outgoing::Subscribe(pkid)) => self.subscriptions.written(pkid),
             Event::Outgoing(_) => {}
         }
         Ok(())
+    }
+
+    fn on_commands_suback(&mut self, granted: bool) {
+        if granted {
+            tracing::debug!(filter = %self.settings.command_filter, "subscribed to commands");
+        } else {
+            tracing::warn!(
+                filter = %self.settings.command_filter,
+                "the broker refused our subscription to commands: writes from MQTT cannot \
+                 reach this gateway; give its MQTT user read access to {} in the broker's ACL",
+                self.settings.command_filter
+            );
+        }
+    }
+
+    /// A publish on a command topic goes to the router; anything else is not ours.
+    fn on_command(&self, publish: &rumqttc::Publish) {
+        let Some(commands) = &self.settings.commands else {
+            return;
+        };
+        let topic = publish.topic.as_str();
+        match topic::command_target(&self.settings.cfg.prefix, topic) {
+            Some((device, point)) => {
+                commands.command(device, point, &publish.payload, publish.retain)
+            }
+            None => tracing::debug!(topic, "ignored a message on a topic we do not serve"),
+        }
     }
 
     /// A publish is done: acknowledged (QoS 1) or written (QoS 0).
@@ -741,7 +793,8 @@ impl<'a> Session<'a> {
         }
         // Retained only while no newer reading of the same topic exists, so a replayed
         // record never overwrites a newer retained value.
-        let retain = self.outbox.is_newest(&record);
+        let retain = self.outbox.is_newest(&record)
+            && topic::retained_when_newest(&self.settings.cfg.prefix, &record.topic);
         self.client
             .try_publish(
                 &record.topic,

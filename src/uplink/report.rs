@@ -70,6 +70,18 @@ impl ExceptionFilter {
         true
     }
 
+    /// `reading` is published whatever the deadband says (a value read back after a write):
+    /// the next readings are compared with it.
+    pub fn published(&mut self, reading: &Reading) {
+        self.last.entry(reading.device.clone()).or_default().insert(
+            reading.point.clone(),
+            LastPublished {
+                value: reading.value.clone(),
+                ts_ms: reading.ts_ms,
+            },
+        );
+    }
+
     /// The device went offline: its next readings are published whatever they are, so a
     /// consumer sees fresh values after the outage even if nothing moved.
     pub fn forget_device(&mut self, device: &str) {

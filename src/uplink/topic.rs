@@ -65,6 +65,38 @@ pub fn gateway_status_topic(prefix: &str) -> String {
     format!("{prefix}/status")
 }
 
+/// `<prefix>/+/+/set`: what the agent subscribes to when a point is writable. One level per
+/// device and point, so `…/set/result` (one level more) is never taken for a command.
+pub fn command_filter(prefix: &str) -> String {
+    format!("{prefix}/+/+/set")
+}
+
+/// The device and point a command topic names (`<prefix>/<device>/<point>/set`), or `None`
+/// for any other topic.
+pub fn command_target<'t>(prefix: &str, topic: &'t str) -> Option<(&'t str, &'t str)> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let rest = rest.strip_suffix("/set")?;
+    let (device, point) = rest.split_once('/')?;
+    (!device.is_empty() && !point.is_empty() && !point.contains('/')).then_some((device, point))
+}
+
+/// `<prefix>/<device>/<point>/set/result`: one result per command, never retained (a retained
+/// result would answer a command nobody sent to the next subscriber).
+pub fn command_result_topic(prefix: &str, device: &str, point: &str) -> String {
+    format!("{prefix}/{device}/{point}/set/result")
+}
+
+/// Whether a record on `topic` goes out retained when it is the newest of its topic:
+/// everything but command results (four levels below the prefix, where readings, statuses and
+/// meta have one or two, so a device named `set` with a point named `result` stays retained).
+pub fn retained_when_newest(prefix: &str, topic: &str) -> bool {
+    let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+        return true;
+    };
+    let levels: Vec<&str> = rest.split('/').collect();
+    !matches!(levels.as_slice(), [_, _, "set", "result"])
+}
+
 /// `<prefix>/health`: retained JSON about the link and the outbox.
 pub fn health_topic(prefix: &str) -> String {
     format!("{prefix}/health")
@@ -264,6 +296,32 @@ pub fn health_payload(report: &HealthReport, outbox: OutboxFacts, ts_ms: u64) ->
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn command_topics_name_one_device_and_one_point() {
+        use super::{command_target, retained_when_newest};
+        assert_eq!(
+            command_target("fl/gw", "fl/gw/hvac/setpoint/set"),
+            Some(("hvac", "setpoint"))
+        );
+        assert_eq!(
+            command_target("fl/gw", "fl/gw/hvac/setpoint/set/result"),
+            None
+        );
+        assert_eq!(command_target("fl/gw", "fl/gw/hvac/set"), None);
+        assert_eq!(command_target("fl/gw", "fl/gw2/hvac/setpoint/set"), None);
+        assert_eq!(command_target("fl/gw", "fl/gw//setpoint/set"), None);
+        assert!(!retained_when_newest(
+            "fl/gw",
+            "fl/gw/hvac/setpoint/set/result"
+        ));
+        assert!(retained_when_newest("fl/gw", "fl/gw/set/result"));
+        assert!(retained_when_newest("fl/gw", "fl/gw/hvac/setpoint"));
+        assert!(retained_when_newest(
+            "fl/gw",
+            "other/hvac/setpoint/set/result"
+        ));
+    }
+
     use std::sync::Arc;
 
     use super::*;

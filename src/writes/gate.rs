@@ -55,6 +55,13 @@ pub enum Refusal {
     Expired { late_ms: u64, why: &'static str },
     #[error("{0}")]
     NotEncodable(#[from] EncodeError),
+    #[error(
+        "no bus task serves this device now (the agent is starting or stopping, or its bus \
+         could not be opened: see the log)"
+    )]
+    NotServed,
+    #[error("too many commands are waiting for this device's bus: send it again in a moment")]
+    Busy,
 }
 
 impl Refusal {
@@ -115,15 +122,7 @@ pub fn admit(
             return Err(Refusal::AboveMax { value: v, max });
         }
     }
-    if let Some(last) = last_write {
-        let since = clocks.now.saturating_duration_since(last);
-        if since < policy.min_write_interval {
-            return Err(Refusal::TooSoon {
-                since_ms: since.as_millis(),
-                interval_ms: policy.min_write_interval.as_millis(),
-            });
-        }
-    }
+    spaced(point, last_write, clocks.now)?;
     let encoded = match point.table {
         Table::Coil => Encoded::Coil(encode_bit(point, &requested)?),
         _ => Encoded::Registers(encode_registers(point, &requested)?),
@@ -134,6 +133,23 @@ pub fn admit(
         encoded,
         deadline_ms,
     })
+}
+
+/// `min_write_interval`: `Err` when `point` was written (at `last_write`) less than its
+/// interval before `now`. Checked at admission, and again by the bus right before the write,
+/// since a command may have waited behind another write of the same point.
+pub fn spaced(point: &Point, last_write: Option<Instant>, now: Instant) -> Result<(), Refusal> {
+    let (Some(policy), Some(last)) = (&point.write, last_write) else {
+        return Ok(());
+    };
+    let since = now.saturating_duration_since(last);
+    if since < policy.min_write_interval {
+        return Err(Refusal::TooSoon {
+            since_ms: since.as_millis(),
+            interval_ms: policy.min_write_interval.as_millis(),
+        });
+    }
+    Ok(())
 }
 
 /// Switch words sent as strings (`"ON"`, `"off"`, `"true"`) and 0 / 1 mean a bool on a bool

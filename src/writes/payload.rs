@@ -139,6 +139,17 @@ fn json_value(v: &Json) -> Option<Value> {
     }
 }
 
+/// The `id` of an envelope that is not a valid command (an unknown key, a bad field), so
+/// even its refusal can be matched by the sender.
+pub fn id_of(payload: &[u8]) -> Option<String> {
+    let json: Json = serde_json::from_slice(payload).ok()?;
+    match json.get("id")? {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 fn number(n: &Number) -> Value {
     if let Some(i) = n.as_i64() {
         Value::Int(i)

@@ -136,6 +136,15 @@ impl Watch {
         .await
     }
 
+    /// Publishes `payload` on `topic` at QoS 1 from this client (its own subscription sees it
+    /// too when the filter matches).
+    pub async fn publish(&self, topic: &str, payload: &str, retain: bool) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+
     pub async fn stop(self) {
         let _ = self.client.disconnect().await;
         self.task.abort();

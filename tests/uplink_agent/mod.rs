@@ -38,6 +38,7 @@ pub fn mqtt(port: u16, prefix: &str, keep_alive: Duration) -> Mqtt {
         payload: PayloadMode::Json,
         queue_capacity: 100_000,
         report: None,
+        command_max_age: Duration::from_secs(30),
     }
 }
 
@@ -68,6 +69,7 @@ impl Agent {
             cfg.clone(),
             outbox.clone(),
             health.clone(),
+            None,
             shutdown.clone(),
         ));
         Agent {

@@ -207,6 +207,13 @@ impl Checker {
             &limits::CONNECT_TIMEOUT,
             Mqtt::DEFAULT_CONNECT_TIMEOUT,
         );
+        let command_max_age = self.duration_or(
+            file,
+            &raw.command_max_age,
+            "command_max_age",
+            &limits::COMMAND_MAX_AGE,
+            Mqtt::DEFAULT_COMMAND_MAX_AGE,
+        );
         let backoff_initial = self.duration_or(
             file,
             &raw.backoff_initial,
@@ -275,6 +282,7 @@ impl Checker {
             payload: payload?,
             queue_capacity: queue_capacity?,
             report: report?,
+            command_max_age: command_max_age?,
         })
     }
 

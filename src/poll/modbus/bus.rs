@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Bus, BusKind, Device, TcpConnection};
 use crate::health::Health;
 use crate::model::SampleSink;
+use crate::writes::inbox::Inbox;
+use crate::writes::router::Router;
 
 use super::rtu::RtuLink;
 use super::rtu_tcp::{self, RtuTcpLink};
@@ -38,8 +40,14 @@ pub async fn run_modbus_bus(
     devices: Vec<Device>,
     sink: Arc<dyn SampleSink>,
     health: Arc<Health>,
+    commands: Option<Arc<Router>>,
     cancel: CancellationToken,
 ) {
+    let inbox = |names: &[&Device]| {
+        commands.as_ref().map_or_else(Inbox::none, |router| {
+            router.inbox(names.iter().map(|d| d.name.as_str()))
+        })
+    };
     let start = tokio::time::Instant::now();
     match bus.kind {
         BusKind::ModbusRtu(rtu) => {
@@ -51,7 +59,17 @@ pub async fn run_modbus_bus(
             let beat =
                 health.register(format!("bus {}", bus.name), allowance(&polled, per_request));
             let link = RtuLink::new(&bus.name, rtu);
-            run_loop(&bus.name, link, polled, sink.as_ref(), &beat, &cancel).await;
+            let mut inbox = inbox(&devices.iter().collect::<Vec<_>>());
+            run_loop(
+                &bus.name,
+                link,
+                polled,
+                &mut inbox,
+                sink.as_ref(),
+                &beat,
+                &cancel,
+            )
+            .await;
         }
         BusKind::ModbusRtuTcp(settings) => {
             let polled: Vec<PolledDevice> = devices
@@ -63,7 +81,17 @@ pub async fn run_modbus_bus(
                 allowance(&polled, rtu_tcp::per_request(&settings)),
             );
             let link = RtuTcpLink::new(settings);
-            run_loop(&bus.name, link, polled, sink.as_ref(), &beat, &cancel).await;
+            let mut inbox = inbox(&devices.iter().collect::<Vec<_>>());
+            run_loop(
+                &bus.name,
+                link,
+                polled,
+                &mut inbox,
+                sink.as_ref(),
+                &beat,
+                &cancel,
+            )
+            .await;
         }
         BusKind::ModbusTcp(tcp) if tcp.connection_for(devices.len()) == TcpConnection::Shared => {
             let polled: Vec<PolledDevice> = devices
@@ -76,7 +104,17 @@ pub async fn run_modbus_bus(
                 allowance(&polled, tcp.timeout * 2),
             );
             let link = TcpLink::new(&tcp.address, tcp.timeout);
-            run_loop(&bus.name, link, polled, sink.as_ref(), &beat, &cancel).await;
+            let mut inbox = inbox(&devices.iter().collect::<Vec<_>>());
+            run_loop(
+                &bus.name,
+                link,
+                polled,
+                &mut inbox,
+                sink.as_ref(),
+                &beat,
+                &cancel,
+            )
+            .await;
         }
         BusKind::ModbusTcp(tcp) => {
             let mut loops = JoinSet::new();
@@ -91,9 +129,11 @@ pub async fn run_modbus_bus(
                     allowance(&polled, tcp.timeout * 2),
                 );
                 let link = TcpLink::new(&tcp.address, tcp.timeout);
+                let mut inbox = inbox(&[&device]);
                 let (bus_name, sink, cancel) = (bus.name.clone(), sink.clone(), cancel.clone());
                 loops.spawn(async move {
-                    run_loop(&bus_name, link, polled, sink.as_ref(), &beat, &cancel).await;
+                    let sink = sink.as_ref();
+                    run_loop(&bus_name, link, polled, &mut inbox, sink, &beat, &cancel).await;
                 });
             }
             while loops.join_next().await.is_some() {}

@@ -13,10 +13,10 @@ use crate::poll::commission::ReadOnceError;
 
 use super::link::{ExceptionCode, LinkError, ModbusLink, RawData};
 use super::plan::{plan_groups, ReadRequest};
+use super::reads::decode_point;
 use super::reads::{Slot, SlotChange};
 use super::rtu::RtuLink;
 use super::rtu_tcp::RtuTcpLink;
-use super::scheduler::decode_point;
 use super::tcp::TcpLink;
 
 /// One request of a [`read_once`], as it went.

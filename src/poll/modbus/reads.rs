@@ -20,7 +20,9 @@
 //! answer; `H` is whatever the caller tracks per read (the poll loop's health, or nothing).
 
 use crate::config::Point;
+use crate::model::Value;
 
+use super::codec::{decode_bit, decode_registers};
 use super::link::{ExceptionCode, RawData};
 use super::plan::ReadRequest;
 
@@ -226,6 +228,25 @@ impl<H: Default> Slot<H> {
             self.reads = std::mem::take(&mut split.waiting);
             split.next_try_in = Some(split.period);
         }
+    }
+}
+
+/// Decodes one point from its request's data; the error is a sentence for logs and reports.
+pub(crate) fn decode_point(
+    point: &Point,
+    request: &ReadRequest,
+    raw: &RawData,
+) -> Result<Value, String> {
+    let offset = request.offset_of(point);
+    match raw {
+        RawData::Registers(words) => words
+            .get(offset..)
+            .ok_or_else(|| format!("register {} is outside the read", point.address))
+            .and_then(|w| decode_registers(point, w).map_err(|e| e.to_string())),
+        RawData::Bits(bits) => bits
+            .get(offset)
+            .ok_or_else(|| format!("bit {} is outside the read", point.address))
+            .and_then(|&b| decode_bit(point, b).map_err(|e| e.to_string())),
     }
 }
 

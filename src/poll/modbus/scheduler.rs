@@ -54,10 +54,11 @@ use crate::health::Beat;
 use crate::model::{unix_ms_now, Quality, Reading, Sample, SampleSink, Value};
 use crate::poll::backoff;
 
-use super::codec::{decode_bit, decode_registers};
 use super::link::{ExceptionCode, LinkError, ModbusLink, RawData};
 use super::plan::{plan_groups, ReadRequest};
-use super::reads::{Slot, SlotChange};
+use super::reads::{decode_point, Slot, SlotChange};
+use super::write::run_command;
+use crate::writes::inbox::Inbox;
 
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -204,6 +205,13 @@ impl PolledDevice {
         self.probe_at.map_or(due, |p| p.max(due))
     }
 
+    /// A write read `point` back good: the next bad read of it is news again.
+    fn forget_quality(&mut self, point: &str) {
+        if let Some(p) = self.point_names.iter().position(|n| n.as_ref() == point) {
+            self.point_quality[p] = None;
+        }
+    }
+
     fn reads_mut(&mut self) -> impl Iterator<Item = &mut ReadHealth> {
         self.groups
             .iter_mut()
@@ -221,16 +229,19 @@ struct PollEnd {
     failure: Option<(LinkError, bool)>,
 }
 
-/// Serves `devices` over `link` until `cancel` fires.
+/// Serves `devices` over `link` until `cancel` fires, and the commands of `inbox` between two
+/// requests, ahead of any poll still due.
 pub(crate) async fn run_loop<L: ModbusLink>(
     bus: &str,
     mut link: L,
     mut devices: Vec<PolledDevice>,
+    inbox: &mut Inbox,
     sink: &dyn SampleSink,
     beat: &Beat,
     cancel: &CancellationToken,
 ) {
     let mut served: u64 = 0;
+    let mut written = Vec::new();
     let tick = link.watch_period().map_or(IDLE_TICK, |p| p.min(IDLE_TICK));
     loop {
         beat.tick();
@@ -245,6 +256,15 @@ pub(crate) async fn run_loop<L: ModbusLink>(
                     group.next_due = retry_at;
                 }
                 mark_offline(bus, dev, &lost, retry_at, true, sink);
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = run_waiting(bus, &mut link, inbox, sink, &mut written) => {}
+        }
+        for (device, point) in written.drain(..) {
+            if let Some(dev) = devices.iter_mut().find(|d| d.name == device) {
+                dev.forget_quality(&point);
             }
         }
         let now = Instant::now();
@@ -264,6 +284,7 @@ pub(crate) async fn run_loop<L: ModbusLink>(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = sleep_until(now + tick) => continue,
+                _ = inbox.arrival(sink) => continue,
             }
         };
         let wake = link.not_before().map_or(due, |t| t.max(due));
@@ -271,13 +292,14 @@ pub(crate) async fn run_loop<L: ModbusLink>(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = sleep_until(wake.min(now + tick)) => continue,
+                _ = inbox.arrival(sink) => continue,
             }
         }
         served += 1;
         devices[d].groups[g].last_served = served;
         let end = tokio::select! {
             _ = cancel.cancelled() => return,
-            end = poll_group(bus, &mut link, &mut devices[d], g, sink) => end,
+            end = poll_group(bus, &mut link, &mut devices[d], g, inbox, sink, &mut written) => end,
         };
         let not_before = link.not_before();
         after_poll(bus, &mut devices[d], g, end, not_before, sink);
@@ -287,12 +309,29 @@ pub(crate) async fn run_loop<L: ModbusLink>(
     }
 }
 
+/// Runs every command waiting in `inbox`; the points read back good go to `written`.
+async fn run_waiting<L: ModbusLink>(
+    bus: &str,
+    link: &mut L,
+    inbox: &mut Inbox,
+    sink: &dyn SampleSink,
+    written: &mut Vec<(Arc<str>, Arc<str>)>,
+) {
+    while let Some(command) = inbox.next_due(sink) {
+        if let Some(point) = run_command(bus, link, command, inbox, sink).await {
+            written.push(point);
+        }
+    }
+}
+
 async fn poll_group<L: ModbusLink>(
     bus: &str,
     link: &mut L,
     dev: &mut PolledDevice,
     g: usize,
+    inbox: &mut Inbox,
     sink: &dyn SampleSink,
+    written: &mut Vec<(Arc<str>, Arc<str>)>,
 ) -> PollEnd {
     dev.polls += 1;
     let poll = dev.polls;
@@ -312,6 +351,18 @@ async fn poll_group<L: ModbusLink>(
                 }
                 read.state.polled_in = poll;
                 let request = read.request.clone();
+                // A command waits for one request at most, not for the whole poll.
+                inbox.collect(sink);
+                if inbox.has_waiting() {
+                    run_waiting(bus, link, inbox, sink, written).await;
+                    written.retain(|(device, point)| {
+                        let ours = *device == dev.name;
+                        if ours {
+                            dev.forget_quality(point);
+                        }
+                        !ours
+                    });
+                }
                 let result = link.read(dev.unit, &request).await;
                 let ts_ms = unix_ms_now();
                 let slot = &mut dev.groups[g].slots[s];
@@ -650,23 +701,4 @@ fn mark_offline(
         device: dev.name.clone(),
         online: false,
     });
-}
-
-/// Decodes one point from its request's data; the error is a sentence for logs and reports.
-pub(crate) fn decode_point(
-    point: &Point,
-    request: &ReadRequest,
-    raw: &RawData,
-) -> Result<Value, String> {
-    let offset = request.offset_of(point);
-    match raw {
-        RawData::Registers(words) => words
-            .get(offset..)
-            .ok_or_else(|| format!("register {} is outside the read", point.address))
-            .and_then(|w| decode_registers(point, w).map_err(|e| e.to_string())),
-        RawData::Bits(bits) => bits
-            .get(offset)
-            .ok_or_else(|| format!("bit {} is outside the read", point.address))
-            .and_then(|&b| decode_bit(point, b).map_err(|e| e.to_string())),
-    }
 }

@@ -4,19 +4,23 @@
 //!
 //! Used by `fieldlink write` (commissioning) and by the bus task for commands from MQTT.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Bus, BusKind, Device, Point, Table, WriteFunction};
-use crate::model::Value;
+use crate::model::{unix_ms_now, Reading, Sample, SampleSink, Value};
 use crate::poll::commission::ReadOnceError;
+use crate::writes::command::{answer, Queued};
+use crate::writes::inbox::Inbox;
+use crate::writes::payload::Status;
 
 use super::codec::Encoded;
 use super::commission::RequestFailure;
 use super::link::{LinkError, ModbusLink, RawData, WriteData, WriteRequest};
 use super::plan::ReadRequest;
+use super::reads::decode_point;
 use super::rtu::RtuLink;
 use super::rtu_tcp::RtuTcpLink;
-use super::scheduler::decode_point;
 use super::tcp::TcpLink;
 
 /// What one write did.
@@ -121,6 +125,80 @@ fn failure(e: &LinkError) -> RequestFailure {
     RequestFailure::Link {
         kind: e.kind(),
         message: e.to_string(),
+    }
+}
+
+/// Runs one command from MQTT on the bus loop's link: the write, the read-back published as
+/// the point's new reading, the result, and an audit line in the log. Returns the point when
+/// it was read back good, so the loop can forget that it had published it bad.
+pub(crate) async fn run_command<L: ModbusLink>(
+    bus: &str,
+    link: &mut L,
+    command: Queued,
+    inbox: &Inbox,
+    sink: &dyn SampleSink,
+) -> Option<(Arc<str>, Arc<str>)> {
+    let target = &command.target;
+    let report = write_point(link, target.unit, &target.point, &command.admitted.encoded).await;
+    let reached_the_wire = report.read_back.is_some()
+        || !matches!(&report.written, Err(RequestFailure::Link { kind, .. }) if *kind == "unreachable");
+    if reached_the_wire {
+        inbox.wrote(target, Instant::now());
+    }
+    let read_back = report
+        .read_back
+        .as_ref()
+        .and_then(|r| r.value.as_ref().ok());
+    if let Some(value) = read_back {
+        sink.send(Sample::WrittenValue(Reading {
+            device: target.device.clone(),
+            point: target.point_name.clone(),
+            value: Ok(value.clone()),
+            unit: target.point.unit.as_deref().map(Arc::from),
+            ts_ms: unix_ms_now(),
+        }));
+    }
+    let read_back_error = match &report.read_back {
+        None => Some("the point was not read back: the link is gone".to_string()),
+        Some(r) => r.value.as_ref().err().cloned(),
+    };
+    let (status, error) = match &report.written {
+        // Confirmed by the device; a read-back that failed is said but does not undo it.
+        Ok(()) => (Status::Ok, read_back_error),
+        Err(RequestFailure::Exception(e)) => (
+            Status::Failed,
+            Some(format!(
+                "the device refused the write with exception {} ({})",
+                u8::from(*e),
+                crate::model::exception_name(u8::from(*e))
+            )),
+        ),
+        Err(failure) => (Status::Failed, Some(format!("the write failed: {failure}"))),
+    };
+    let outcome = command.outcome(status, read_back.cloned(), error);
+    tracing::info!(
+        bus,
+        device = %target.device,
+        point = %target.point_name,
+        requested = %describe_value(&command.admitted.requested),
+        written = %describe_write(&report.request),
+        read_back = %read_back.map_or_else(|| "none".to_string(), describe_value),
+        write_ms = report.write_time.as_millis() as u64,
+        "write {}{}",
+        status.as_str(),
+        outcome.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+    );
+    answer(sink, target, &outcome);
+    read_back.map(|_| (target.device.clone(), target.point_name.clone()))
+}
+
+fn describe_value(value: &Value) -> String {
+    match value {
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Text(t) => format!("{t:?}"),
     }
 }
 

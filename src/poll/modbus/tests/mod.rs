@@ -218,6 +218,7 @@ impl Running {
             devices,
             sink.clone(),
             crate::health::Health::new(),
+            None,
             cancel.clone(),
         ));
         Running { sink, cancel, task }

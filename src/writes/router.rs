@@ -1,0 +1,188 @@
+//! The command router: from a command the uplink received to the queue of the bus task that
+//! owns the device, or straight to a `rejected` / `expired` result. Runs on the uplink's
+//! task, so it never waits: a command is checked (`gate`), then offered to its bus's bounded
+//! queue, and the uplink goes on at once.
+//!
+//! The router holds, per writable point, what a bus needs to write it (unit, point, rules),
+//! and per device the sender of the bus loop that serves it, registered by the bus when it
+//! starts ([`Router::inbox`]). A command for a device no loop serves (its bus is not opened)
+//! is refused in words, not dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::model::{unix_ms_now, CommandSink, Sample, SampleSink, Value};
+
+use super::command::{answer, Queued, Target};
+use super::gate::{self, Clocks, Refusal};
+use super::inbox::{Inbox, WriteLog};
+use super::payload::{self, Outcome, Status};
+
+/// Commands one bus loop may hold in its channel before the router refuses more: far above
+/// what operators send, and the loop takes them between two requests.
+const CHANNEL: usize = 32;
+
+pub struct Router {
+    /// Device name, then point name.
+    points: HashMap<String, HashMap<String, Arc<Target>>>,
+    routes: Mutex<HashMap<Arc<str>, mpsc::Sender<Queued>>>,
+    writes: Arc<WriteLog>,
+    sink: Arc<dyn SampleSink>,
+    max_age: Duration,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("devices", &self.points.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// The router of `config`'s writable points; `None` when no point is writable (the agent
+    /// then does not even subscribe to commands).
+    pub fn new(config: &Config, sink: Arc<dyn SampleSink>) -> Option<Router> {
+        let mut points: HashMap<String, HashMap<String, Arc<Target>>> = HashMap::new();
+        for device in &config.devices {
+            let Some(modbus) = device.modbus() else {
+                continue;
+            };
+            for point in modbus.points.iter().filter(|p| p.write.is_some()) {
+                points.entry(device.name.clone()).or_default().insert(
+                    point.name.clone(),
+                    Arc::new(Target {
+                        device: device.name.as_str().into(),
+                        point_name: point.name.as_str().into(),
+                        unit: modbus.unit,
+                        point: point.clone(),
+                    }),
+                );
+            }
+        }
+        if points.is_empty() {
+            return None;
+        }
+        Some(Router {
+            points,
+            routes: Mutex::new(HashMap::new()),
+            writes: Arc::new(WriteLog::default()),
+            sink,
+            max_age: config.mqtt.command_max_age,
+        })
+    }
+
+    /// The queue of the bus loop that serves `devices`: commands for them go there from now on.
+    pub fn inbox<'d>(&self, devices: impl IntoIterator<Item = &'d str>) -> Inbox {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for device in devices {
+            if self.points.contains_key(device) {
+                routes.insert(device.into(), tx.clone());
+            }
+        }
+        Inbox::new(rx, self.writes.clone())
+    }
+
+    fn refuse(&self, target: &Target, id: Option<String>, requested: Option<Value>, why: Refusal) {
+        tracing::info!(
+            device = %target.device,
+            point = %target.point_name,
+            "command refused: {why}"
+        );
+        let outcome = Outcome {
+            id,
+            status: why.status(),
+            requested,
+            value: None,
+            error: Some(why.to_string()),
+            ts_ms: unix_ms_now(),
+        };
+        answer(self.sink.as_ref(), target, &outcome);
+    }
+
+    /// A command for a point that is not in the map, or not writable: answered on the topic
+    /// it came on, so the sender learns why nothing happens.
+    fn unknown(&self, device: &str, point: &str, payload: &[u8]) {
+        let command = payload::parse(payload).ok();
+        let id = command
+            .as_ref()
+            .map_or_else(|| payload::id_of(payload), |c| c.id.clone());
+        let why = if self.points.contains_key(device) {
+            format!(
+                "{point:?} is not a writable point of device {device:?}: set writable = true on \
+                 the point to allow writes"
+            )
+        } else {
+            format!("this gateway has no device {device:?} with writable points")
+        };
+        tracing::info!(device, point, "command refused: {why}");
+        let requested = command.map(|c| c.value);
+        let outcome = Outcome {
+            id,
+            status: Status::Rejected,
+            requested,
+            value: None,
+            error: Some(why),
+            ts_ms: unix_ms_now(),
+        };
+        self.sink.send(Sample::CommandResult {
+            device: device.into(),
+            point: point.into(),
+            result: outcome.to_json().into_bytes(),
+        });
+    }
+}
+
+impl CommandSink for Router {
+    fn command(&self, device: &str, point: &str, payload: &[u8], retained: bool) {
+        let Some(target) = self.points.get(device).and_then(|p| p.get(point)) else {
+            self.unknown(device, point, payload);
+            return;
+        };
+        let command = match payload::parse(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                let id = payload::id_of(payload);
+                return self.refuse(target, id, None, Refusal::Malformed(e));
+            }
+        };
+        if retained {
+            return self.refuse(target, command.id, Some(command.value), Refusal::Retained);
+        }
+        let (id, value) = (command.id.clone(), command.value.clone());
+        let clocks = Clocks {
+            wall_ms: unix_ms_now(),
+            now: Instant::now(),
+        };
+        let last = self.writes.last(&target.device, &target.point_name);
+        let admitted = match gate::admit(&target.point, command, self.max_age, last, clocks) {
+            Ok(a) => a,
+            Err(why) => return self.refuse(target, id, Some(value), why),
+        };
+        let route = self
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device)
+            .cloned();
+        let Some(route) = route else {
+            return self.refuse(target, id, Some(value), Refusal::NotServed);
+        };
+        let queued = Queued {
+            target: target.clone(),
+            admitted,
+        };
+        if let Err(e) = route.try_send(queued) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => Refusal::Busy,
+                mpsc::error::TrySendError::Closed(_) => Refusal::NotServed,
+            };
+            self.refuse(target, id, Some(value), why);
+        }
+    }
+}
