@@ -645,3 +645,51 @@ async fn a_command_on_an_rtu_line_runs_between_the_polls_of_the_other_units_over
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_newer_command_for_the_same_point_supersedes_the_one_still_waiting() {
+    let dev = hvac();
+    let sim = modbus::serve_tcp(&[&dev]).await;
+    let broker = Broker::start();
+    let prefix = agent::prefix("cmd-supersede");
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let _agent = Agent::start(&config(broker.port, &prefix, "", &sim.address(), "3s"));
+    online(&watch, &prefix).await;
+
+    // Each read now takes a second: both commands arrive while one is on the wire.
+    dev.set_behaviour(Behaviour::Late(Duration::from_secs(1)));
+    let before = dev.requests();
+    wait_until("a slow read on the wire", DEADLINE, || {
+        (dev.requests() > before).then_some(())
+    })
+    .await;
+    send(
+        &watch,
+        &prefix,
+        "setpoint",
+        &json!({"value":22,"id":"older"}),
+    )
+    .await;
+    send(
+        &watch,
+        &prefix,
+        "setpoint",
+        &json!({"value":23,"id":"newer"}),
+    )
+    .await;
+    let older = result(&watch, &prefix, "setpoint", "older").await;
+    assert_eq!(older["status"], "superseded", "{older}");
+    let newer = result(&watch, &prefix, "setpoint", "newer").await;
+    assert_eq!(
+        (&newer["status"], &newer["value"]),
+        (&json!("ok"), &json!(23.0))
+    );
+    assert_eq!(
+        dev.writes(),
+        [Write::Registers {
+            start: 0,
+            words: vec![230]
+        }],
+        "only the newer command was written"
+    );
+}

@@ -14,7 +14,7 @@
 //!   cargo bench --no-default-features --bench agent -- --only footprint,wire   # a subset
 //! `--no-default-features` measures the binary as packaged (without the demo broker, which
 //! adds about 4 MiB of code, much of it resident); without it the demo build is measured.
-//! Scenarios for --only: size, footprint, idle, wire, throughput, rtu.
+//! Scenarios for --only: size, footprint, idle, wire, throughput, rtu, commands.
 //! Results: the table on stdout and `$CARGO_TARGET_DIR/bench/results.json` (else
 //! `target/bench/results.json`). Cross-built binaries are sized when found under the target
 //! dir or `FIELDLINK_CROSS_TARGET_DIR` (packaging/cross-build.sh puts them there).
@@ -26,6 +26,7 @@
 mod support;
 
 mod agent_proc;
+mod commands;
 mod footprint;
 mod idle;
 mod names;
@@ -151,6 +152,10 @@ fn main() {
                 Some(("spill 100k", "spill_threshold = 100000")),
             )
             .await;
+        }
+        if args.wants("commands") {
+            commands::commands(&mut report, &args, None).await;
+            commands::commands(&mut report, &args, Some(9600)).await;
         }
         if args.wants("rtu") {
             for baud in [9600, 19200] {

@@ -158,3 +158,109 @@ impl Inbox {
         self.writes.wrote(target, at);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{DataType, Point, Table, WriteFunction, WriteSettings};
+    use crate::model::{Sample, Value};
+    use crate::poll::modbus::codec::Encoded;
+    use crate::writes::gate::Admitted;
+
+    #[derive(Default)]
+    struct Answers(Mutex<Vec<serde_json::Value>>);
+
+    impl SampleSink for Answers {
+        fn send(&self, sample: Sample) {
+            if let Sample::CommandResult { result, .. } = sample {
+                let json = serde_json::from_slice(&result).unwrap();
+                self.0.lock().unwrap().push(json);
+            }
+        }
+    }
+
+    fn target() -> Arc<Target> {
+        let point = Point {
+            write: Some(WriteSettings {
+                min: None,
+                max: None,
+                function: WriteFunction::Single,
+                min_write_interval: Duration::from_secs(1),
+            }),
+            ..Point::new("setpoint", Table::Holding, 0, DataType::U16)
+        };
+        Arc::new(Target {
+            device: "hvac".into(),
+            point_name: "setpoint".into(),
+            unit: 1,
+            point,
+        })
+    }
+
+    fn queued(target: &Arc<Target>, id: &str, deadline_ms: Option<u64>) -> Queued {
+        Queued {
+            target: target.clone(),
+            admitted: Admitted {
+                id: Some(id.into()),
+                requested: Value::Int(7),
+                encoded: Encoded::Registers(vec![7]),
+                deadline_ms,
+            },
+        }
+    }
+
+    fn inbox() -> (mpsc::Sender<Queued>, Inbox) {
+        let (tx, rx) = mpsc::channel(8);
+        (tx, Inbox::new(rx, Arc::default()))
+    }
+
+    #[test]
+    fn a_command_that_expired_while_it_waited_for_the_bus_is_answered_expired_not_run() {
+        let (tx, mut inbox) = inbox();
+        let answers = Answers::default();
+        let target = target();
+        tx.try_send(queued(&target, "late", Some(unix_ms_now() - 1)))
+            .unwrap();
+        assert!(inbox.next_due(&answers).is_none());
+        let got = answers.0.lock().unwrap().clone();
+        assert_eq!(got[0]["status"], "expired", "{got:?}");
+        assert_eq!(got[0]["id"], "late");
+    }
+
+    #[test]
+    fn a_command_behind_a_write_of_the_same_point_waits_out_min_write_interval_or_is_refused() {
+        let (tx, mut inbox) = inbox();
+        let answers = Answers::default();
+        let target = target();
+        tx.try_send(queued(&target, "first", None)).unwrap();
+        let first = inbox.next_due(&answers).expect("runs");
+        inbox.wrote(&first.target, Instant::now());
+        tx.try_send(queued(&target, "second", None)).unwrap();
+        assert!(inbox.next_due(&answers).is_none());
+        let got = answers.0.lock().unwrap().clone();
+        assert_eq!(got[0]["status"], "rejected", "{got:?}");
+        assert!(got[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("min_write_interval"));
+    }
+
+    #[test]
+    fn a_newer_command_supersedes_the_waiting_one_which_is_answered() {
+        let (tx, mut inbox) = inbox();
+        let answers = Answers::default();
+        let target = target();
+        tx.try_send(queued(&target, "a", None)).unwrap();
+        tx.try_send(queued(&target, "b", None)).unwrap();
+        let next = inbox.next_due(&answers).expect("the newer one runs");
+        assert_eq!(next.admitted.id.as_deref(), Some("b"));
+        let got = answers.0.lock().unwrap().clone();
+        assert_eq!(
+            (&got[0]["id"], &got[0]["status"]),
+            (&"a".into(), &"superseded".into())
+        );
+        assert!(inbox.next_due(&answers).is_none());
+    }
+}
