@@ -414,8 +414,9 @@ async fn an_acl_that_swallows_our_publishes_is_warned_about_and_shown_on_the_hea
 
 /// A stand-in for brokers (AWS IoT Core among them) that close the connection on a
 /// subscription they do not authorise instead of refusing it in the SUBACK: forwards MQTT
-/// packets to mosquitto at `upstream` and drops the connection at the first SUBSCRIBE.
-async fn close_on_subscribe(upstream: u16) -> u16 {
+/// packets to mosquitto at `upstream` and drops the connection at the first SUBSCRIBE (whose
+/// topic filter holds `needle`, when given).
+async fn close_on_subscribe(upstream: u16, needle: Option<&'static str>) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -460,7 +461,9 @@ async fn close_on_subscribe(upstream: u16) -> u16 {
                     if from_client.read_exact(&mut packet[start..]).await.is_err() {
                         break;
                     }
-                    if packet[0] >> 4 == 8 {
+                    let refused =
+                        needle.is_none_or(|n| packet.windows(n.len()).any(|w| w == n.as_bytes()));
+                    if packet[0] >> 4 == 8 && refused {
                         break; // SUBSCRIBE: close both sides
                     }
                     if to_broker.write_all(&packet).await.is_err() {
@@ -477,7 +480,7 @@ async fn close_on_subscribe(upstream: u16) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_closes_the_connection_on_our_subscription_is_used_without_the_check() {
     let broker = Broker::start();
-    let port = close_on_subscribe(broker.port).await;
+    let port = close_on_subscribe(broker.port, None).await;
     let prefix = unique("fl/nosub");
     let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
     let mut cfg = mqtt(port, &prefix, KA);
@@ -504,4 +507,49 @@ async fn a_broker_that_closes_the_connection_on_our_subscription_is_used_without
         link.reconnects, 1,
         "one connection lost to the subscription"
     );
+}
+
+#[derive(Default)]
+struct Commands(std::sync::Mutex<Vec<String>>);
+
+impl fieldlink::model::CommandSink for Commands {
+    fn command(&self, device: &str, point: &str, _payload: &[u8], _retained: bool) {
+        self.0.lock().unwrap().push(format!("{device}/{point}"));
+    }
+}
+
+/// Regression guard: asking for commands at every connection from a broker that closes the
+/// connection over that subscription (AWS IoT Core without the permission) would cost every
+/// other connection. One connection is lost; then the agent goes on without commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_closes_the_connection_on_our_command_subscription_costs_one_connection() {
+    let broker = Broker::start();
+    let port = close_on_subscribe(broker.port, Some("/set")).await;
+    let prefix = unique("fl/nocmd");
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let mut cfg = mqtt(port, &prefix, KA);
+    cfg.backoff_initial = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(200);
+    let commands = std::sync::Arc::new(Commands::default());
+    let agent = Agent::start_with_commands(cfg, commands.clone());
+    watch
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
+            m.payload == "online"
+        })
+        .await;
+    agent.reading("v", 1.0);
+    watch
+        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
+        .await;
+    let link = agent.link();
+    assert_eq!(
+        link.reconnects, 1,
+        "one connection lost to the subscription"
+    );
+    assert_eq!(link.routing, "ok", "the broker check itself passed");
+    // Not lost again: a window of two keep-alives, the span in which a broker that
+    // minded anything else would have closed it.
+    tokio::time::sleep(KA * 2).await;
+    assert_eq!(agent.link().reconnects, 1);
+    assert!(agent.is_up());
 }

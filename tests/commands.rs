@@ -693,3 +693,72 @@ async fn a_newer_command_for_the_same_point_supersedes_the_one_still_waiting() {
         "only the newer command was written"
     );
 }
+
+/// The README's mosquitto ACL, as written there: only the operators' account may publish
+/// commands; the gateway reads its own. A command from anyone else never runs.
+#[tokio::test]
+async fn the_readme_acl_lets_operators_command_and_nobody_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("# /etc/mosquitto/acl")
+        .expect("the README shows an ACL");
+    let example = readme[start..].split("```").next().unwrap();
+    // Anonymous clients (the test's own watcher) may read, as a dashboard would.
+    std::fs::write(&acl, format!("topic read #\n{example}")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let broker = Broker::start_with(support::broker::Options {
+        persistence: false,
+        extra: vec![format!("acl_file {}", acl.display())],
+    });
+    let dev = hvac();
+    let sim = modbus::serve_tcp(&[&dev]).await;
+    let gateway = support::unique("gw").replace('.', "-");
+    let prefix = format!("fieldlink/{gateway}");
+    let toml = config(
+        broker.port,
+        &prefix,
+        &format!("username = \"{gateway}\"\n"),
+        &sim.address(),
+        "1s",
+    );
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let operator = Watch::start_as(broker.port, "operator/none", "operator").await;
+    let _agent = Agent::start(&toml);
+    online(&watch, &prefix).await;
+
+    // The anonymous watcher may not write: its command is dropped by the broker.
+    send(
+        &watch,
+        &prefix,
+        "setpoint",
+        &json!({"value":6,"id":"intruder"}),
+    )
+    .await;
+    send(
+        &operator,
+        &prefix,
+        "setpoint",
+        &json!({"value":22,"id":"operator"}),
+    )
+    .await;
+    let ok = result(&watch, &prefix, "setpoint", "operator").await;
+    assert_eq!(ok["status"], "ok", "{ok}");
+    assert!(
+        results(&watch, &prefix, "setpoint")
+            .iter()
+            .all(|r| r["id"] != "intruder"),
+        "a command from outside the ACL reached the agent"
+    );
+    assert_eq!(
+        dev.writes(),
+        [Write::Registers {
+            start: 0,
+            words: vec![220]
+        }]
+    );
+}

@@ -64,6 +64,9 @@ const RECORD_WINDOW: usize = 64;
 const RUMQTT_INFLIGHT: u16 = 100;
 /// Request channel between our client handle and the event loop.
 const REQUEST_CHANNEL: usize = 128;
+/// How long the agent goes without commands after a broker closed the connection over that
+/// subscription: asking again at every connection would cost one connection in two.
+const COMMANDS_BAR: Duration = Duration::from_secs(3600);
 const HEALTH_EVERY: Duration = Duration::from_secs(60);
 /// How often the health report is looked at for a change worth an early message (sent at
 /// most once per `state::HEALTH_MIN_GAP`).
@@ -111,6 +114,9 @@ struct Memory {
     /// The last connection was closed while the broker check waited for its SUBACK: the
     /// next one goes without the check (see `broker_check`).
     skip_check: bool,
+    /// The broker closed a connection over our subscription to commands: none is asked for
+    /// until then.
+    commands_barred_until: Option<Instant>,
 }
 
 /// Keeps the MQTT link up and drains the outbox until `shutdown` fires, then publishes what
@@ -154,6 +160,7 @@ pub async fn run(
         failures: ComplaintPacer::new(),
         routing: ComplaintPacer::new(),
         skip_check: false,
+        commands_barred_until: None,
     };
     // The loop ticks on every broker event (at least one per keep-alive while up), and
     // between connection attempts, which may be a backoff plus a connect timeout apart.
@@ -192,6 +199,16 @@ pub async fn run(
         let requeued = outbox.requeue_inflight();
         memory.republish.connection_lost();
         memory.skip_check = failure.skip_next_check(memory.skip_check);
+        if failure.closed_on_commands() {
+            memory.commands_barred_until = Some(Instant::now() + COMMANDS_BAR);
+            tracing::warn!(
+                "the broker closed the connection when we subscribed to commands ({}): it \
+                 does not let this gateway read them, so writes from MQTT are off for the next \
+                 {} min (then asked for again); allow the subscription in the broker's policy",
+                settings.command_filter,
+                COMMANDS_BAR.as_secs() / 60
+            );
+        }
         let diagnosis = failure.explain(settings.target());
         let delay = link.on_down(Instant::now());
         health.set_link(|l| {
@@ -284,6 +301,8 @@ struct Session<'a> {
     /// until it can go alone (see `quarantine`), and what was taken after it waits behind.
     held: VecDeque<Record>,
     subscriptions: Subscriptions,
+    /// Our subscription to commands waits for its SUBACK.
+    commands_pending: bool,
     birth_written_at: Option<Instant>,
     birth_sent: bool,
     birth_acked: bool,
@@ -382,6 +401,7 @@ impl<'a> Session<'a> {
             delivery: Delivery::new(RECORD_WINDOW),
             held: VecDeque::new(),
             subscriptions: Subscriptions::default(),
+            commands_pending: false,
             birth_written_at: None,
             birth_sent: false,
             birth_acked: false,
@@ -417,7 +437,13 @@ impl<'a> Session<'a> {
             connected_at: Some(self.connected_at),
             birth_written_at: self.birth_written_at,
             worked: self.birth_acked,
-            while_subscribing: self.check.subscribing(),
+            awaiting_suback: if self.check.subscribing() {
+                Some(Purpose::BrokerCheck)
+            } else if self.commands_pending {
+                Some(Purpose::Commands)
+            } else {
+                None
+            },
             unacked,
         }
     }
@@ -436,14 +462,6 @@ impl<'a> Session<'a> {
                 .try_subscribe(&self.settings.status_topic, QoS::AtMostOnce)
                 .map_err(|e| diagnose::client_refused(&e))?;
             self.subscriptions.asked(Purpose::BrokerCheck);
-        }
-        // Every connection subscribes afresh (clean session), so the broker never hands us a
-        // command queued while we were away.
-        if self.settings.commands.is_some() {
-            self.client
-                .try_subscribe(&self.settings.command_filter, QoS::AtLeastOnce)
-                .map_err(|e| diagnose::client_refused(&e))?;
-            self.subscriptions.asked(Purpose::Commands);
         }
         let mut health_timer =
             tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
@@ -487,6 +505,7 @@ impl<'a> Session<'a> {
     /// Acts on what the broker check learnt: the birth, the republish, the routing verdict.
     fn follow_check(&mut self) -> Result<(), Diagnosis> {
         if self.check.take_birth_due() {
+            self.subscribe_commands()?;
             let status = self.settings.status_topic.clone();
             self.publish_own(
                 &status,
@@ -503,6 +522,30 @@ impl<'a> Session<'a> {
         if let Some(routing) = self.check.take_routing() {
             self.on_routing_verdict(routing);
         }
+        Ok(())
+    }
+
+    /// Asks for commands, after the broker check's SUBACK (so a broker that closes the
+    /// connection over a subscription tells us which one it refused) and before the birth
+    /// (so a controller that sees `online` knows its commands reach us). Every connection
+    /// subscribes afresh with a clean session: no command queued while we were away is
+    /// ever handed over.
+    fn subscribe_commands(&mut self) -> Result<(), Diagnosis> {
+        if self.settings.commands.is_none() {
+            return Ok(());
+        }
+        if let Some(until) = self.memory.commands_barred_until {
+            if Instant::now() < until {
+                tracing::debug!("not subscribing to commands: the broker closed the connection over that subscription before");
+                return Ok(());
+            }
+            self.memory.commands_barred_until = None;
+        }
+        self.client
+            .try_subscribe(&self.settings.command_filter, QoS::AtLeastOnce)
+            .map_err(|e| diagnose::client_refused(&e))?;
+        self.subscriptions.asked(Purpose::Commands);
+        self.commands_pending = true;
         Ok(())
     }
 
@@ -637,7 +680,10 @@ impl<'a> Session<'a> {
                             .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
                         match self.subscriptions.acknowledged(ack.pkid) {
                             Some(Purpose::BrokerCheck) => self.check.on_suback(granted, now),
-                            Some(Purpose::Commands) => self.on_commands_suback(granted),
+                            Some(Purpose::Commands) => {
+                                self.commands_pending = false;
+                                self.on_commands_suback(granted);
+                            }
                             None => {}
                         }
                     }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::diagnose::{self, Cause, Diagnosis, Severity, Target};
 use super::quarantine::{Ending, GiveUp, Quarantine, Unacked, SUSPECT_WINDOW};
 use super::state::{ComplaintPacer, Say};
+use super::subscriptions::Purpose;
 
 /// How one connection ended.
 #[derive(Debug)]
@@ -33,8 +34,8 @@ pub struct Failure {
     pub birth_written_at: Option<Instant>,
     /// The broker acknowledged our birth: the connection worked.
     pub worked: bool,
-    /// It ended while the broker check waited for its SUBACK.
-    pub while_subscribing: bool,
+    /// It ended while this subscription waited for its SUBACK.
+    pub awaiting_suback: Option<Purpose>,
     /// Records handed out and not acknowledged.
     pub unacked: Vec<UnackedRecord>,
 }
@@ -69,7 +70,7 @@ impl Failure {
             connected_at: None,
             birth_written_at: None,
             worked: false,
-            while_subscribing: false,
+            awaiting_suback: None,
             unacked: Vec::new(),
         }
     }
@@ -123,7 +124,16 @@ impl Failure {
     /// of refusing a subscription; see `broker_check`). `skipped` says whether this one went
     /// without it, so the check is tried again after that.
     pub fn skip_next_check(&self, skipped: bool) -> bool {
-        self.while_subscribing && self.diagnosis.ending() == Ending::ClosedByBroker && !skipped
+        self.awaiting_suback == Some(Purpose::BrokerCheck)
+            && self.diagnosis.ending() == Ending::ClosedByBroker
+            && !skipped
+    }
+
+    /// The broker closed the connection while our subscription to commands waited for its
+    /// SUBACK: its way of saying this gateway may not read them (AWS IoT Core does this).
+    pub fn closed_on_commands(&self) -> bool {
+        self.awaiting_suback == Some(Purpose::Commands)
+            && self.diagnosis.ending() == Ending::ClosedByBroker
     }
 
     /// What to log about it (`d` is [`explain`](Self::explain)'s verdict): a working
@@ -265,7 +275,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_closed_while_subscribing_skips_the_check_once() {
         let mut f = connected(closed(), Instant::now());
-        f.while_subscribing = true;
+        f.awaiting_suback = Some(Purpose::BrokerCheck);
         assert!(f.skip_next_check(false));
         assert!(!f.skip_next_check(true), "tried again after one without");
         f.diagnosis = diagnose::keep_alive(Duration::from_secs(3));

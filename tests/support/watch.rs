@@ -38,16 +38,25 @@ impl Watch {
     /// Connects, subscribes and returns once the SUBACK has arrived (so nothing published
     /// afterwards is missed, and retained messages are delivered).
     pub async fn start(port: u16, filter: &str) -> Watch {
-        Watch::connect(port, filter, false).await
+        Watch::connect(port, filter, false, None).await
+    }
+
+    /// Like [`Watch::start`], as MQTT user `user` (no password: for a broker whose ACL names
+    /// users but checks no passwords).
+    pub async fn start_as(port: u16, filter: &str, user: &str) -> Watch {
+        Watch::connect(port, filter, false, Some(user)).await
     }
 
     /// Like [`Watch::start`], but subscribes again after every reconnect.
     pub async fn start_surviving_restarts(port: u16, filter: &str) -> Watch {
-        Watch::connect(port, filter, true).await
+        Watch::connect(port, filter, true, None).await
     }
 
-    async fn connect(port: u16, filter: &str, resubscribe: bool) -> Watch {
+    async fn connect(port: u16, filter: &str, resubscribe: bool, user: Option<&str>) -> Watch {
         let mut opts = MqttOptions::new(super::unique("watch"), "127.0.0.1", port);
+        if let Some(user) = user {
+            opts.set_credentials(user, "");
+        }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fieldlink::buffer::{self, store::Limits, Durable, IoDriver};
 use fieldlink::config::{Durability, Mqtt, PayloadMode, Replay, WhenFull};
 use fieldlink::health::{Health, LinkReport, LinkState};
-use fieldlink::model::{Reading, Sample, SampleSink, Value};
+use fieldlink::model::{CommandSink, Reading, Sample, SampleSink, Value};
 use fieldlink::queue::Outbox;
 use fieldlink::uplink::{self, Publisher};
 use tokio::task::JoinHandle;
@@ -61,6 +61,16 @@ impl Agent {
     /// Like [`start`](Self::start) over a given outbox (e.g. one with a durable buffer).
     /// The health topic gets the same sections as in the daemon.
     pub fn start_with_outbox(cfg: Mqtt, outbox: Arc<Outbox>) -> Agent {
+        Agent::start_full(cfg, outbox, None)
+    }
+
+    /// Like [`start`](Self::start), subscribed to commands, which go to `commands`.
+    pub fn start_with_commands(cfg: Mqtt, commands: Arc<dyn CommandSink>) -> Agent {
+        let outbox = Arc::new(Outbox::new(cfg.queue_capacity, 1));
+        Agent::start_full(cfg, outbox, Some(commands))
+    }
+
+    fn start_full(cfg: Mqtt, outbox: Arc<Outbox>, commands: Option<Arc<dyn CommandSink>>) -> Agent {
         let health = Health::new();
         fieldlink::app::report_to_health(&health, &outbox);
         let publisher = Arc::new(Publisher::new(&cfg, outbox.clone()));
@@ -69,7 +79,7 @@ impl Agent {
             cfg.clone(),
             outbox.clone(),
             health.clone(),
-            None,
+            commands,
             shutdown.clone(),
         ));
         Agent {
