@@ -75,6 +75,27 @@ pub fn describe(config: &Config) -> String {
         m.keep_alive,
         m.qos
     );
+    let writable: Vec<String> = config
+        .devices
+        .iter()
+        .filter_map(|d| d.modbus().map(|m| (d, m)))
+        .flat_map(|(d, m)| {
+            m.points
+                .iter()
+                .filter(|p| p.write.is_some())
+                .map(move |p| format!("{}/{}", d.name, p.name))
+        })
+        .collect();
+    if !writable.is_empty() {
+        let _ = writeln!(
+            out,
+            "commands: {} writable point(s) ({}), on {}/<device>/<point>/set, command_max_age {:?}",
+            writable.len(),
+            writable.join(", "),
+            m.prefix,
+            m.command_max_age
+        );
+    }
     for bus in &config.buses {
         let what = match &bus.kind {
             BusKind::ModbusTcp(t) => {
