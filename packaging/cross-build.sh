@@ -2,12 +2,14 @@
 # ARM builds without Docker, with Debian 12's own Rust 1.85 and GNU cross linkers:
 #   1. toolchain (packaging/cross-setup.sh, root, idempotent)
 #   2. release binaries (packaged features: --no-default-features) for aarch64 and armv7
-#   3. the test suite for aarch64 under qemu-user (tests that start the agent put the runner in
-#      front of it: tests/support/bin.rs; mosquitto, python3, socat stay host binaries)
+#   3. the test suite for aarch64 and for armv7 under qemu-user (tests that start the agent put
+#      the runner in front of it: tests/support/bin.rs; mosquitto, python3, socat stay host
+#      binaries)
 #   4. the arm64 and armhf .debs (cargo deb --no-build) into $CARGO_TARGET_DIR/dist
 #   5. stripped binary sizes (x86_64 too when $CARGO_TARGET_DIR/release/fieldlink exists)
 #
-# Env: CARGO_TARGET_DIR (default ./target), SKIP_QEMU_TESTS=1, QEMU_TEST_ARGS (passed to the
+# Env: CARGO_TARGET_DIR (default ./target), SKIP_QEMU_TESTS=1, QEMU_TEST_TARGETS (default both
+# triples), QEMU_TEST_ARGS (passed to the
 # test binaries after `--`, e.g. "--test-threads=1"), QEMU_SKIP (test-name substrings not run
 # under qemu, see below).
 #
@@ -22,7 +24,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 DIST=$CARGO_TARGET_DIR/dist
 mkdir -p "$DIST"
-t() { local s=$SECONDS; "$@"; echo "cross-build: [$(( SECONDS - s ))s] $*" >&2; }
+# Times a step and keeps its exit status (also inside `||`, where `set -e` does not apply).
+t() { local s=$SECONDS rc=0; "$@" || rc=$?; echo "cross-build: [$(( SECONDS - s ))s] $* (exit $rc)" >&2; return $rc; }
 
 if [ "$(id -u)" = 0 ]; then t packaging/cross-setup.sh; fi
 
@@ -53,7 +56,7 @@ if [ "${SKIP_QEMU_TESTS:-0}" != 1 ]; then
     # tests/run.sh keeps pymodbus (interop tests, a host program) in this venv.
     [ -d target/test-venv/bin ] && export PATH="$PWD/target/test-venv/bin:$PATH"
     # Deadlines in the tests are generous enough for qemu; the agent binary itself is started
-    # through CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER by tests/support/bin.rs.
+    # through the target's CARGO_TARGET_<TRIPLE>_RUNNER by tests/support/bin.rs.
     # qemu-user 7.2 cannot set a serial port's baud rate (TCGETS2 -> ENOSYS), so whatever opens
     # a pty as a serial port is left out here (the x86_64 suite runs it): whole test files in
     # QEMU_SKIP_FILES (config_run: every test there has an RTU bus; soak, the chaos soak: its
@@ -74,11 +77,18 @@ if [ "${SKIP_QEMU_TESTS:-0}" != 1 ]; then
     done
     echo "cross-build: not under qemu (TCGETS2 unsupported by qemu-user): files $skip_files, tests matching$skip_args"
     # Every wait in the tests has a deadline, but a hang under emulation must still not eat
-    # the CI budget: the whole emulated run gets QEMU_TEST_TIMEOUT seconds (default 25 min;
-    # the suite takes about 8 under qemu here).
-    # shellcheck disable=SC2086
-    t timeout --kill-after=30 "${QEMU_TEST_TIMEOUT:-1500}" \
-        $CARGO test --locked --no-fail-fast --target aarch64-unknown-linux-gnu $test_args -- $skip_args ${QEMU_TEST_ARGS:-}
+    # the CI budget: each emulated run gets QEMU_TEST_TIMEOUT seconds (default 25 min; the
+    # suite takes about 8 under qemu here). Both targets run even when the first fails.
+    status=0
+    for tr in ${QEMU_TEST_TARGETS-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}; do
+        # shellcheck disable=SC2086
+        t timeout --kill-after=30 "${QEMU_TEST_TIMEOUT:-1500}" \
+            $CARGO test --locked --no-fail-fast --target "$tr" $test_args -- $skip_args ${QEMU_TEST_ARGS:-} \
+            || { status=$?; echo "cross-build: the $tr suite under qemu failed (exit $status)" >&2; }
+        # The next target's debug build needs the room more than this one's does.
+        rm -rf "${CARGO_TARGET_DIR:?}/$tr/debug"
+    done
+    [ "$status" = 0 ] || exit "$status"
 fi
 
 for tr in $TARGETS; do
