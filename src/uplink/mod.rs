@@ -7,7 +7,7 @@
 //! failures as typed causes and in words), `broker_check` (after each connect: did the broker
 //! keep our retained messages, does it deliver ours), `republish` (the retained state we
 //! own, put back when a broker lost it), `quarantine` (finding a record the broker will
-//! never take).
+//! never take), `homeassistant` (discovery's subscriptions and what arrives on them).
 //!
 //! Owns the path from a [`Sample`] to the broker. Must not touch the buses, the config file or
 //! systemd: it reports link state through [`Health`] and nothing else.
@@ -15,6 +15,7 @@
 mod broker_check;
 mod delivery;
 mod diagnose;
+mod homeassistant;
 mod mqtt;
 mod password;
 mod quarantine;

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use super::broker_check::{BrokerCheck, Retained, Routing, CHECK_WAIT};
 use super::delivery::{self, Acked, Counted, Delivery, Settles, Written, MAX_PACKET};
 use super::diagnose::{self, Cause, Diagnosis, Severity, Target};
+use super::homeassistant;
 use super::password::read_password;
 use super::quarantine::{GiveUp, Quarantine};
 use super::republish::RepublishSet;
@@ -54,6 +55,7 @@ use super::topic::{self, OutboxFacts};
 use super::user_timeout;
 use crate::config::Mqtt;
 use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
+use crate::homeassistant::Discovery;
 use crate::queue::{Outbox, Record};
 
 /// Records and republishes handed to rumqttc and not yet settled (see `delivery`).
@@ -106,6 +108,8 @@ struct Memory {
     /// The last connection was closed while the broker check waited for its SUBACK: the
     /// next one goes without the check (see `broker_check`).
     skip_check: bool,
+    /// Home Assistant discovery, when on (see `homeassistant`).
+    discovery: Option<Discovery>,
 }
 
 /// Keeps the MQTT link up and drains the outbox until `shutdown` fires, then publishes what
@@ -116,6 +120,7 @@ pub async fn run(
     cfg: Mqtt,
     outbox: Arc<Outbox>,
     health: Arc<Health>,
+    discovery: Option<Discovery>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = match &cfg.tls {
@@ -146,6 +151,7 @@ pub async fn run(
         failures: ComplaintPacer::new(),
         routing: ComplaintPacer::new(),
         skip_check: false,
+        discovery,
     };
     // The loop ticks on every broker event (at least one per keep-alive while up), and
     // between connection attempts, which may be a backoff plus a connect timeout apart.
@@ -183,6 +189,9 @@ pub async fn run(
         quarantine_after(&failure, &settings, &outbox, &health, &mut memory);
         let requeued = outbox.requeue_inflight();
         memory.republish.connection_lost();
+        if let Some(discovery) = &mut memory.discovery {
+            discovery.connection_lost();
+        }
         memory.skip_check = failure.skip_next_check(memory.skip_check);
         let diagnosis = failure.explain(settings.target());
         let delay = link.on_down(Instant::now());
@@ -436,6 +445,11 @@ impl<'a> Session<'a> {
             self.fill_window()?;
             beat.tick();
             let check_due = self.check.deadline();
+            let ha_birth_due = self
+                .memory
+                .discovery
+                .as_ref()
+                .and_then(Discovery::birth_deadline);
             let can_take = self.birth_sent
                 && self.held.is_empty()
                 && self.memory.quarantine.probe().is_none()
@@ -449,6 +463,12 @@ impl<'a> Session<'a> {
                 }
                 _ = tokio::time::sleep_until(check_due.unwrap_or_else(Instant::now)),
                     if check_due.is_some() => self.check.on_deadline(Instant::now()),
+                _ = tokio::time::sleep_until(ha_birth_due.unwrap_or_else(Instant::now)),
+                    if ha_birth_due.is_some() => {
+                    if let Some(discovery) = &mut self.memory.discovery {
+                        homeassistant::birth_due(discovery, &mut self.memory.republish);
+                    }
+                }
                 _ = self.outbox.wait_queued(), if can_take => {}
                 _ = health_timer.tick(), if self.birth_sent => {
                     self.publish_health(self.health.report())?
@@ -468,6 +488,9 @@ impl<'a> Session<'a> {
     /// Acts on what the broker check learnt: the birth, the republish, the routing verdict.
     fn follow_check(&mut self) -> Result<(), Diagnosis> {
         if self.check.take_birth_due() {
+            if let Some(discovery) = &mut self.memory.discovery {
+                homeassistant::subscribe(&self.client, discovery)?;
+            }
             let status = self.settings.status_topic.clone();
             self.publish_own(
                 &status,
@@ -483,6 +506,9 @@ impl<'a> Session<'a> {
         }
         if let Some(routing) = self.check.take_routing() {
             self.on_routing_verdict(routing);
+            if let Some(discovery) = &mut self.memory.discovery {
+                homeassistant::check_done(&self.client, discovery, routing == Routing::Delivered)?;
+            }
         }
         Ok(())
     }
@@ -620,6 +646,17 @@ impl<'a> Session<'a> {
                     }
                     Packet::Publish(p) if p.topic == self.settings.status_topic => {
                         self.check.on_own_status(p.retain);
+                    }
+                    Packet::Publish(p) => {
+                        if let Some(discovery) = &mut self.memory.discovery {
+                            homeassistant::on_publish(
+                                discovery,
+                                self.outbox,
+                                &p.topic,
+                                &p.payload,
+                                p.retain,
+                            );
+                        }
                     }
                     _ => {}
                 }

@@ -68,6 +68,7 @@ impl Agent {
             cfg.clone(),
             outbox.clone(),
             health.clone(),
+            None,
             shutdown.clone(),
         ));
         Agent {
