@@ -226,6 +226,12 @@ fn check_refuses_classes_home_assistant_would_refuse_and_clashing_entities() {
         errors.contains("point \"b.c\" of device \"a\" and point \"c\" of device \"a_b\" would both be the Home Assistant entity \"a_b_c\""),
         "{errors}"
     );
+    // The default `[mqtt] prefix` is fieldlink/g.
+    let errors = load_err(&head.replace("ha/", "fieldlink"));
+    assert!(
+        errors.contains("`discovery_prefix` = \"fieldlink\" holds the gateway's own topics"),
+        "{errors}"
+    );
     // The clash only matters with discovery on.
     config::load_str(
         &repo().join("config/golden.toml"),
@@ -247,7 +253,7 @@ fn check_shows_the_entities_home_assistant_gets() {
         "  device eastron-sdm120 (model \"SDM120-Modbus\")",
         "    sensor.eastron_sdm120_voltage (unit V, device_class voltage, state_class measurement)",
         "    sensor.eastron_sdm120_import_active_energy (unit kWh, device_class energy, state_class total_increasing)",
-        "    sensor.eastron_sdm120_phase_angle (unit °)",
+        "    sensor.eastron_sdm120_phase_angle (unit °, state_class measurement)",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }

@@ -15,7 +15,13 @@ use crate::config::types::{Device, DeviceKind, HaEntity, HaPoint, HomeAssistant}
 
 impl Checker {
     /// `[homeassistant]` itself: `(enabled, discovery_prefix)`.
-    pub(super) fn homeassistant(&mut self, file: FileId, item: &Item) -> Option<(bool, String)> {
+    /// `mqtt_prefix`: the gateway's own topic prefix, when `[mqtt]` is valid.
+    pub(super) fn homeassistant(
+        &mut self,
+        file: FileId,
+        item: &Item,
+        mqtt_prefix: Option<&str>,
+    ) -> Option<(bool, String)> {
         let d = self.decode::<RawHomeAssistant>(file, item, "[homeassistant]", &[])?;
         let enabled = d.value.enabled.as_ref().is_some_and(|e| *e.get_ref());
         let Some(prefix) = &d.value.discovery_prefix else {
@@ -32,6 +38,10 @@ impl Checker {
             Some("starts with `$`, which brokers reserve for their own topics")
         } else if text.contains('\0') {
             Some("contains a NUL character")
+        } else if mqtt_prefix.is_some_and(|p| p == text || p.starts_with(&format!("{text}/"))) {
+            // `<prefix>/status` would be Home Assistant's status topic, and readings would
+            // sit among the discovery configs this gateway clears.
+            Some("holds the gateway's own topics (`[mqtt] prefix`)")
         } else {
             None
         };

@@ -147,7 +147,7 @@ impl Checker {
         }
 
         let discovery = match doc.as_table().get("homeassistant") {
-            Some(item) => self.homeassistant(file, item),
+            Some(item) => self.homeassistant(file, item, mqtt.as_ref().map(|m| m.prefix.as_str())),
             None => Some((false, HomeAssistant::DEFAULT_DISCOVERY_PREFIX.to_owned())),
         };
         let mut homeassistant = std::mem::take(&mut seen.homeassistant);
