@@ -50,18 +50,6 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     report_to_health(&health, &outbox);
     let publisher: Arc<dyn SampleSink> = Arc::new(Publisher::new(&config.mqtt, outbox.clone()));
 
-    let discovery = crate::homeassistant::for_config(&config);
-    if let Some(discovery) = &discovery {
-        // Before any reading, so Home Assistant knows a point before its state arrives. Retained state like any other: published through the outbox, put back by the
-        // uplink when a broker or Home Assistant lost it.
-        for c in discovery.configs() {
-            outbox.push(
-                c.topic.clone(),
-                crate::model::unix_ms_now(),
-                c.payload.clone(),
-            );
-        }
-    }
     let polling = CancellationToken::new();
     let mut buses = JoinSet::new();
     for bus in &config.buses {
@@ -84,7 +72,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         config.mqtt.clone(),
         outbox.clone(),
         health.clone(),
-        discovery,
+        crate::homeassistant::for_config(&config),
         uplink_stop.clone(),
     ));
 

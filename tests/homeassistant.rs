@@ -5,7 +5,7 @@
 //! homeassistant` rewrites them; review the diff). The agent binary, a real mosquitto and a
 //! Modbus TCP simulator then show the configs published retained, put back when Home
 //! Assistant announces itself and when the broker lost them, cleared for a point removed
-//! from the map, and nothing at all with discovery off.
+//! from the map, not sent again for an unchanged map, and nothing at all with discovery off.
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -404,7 +404,7 @@ async fn configs_are_retained_and_put_back_after_home_assistants_birth_and_a_bro
             .await;
     let mut agent = Agent::start(&toml);
     retained_configs_are(&broker, &setup, &expected).await;
-    // The readings HA will show came after (one outbox, one connection, in order).
+    // The readings wait, retained, for Home Assistant to subscribe to them.
     let readings = Watch::start(broker.port, &format!("{}/m1/#", setup.prefix)).await;
     readings
         .wait_for(&format!("{}/m1/voltage", setup.prefix), DEADLINE, |m| {
@@ -483,18 +483,39 @@ async fn a_point_removed_from_the_map_loses_its_config_and_discovery_off_publish
     agent.sigterm();
     assert!(agent.wait_exit(DEADLINE).await.success());
 
-    // Off: the readings go out, and nothing under the discovery prefix does (the configs
-    // would have gone first, through the same outbox and connection). What is there stays:
-    // with discovery off the agent touches nothing under the prefix.
+    // The same map again: the broker holds every config as it is, so none is sent.
+    let again = Watch::start(broker.port, &format!("{}/#", setup.discovery_prefix)).await;
+    agent.restart();
+    agent
+        .wait_stderr("the discovery check", DEADLINE, |l| {
+            l.contains("publishing 0 configs, 4 already on the broker")
+        })
+        .await;
+    let sent: Vec<String> = again
+        .snapshot()
+        .into_iter()
+        .filter(|m| !m.retain)
+        .map(|m| m.topic)
+        .collect();
+    assert!(sent.is_empty(), "an unchanged map sent {sent:?}");
+    agent.sigterm();
+    assert!(agent.wait_exit(DEADLINE).await.success());
+
+    // Off: the readings go out, and nothing under the discovery prefix does. What is there
+    // stays: with discovery off the agent touches nothing under the prefix.
     let off = setup.config(false, &[VOLTAGE, ENERGY]);
     let everything = Watch::start(broker.port, "#").await;
     std::fs::write(&agent.config.path, &off).unwrap();
     agent.restart();
     everything
         .wait_for(&format!("{}/m1/energy", setup.prefix), DEADLINE, |m| {
-            m.json()["boot"] == 3
+            m.json()["boot"] == 4
         })
         .await;
+    assert!(
+        !agent.stderr.any(|l| l.contains("Home Assistant")),
+        "discovery off still spoke of Home Assistant"
+    );
     let published: Vec<String> = everything
         .snapshot()
         .into_iter()

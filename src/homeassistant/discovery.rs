@@ -1,31 +1,35 @@
 //! What the uplink does about discovery, decided without I/O (time passed in): which topics
-//! to subscribe to on a connection, what an incoming message on them means, and when to
-//! put the configs back.
+//! to subscribe to on a connection, what an incoming message on them means, and which
+//! configs to publish.
 //!
-//! - **Publishing.** The configs go into the outbox once at start (`app`), retained QoS 1
-//!   like every other record, and from then on they are retained state the uplink owns: the
-//!   republish set holds each one the broker acknowledged and puts them back after any
-//!   CONNACK where the broker lost its retained messages (the same check as for the rest).
-//!   A start always publishes them: the file may have changed, and a broker that kept the
-//!   old ones still needs the new ones.
+//! - **Publishing.** On the first connection of a run the uplink also subscribes to this
+//!   gateway's own discovery topics (`<discovery_prefix>/+/<gateway>/+/config`), and the
+//!   broker answers with the configs it holds there. When the broker check is over, every
+//!   config the broker does not hold with exactly this payload is published; the others
+//!   cost nothing (a restart with the same map sends no config). From then on they are
+//!   retained state the uplink owns: the republish set holds them all and puts them back
+//!   after any CONNACK where the broker lost its retained messages (the same check as for
+//!   the rest). They go through the republish set, not the outbox: they are not readings
+//!   (no `seq`, nothing to store on disk, the map regenerates them), and they must not wait
+//!   behind a backlog of hours, which the republish set jumps.
+//! - **Points removed from the map.** Each config found there that is not ours any more gets
+//!   an empty retained message (through the outbox), which deletes it, and the entity, in
+//!   Home Assistant. Chosen over a record in the state directory: the broker is where the
+//!   stale configs are, so asking it is exact (also after a lost or copied state directory,
+//!   or for a point that turned writable and moved from `sensor` to `number`), and it costs
+//!   one download of the configs per run, not per connection.
+//! - **When the sweep is complete.** The subscription is made just before the birth, and
+//!   mosquitto sends a subscription's retained messages before anything published after
+//!   it, so once the broker check's echo of the birth came back all of them arrived; the
+//!   subscription is then dropped (one that comes later is still cleared while it lasts).
+//!   A broker that did not route the echo gets every config, and the sweep again on the
+//!   next connection.
 //! - **Home Assistant's birth.** `online` on `<discovery_prefix>/status` puts every config
-//!   back [`BIRTH_SETTLE`] later (ahead of any backlog), once however many births arrive in
-//!   that time. A retained `online` there is not a birth (a broker hands it to every new
-//!   subscriber) and is ignored; `offline` needs nothing.
-//! - **Points removed from the map.** On the first connection of a run the uplink also
-//!   subscribes to this gateway's own discovery topics (`<discovery_prefix>/+/<gateway>/+/config`):
-//!   the broker answers with what it holds there, and each config that is not ours any more
-//!   gets an empty retained message, which deletes it (and the entity) in Home Assistant.
-//!   Chosen over a record in the state directory: the broker is where the stale configs
-//!   are, so asking it is exact (also after a lost or copied state directory, or a point
-//!   that turned writable and moved from `sensor` to `number`), and it costs one download of
-//!   the configs per run, not per connection. The subscription is dropped once the broker
-//!   check's echo came back: mosquitto sends the retained messages of a subscription before
-//!   anything published after it, so by then all of them arrived; one that came later is
-//!   still cleared while the subscription lasts. A broker that did not route the echo gets
-//!   the sweep again on the next connection.
+//!   back [`BIRTH_SETTLE`] later, once however many births arrive in that time. A retained
+//!   `online` there is not a birth (a broker hands it to every new subscriber) and is
+//!   ignored; `offline` needs nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,8 +53,26 @@ pub struct Discovery {
     prefix_level: String,
     node_level: String,
     swept: bool,
+    /// The sweep's messages are being taken in (this connection subscribed to it).
     sweeping: bool,
+    /// The sweep's subscription was made on this connection and not dropped yet.
+    subscribed_sweep: bool,
+    /// What the broker held on our own topics, as the sweep saw it.
+    held: HashMap<String, Vec<u8>>,
+    /// The configs were handed to the uplink this run.
+    published: bool,
     birth_due: Option<Instant>,
+}
+
+/// What to do once the broker check of a connection is over.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AfterCheck {
+    /// The sweep's filter, to unsubscribe from.
+    pub unsubscribe: Option<String>,
+    /// Configs to publish (retained, ahead of any backlog).
+    pub publish: Vec<DiscoveryConfig>,
+    /// Configs the broker already holds as they are: owned, not sent.
+    pub on_broker: Vec<DiscoveryConfig>,
 }
 
 /// What a message on one of the discovery subscriptions asks for.
@@ -74,11 +96,14 @@ impl Discovery {
             node_level: format!("/{gateway}/"),
             swept: false,
             sweeping: false,
+            subscribed_sweep: false,
+            held: HashMap::new(),
+            published: false,
             birth_due: None,
         }
     }
 
-    /// Every config, to queue at start.
+    /// Every config.
     pub fn configs(&self) -> &[DiscoveryConfig] {
         &self.configs
     }
@@ -91,8 +116,10 @@ impl Discovery {
     /// The topics to subscribe to (QoS 0) on a fresh connection, before the birth.
     pub fn subscriptions(&mut self) -> Vec<String> {
         let mut topics = vec![self.status_topic.clone()];
+        self.subscribed_sweep = false;
         if !self.swept {
             self.sweeping = true;
+            self.subscribed_sweep = true;
             topics.push(self.sweep_filter.clone());
         }
         topics
@@ -103,16 +130,35 @@ impl Discovery {
     pub fn connection_lost(&mut self) {
         self.birth_due = None;
         self.sweeping = false;
+        self.held.clear();
     }
 
-    /// The broker check finished; `routed`: our own echo came back. Returns the sweep's
-    /// filter to unsubscribe from, if it was subscribed.
-    pub fn check_done(&mut self, routed: bool) -> Option<String> {
-        if !std::mem::take(&mut self.sweeping) {
-            return None;
+    /// The broker check finished; `routed`: our own echo came back, so the sweep saw
+    /// everything the broker holds. The first time in a run, the configs go out.
+    pub fn check_done(&mut self, routed: bool) -> AfterCheck {
+        let mut after = AfterCheck::default();
+        let swept_now = std::mem::take(&mut self.sweeping) && routed;
+        if self.sweep_subscribed() {
+            after.unsubscribe = Some(self.sweep_filter.clone());
+            self.swept |= swept_now;
         }
-        self.swept |= routed;
-        Some(self.sweep_filter.clone())
+        let held = std::mem::take(&mut self.held);
+        if !self.published {
+            self.published = true;
+            for config in &self.configs {
+                if swept_now && held.get(&config.topic) == Some(&config.payload) {
+                    after.on_broker.push(config.clone());
+                } else {
+                    after.publish.push(config.clone());
+                }
+            }
+        }
+        after
+    }
+
+    /// True while the sweep's subscription stands (until [`check_done`](Self::check_done)).
+    fn sweep_subscribed(&mut self) -> bool {
+        std::mem::take(&mut self.subscribed_sweep)
     }
 
     /// A message arrived on `topic`. Returns what to do; a birth is remembered and shows in
@@ -131,7 +177,17 @@ impl Discovery {
             return Incoming::Nothing;
         }
         // An empty payload is a deletion (ours echoed, or someone's): nothing left to clear.
-        if payload.is_empty() || !self.sweeping || self.owns(topic) || !self.is_ours(topic) {
+        if payload.is_empty() || !self.sweeping {
+            return Incoming::Nothing;
+        }
+        if self.owns(topic) {
+            // Only what the broker kept; a live one is our own config echoed.
+            if retain {
+                self.held.insert(topic.to_owned(), payload.to_vec());
+            }
+            return Incoming::Nothing;
+        }
+        if !self.is_ours(topic) {
             return Incoming::Nothing;
         }
         Incoming::Clear(topic.to_owned())
@@ -216,20 +272,56 @@ mod tests {
                 "{topic}"
             );
         }
-        assert_eq!(d.check_done(true), Some("ha/+/gw1/+/config".into()));
+        let after = d.check_done(true);
+        assert_eq!(after.unsubscribe.as_deref(), Some("ha/+/gw1/+/config"));
         assert_eq!(d.on_message(stale, b"{}", true, now), Incoming::Nothing);
         assert_eq!(d.subscriptions(), ["ha/status"], "swept once per run");
-        assert_eq!(d.check_done(true), None, "nothing to unsubscribe");
+        assert_eq!(d.check_done(true), AfterCheck::default(), "all done");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_sweep_whose_echo_never_came_is_made_again() {
+    async fn only_configs_the_broker_does_not_hold_as_they_are_go_out() {
+        let mut d = discovery();
+        let now = Instant::now();
+        d.subscriptions();
+        d.on_message("ha/sensor/gw1/m1_v/config", b"{}", true, now);
+        d.on_message("ha/binary_sensor/gw1/status/config", b"{}", false, now);
+        let after = d.check_done(true);
+        let topics = |list: &[DiscoveryConfig]| -> Vec<String> {
+            list.iter().map(|c| c.topic.clone()).collect()
+        };
+        assert_eq!(topics(&after.on_broker), ["ha/sensor/gw1/m1_v/config"]);
+        assert_eq!(
+            topics(&after.publish),
+            ["ha/binary_sensor/gw1/status/config"],
+            "a live copy is our own echo, not what the broker kept"
+        );
+
         let mut d = discovery();
         d.subscriptions();
-        assert!(d.check_done(false).is_some());
-        assert_eq!(d.subscriptions().len(), 2);
+        d.on_message("ha/sensor/gw1/m1_v/config", b"{}", true, now);
+        let after = d.check_done(false);
+        assert_eq!(
+            after.publish.len(),
+            2,
+            "no echo: what the broker holds is unknown"
+        );
+        assert!(after.unsubscribe.is_some());
+        assert_eq!(d.subscriptions().len(), 2, "and the sweep is made again");
+        assert!(
+            d.check_done(true).publish.is_empty(),
+            "published once per run"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_cut_short_by_a_lost_connection_is_made_again() {
+        let mut d = discovery();
+        d.subscriptions();
         d.connection_lost();
         assert_eq!(d.subscriptions().len(), 2);
+        assert!(d.check_done(true).unsubscribe.is_some());
+        assert_eq!(d.subscriptions().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

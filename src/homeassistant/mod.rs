@@ -3,14 +3,14 @@
 //!
 //! `payload` builds the configs from the checked config (pure); `discovery` is the
 //! bookkeeping the uplink consults: subscriptions, Home Assistant's birth, configs to clear
-//! (sans-IO). The uplink publishes them through the outbox and the republish set like the
-//! rest of its retained state (`uplink::homeassistant` is its side). Must not touch the
-//! buses or rumqttc.
+//! (sans-IO). The uplink publishes them as retained state it owns, through its republish
+//! set, and clears stale ones through the outbox (`uplink::homeassistant` is its side).
+//! Must not touch the buses or rumqttc.
 
 mod discovery;
 mod payload;
 
-pub use discovery::{Discovery, Incoming, BIRTH_SETTLE};
+pub use discovery::{AfterCheck, Discovery, Incoming, BIRTH_SETTLE};
 pub use payload::{discovery_configs, slug, DiscoveryConfig};
 
 use crate::config::Config;

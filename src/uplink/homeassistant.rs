@@ -1,9 +1,8 @@
 //! The uplink's side of Home Assistant discovery: the subscriptions it adds to a connection,
 //! what it does with a message on them, and putting the configs back after Home
-//! Assistant's birth. The decisions are `crate::homeassistant::Discovery`'s; the configs
-//! travel as outbox records (published at start, `app`) and through the republish set, so
-//! nothing here publishes a config itself: clears go into the outbox, births into the
-//! republish set.
+//! Assistant's birth. The decisions are `crate::homeassistant::Discovery`'s; nothing here
+//! publishes itself: configs go into the republish set (retained, PUBACKed, resent after a
+//! lost connection, ahead of any backlog), clears into the outbox.
 
 use rumqttc::{AsyncClient, QoS};
 
@@ -24,16 +23,34 @@ pub fn subscribe(client: &AsyncClient, discovery: &mut Discovery) -> Result<(), 
     Ok(())
 }
 
-/// The broker check is over (`routed`: our echo came back): the sweep's subscription goes.
+/// The broker check is over (`routed`: our echo came back): the sweep's subscription goes,
+/// and the first time in a run the configs the broker does not hold as they are go out.
 pub fn check_done(
     client: &AsyncClient,
     discovery: &mut Discovery,
+    republish: &mut RepublishSet,
     routed: bool,
 ) -> Result<(), Diagnosis> {
-    if let Some(filter) = discovery.check_done(routed) {
+    let after = discovery.check_done(routed);
+    if let Some(filter) = after.unsubscribe {
         client
             .try_unsubscribe(filter)
             .map_err(|e| diagnose::client_refused(&e))?;
+    }
+    for config in &after.on_broker {
+        republish.remember(&config.topic, &config.payload);
+    }
+    for config in &after.publish {
+        republish.publish(&config.topic, &config.payload);
+    }
+    if !after.publish.is_empty() || !after.on_broker.is_empty() {
+        tracing::info!(
+            published = after.publish.len(),
+            on_broker = after.on_broker.len(),
+            "Home Assistant discovery: publishing {} configs, {} already on the broker as they are",
+            after.publish.len(),
+            after.on_broker.len()
+        );
     }
     Ok(())
 }

@@ -507,7 +507,12 @@ impl<'a> Session<'a> {
         if let Some(routing) = self.check.take_routing() {
             self.on_routing_verdict(routing);
             if let Some(discovery) = &mut self.memory.discovery {
-                homeassistant::check_done(&self.client, discovery, routing == Routing::Delivered)?;
+                homeassistant::check_done(
+                    &self.client,
+                    discovery,
+                    &mut self.memory.republish,
+                    routing == Routing::Delivered,
+                )?;
             }
         }
         Ok(())

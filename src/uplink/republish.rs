@@ -4,9 +4,11 @@
 //!
 //! Owns one payload per retained topic we publish through the outbox (device statuses,
 //! `meta`, the newest reading of each point, the newest batch of each device) and the list
-//! of topics still to be republished. It holds only what the broker *acknowledged* (or, at
-//! QoS 0, what was written): a record that never made it (e.g. one the broker refuses for
-//! its size) can never come back through here. No I/O, no clock, no rumqttc: `mqtt` feeds it
+//! of topics still to be republished. Of records it holds only what the broker
+//! *acknowledged* (or, at QoS 0, what was written): a record that never made it (e.g. one
+//! the broker refuses for its size) can never come back through here. Home Assistant
+//! discovery configs (see below) are the exception: the map defines them, so they are held
+//! from the moment they are handed over. No I/O, no clock, no rumqttc: `mqtt` feeds it
 //! and drains it. The gateway's own `status` and `health` are not in it; they go out after
 //! every CONNACK anyway.
 //!
@@ -19,7 +21,9 @@
 //! - Records and republishes leave on one connection in the order they were handed over, and
 //!   the broker applies them in that order, so the last retained value is the newest.
 //!
-//! Home Assistant discovery configs are records like the rest, so they are held here too;
+//! Home Assistant discovery configs are retained state the gateway owns from its map, not
+//! from readings: they enter here directly ([`RepublishSet::publish`], or
+//! [`RepublishSet::remember`] for one the broker already holds as it is), and
 //! [`RepublishSet::lost`] puts back a chosen part (the configs, when Home Assistant
 //! restarts).
 
@@ -90,6 +94,15 @@ impl RepublishSet {
             self.enqueue(topic);
         }
         self.pending.len()
+    }
+
+    /// Retained state this gateway owns by definition rather than by a reading (a Home
+    /// Assistant discovery config): held, and to be published ahead of any backlog.
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) {
+        self.remember(topic, payload);
+        if !self.in_flight.contains(topic) {
+            self.enqueue(topic.to_owned());
+        }
     }
 
     /// Someone lost the held topics that `wanted` picks (Home Assistant restarted and
