@@ -414,7 +414,14 @@ async fn configs_are_retained_and_put_back_after_home_assistants_birth_and_a_bro
 
     let count = |topic: &str| watch.on(topic).len();
     let voltage_topic = expected[3].0.clone();
-    assert_eq!(count(&voltage_topic), 1);
+    // Each went out once (seen on this subscriber's own connection, so waited for).
+    wait_until("every config once", DEADLINE, || {
+        expected
+            .iter()
+            .all(|(topic, _)| count(topic) == 1)
+            .then_some(())
+    })
+    .await;
     let ha_status = format!("{}/status", setup.discovery_prefix);
     let born = Instant::now();
     publish(broker.port, &ha_status, "online").await;
@@ -466,12 +473,17 @@ async fn a_point_removed_from_the_map_loses_its_config_and_discovery_off_publish
     let watch = Watch::start(broker.port, &format!("{}/#", setup.discovery_prefix)).await;
     agent.restart();
     retained_configs_are(&broker, &setup, &expected).await;
-    let cleared: Vec<String> = watch
-        .snapshot()
-        .into_iter()
-        .filter(|m| m.payload.is_empty() && !m.retain)
-        .map(|m| m.topic)
-        .collect();
+    // The clears reach this subscriber on its own connection: wait for them too.
+    let cleared: Vec<String> = wait_until("both clears", DEADLINE, || {
+        let cleared: Vec<String> = watch
+            .snapshot()
+            .into_iter()
+            .filter(|m| m.payload.is_empty() && !m.retain)
+            .map(|m| m.topic)
+            .collect();
+        (cleared.len() >= 2).then_some(cleared)
+    })
+    .await;
     assert_eq!(
         cleared.len(),
         2,
