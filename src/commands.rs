@@ -137,10 +137,11 @@ fn describe_homeassistant(out: &mut String, config: &Config) {
     let configs = crate::homeassistant::discovery_configs(config);
     let _ = writeln!(
         out,
-        "home assistant discovery: {} configs under {}/<component>/{}/ (retained, QoS 1), birth on {}/status",
+        "home assistant discovery: {} configs under {}/<component>/{}/ (retained, QoS {}), birth on {}/status",
         configs.len(),
         ha.discovery_prefix,
         config.gateway.id,
+        config.mqtt.qos,
         ha.discovery_prefix
     );
     for device in &config.devices {

@@ -5,7 +5,8 @@
 //! retained `online` birth after every CONNACK, republishing lost retained state
 //! (`republish`), the keep-alive verdict (1.5 x KA, see `state`), draining the outbox through
 //! a bounded send window, giving up on a record the broker never takes (`quarantine`),
-//! logging failures once per cause, the health topic, and the orderly goodbye on shutdown.
+//! logging failures once per cause, the health topic, Home Assistant discovery's
+//! subscriptions and births (`homeassistant`), and the orderly goodbye on shutdown.
 //! The decisions are made elsewhere, without I/O: when a publish is delivered (`delivery`),
 //! how a connection ended and what to say about it (`session_end`, `diagnose`), topics and
 //! payloads (`topic`), timing policy (`state`). It never treats rumqttc as a store: a record
