@@ -77,6 +77,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         outbox.clone(),
         health.clone(),
         commands.map(|c| c as Arc<dyn CommandSink>),
+        crate::homeassistant::for_config(&config),
         uplink_stop.clone(),
     ));
 

@@ -144,7 +144,80 @@ pub fn describe(config: &Config) -> String {
             }
         }
     }
+    describe_homeassistant(&mut out, config);
     out
+}
+
+/// With discovery on: the entities Home Assistant gets, one line per point, with the
+/// classes and unit it is told (nothing when discovery is off).
+fn describe_homeassistant(out: &mut String, config: &Config) {
+    let ha = &config.homeassistant;
+    if !ha.enabled {
+        return;
+    }
+    let configs = crate::homeassistant::discovery_configs(config);
+    let _ = writeln!(
+        out,
+        "home assistant discovery: {} configs under {}/<component>/{}/ (retained, QoS {}), birth on {}/status",
+        configs.len(),
+        ha.discovery_prefix,
+        config.gateway.id,
+        config.mqtt.qos,
+        ha.discovery_prefix
+    );
+    for device in &config.devices {
+        let profile = ha.devices.get(&device.name);
+        let _ = writeln!(
+            out,
+            "  device {}{}",
+            device.name,
+            profile
+                .and_then(|p| p.model.as_deref())
+                .map(|m| format!(" (model {m:?})"))
+                .unwrap_or_default()
+        );
+        let points: Vec<(&str, config::HaEntity, Option<&str>)> = match &device.kind {
+            DeviceKind::Modbus(m) => m
+                .points
+                .iter()
+                .map(|p| (p.name.as_str(), p.ha_entity(), p.unit.as_deref()))
+                .collect(),
+            DeviceKind::SerialLine(l) => l
+                .points
+                .iter()
+                .map(|p| (p.name.as_str(), p.ha_entity(), p.unit.as_deref()))
+                .collect(),
+        };
+        let none = config::HaPoint::default();
+        for (point, entity, unit) in points {
+            let hints = ha
+                .points
+                .get(&(device.name.clone(), point.to_owned()))
+                .unwrap_or(&none);
+            let (class, state) = config::ha_classes::classes(entity, hints, unit);
+            let mut facts: Vec<String> = Vec::new();
+            if let Some(u) = unit {
+                facts.push(format!("unit {}", config::ha_classes::ha_unit(u)));
+            }
+            if let Some(c) = class {
+                facts.push(format!("device_class {c}"));
+            }
+            if let Some(c) = state {
+                facts.push(format!("state_class {c}"));
+            }
+            let _ = writeln!(
+                out,
+                "    {}.{}{}",
+                entity.component(),
+                crate::homeassistant::slug(&format!("{}_{point}", device.name)),
+                if facts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", facts.join(", "))
+                }
+            );
+        }
+    }
 }
 
 /// A Modbus device as `check` shows it: its settings, its points, and the reads `run` makes.

@@ -9,6 +9,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod health;
+pub mod homeassistant;
 pub mod logging;
 pub mod model;
 pub mod poll;

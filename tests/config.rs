@@ -727,6 +727,11 @@ fn the_annotated_config_shows_the_defaults_the_types_name() {
         ),
         ("[log]", "level", format!("{:?}", Log::DEFAULT_LEVEL)),
         (
+            "# [homeassistant]",
+            "discovery_prefix",
+            format!("{:?}", config::HomeAssistant::DEFAULT_DISCOVERY_PREFIX),
+        ),
+        (
             "type = \"modbus_tcp\"",
             "timeout",
             duration(ModbusTcp::DEFAULT_TIMEOUT),

@@ -9,6 +9,7 @@
 //! This file is the wing's front door only: the checked types are re-exported from `types`,
 //! the loader from `validate`; the files below import each other, never this one.
 
+pub mod ha_classes;
 pub mod limits;
 pub mod raw;
 mod types;

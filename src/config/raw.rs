@@ -21,6 +21,7 @@ pub const ROOT_KEYS: &[&str] = &[
     "bus",
     "device",
     "profile_dirs",
+    "homeassistant",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +82,14 @@ pub struct RawBuffer {
     pub replay: Option<Spanned<String>>,
     pub replay_rate: Option<Spanned<i64>>,
     pub spill_threshold: Option<Spanned<i64>>,
+}
+
+/// `[homeassistant]`: MQTT discovery for Home Assistant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHomeAssistant {
+    pub enabled: Option<Spanned<bool>>,
+    pub discovery_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +182,8 @@ pub struct RawLinePoint {
     pub scale: Option<Spanned<f64>>,
     pub offset: Option<Spanned<f64>>,
     pub unit: Option<Spanned<String>>,
+    pub ha_device_class: Option<Spanned<String>>,
+    pub ha_state_class: Option<Spanned<String>>,
 }
 
 /// `[[device]]` without its `point` children.
@@ -208,6 +219,8 @@ pub struct RawPoint {
     pub max: Option<Spanned<f64>>,
     pub write_function: Option<Spanned<String>>,
     pub min_write_interval: Option<Spanned<HumanDuration>>,
+    pub ha_device_class: Option<Spanned<String>>,
+    pub ha_state_class: Option<Spanned<String>>,
 }
 
 /// The top of a profile file, without its `point` array.

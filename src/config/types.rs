@@ -5,6 +5,7 @@
 //!
 //! Plain data: imports nothing else of `config`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub struct Config {
     pub devices: Vec<Device>,
     /// `[buffer]`: the durable store-and-forward buffer (all keys optional).
     pub buffer: Buffer,
+    /// `[homeassistant]`: MQTT discovery (off by default), with what the device map says
+    /// about each device and point for it.
+    pub homeassistant: HomeAssistant,
 }
 
 impl Config {
@@ -131,6 +135,92 @@ pub enum PayloadMode {
     /// `{"ts":<unix ms>,"seq":<n>,"values":{"voltage":230.1,…}}`; units go once to the
     /// retained `<prefix>/<device>/meta` (see `uplink::topic`).
     Device,
+}
+
+/// `[homeassistant]`, and the facts discovery needs that the checked device types do not
+/// carry: each device's profile (manufacturer, model) and the points' `ha_device_class` /
+/// `ha_state_class`. Kept beside the devices rather than in them, so the poll path's types
+/// stay as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HomeAssistant {
+    /// `enabled` (default false).
+    pub enabled: bool,
+    /// `discovery_prefix`: the first topic level Home Assistant listens on.
+    pub discovery_prefix: String,
+    /// Devices that use a profile, by device name.
+    pub devices: BTreeMap<String, HaDevice>,
+    /// Points that set `ha_device_class` or `ha_state_class`, by (device, point).
+    pub points: BTreeMap<(String, String), HaPoint>,
+}
+
+impl HomeAssistant {
+    pub const DEFAULT_DISCOVERY_PREFIX: &'static str = "homeassistant";
+
+    /// The `<object id>` level of a point's discovery topic, `<device>_<point>`: Home
+    /// Assistant takes only `[a-zA-Z0-9_-]` there, so the `.` names may hold becomes `_`.
+    /// Two points that give one id are refused by validation.
+    pub fn object_id(device: &str, point: &str) -> String {
+        let clean = |s: &str| s.replace('.', "_");
+        format!("{}_{}", clean(device), clean(point))
+    }
+}
+
+/// The kind of Home Assistant entity a point becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaEntity {
+    /// A number with a unit, graphed and kept in long-term statistics.
+    Sensor,
+    /// A string point: shown as text.
+    TextSensor,
+    /// A read-only bool.
+    BinarySensor,
+    /// A writable number (`writable = true`).
+    Number,
+    /// A writable bool (`writable = true`).
+    Switch,
+}
+
+impl HaEntity {
+    /// A Modbus point of `data_type`, writable or not.
+    pub fn of_register(data_type: DataType, writable: bool) -> HaEntity {
+        match (data_type, writable) {
+            (DataType::Bool, true) => HaEntity::Switch,
+            (DataType::Bool, false) => HaEntity::BinarySensor,
+            (DataType::String { .. }, _) => HaEntity::TextSensor,
+            (_, true) => HaEntity::Number,
+            (_, false) => HaEntity::Sensor,
+        }
+    }
+
+    /// The discovery topic's `<component>` level.
+    pub fn component(self) -> &'static str {
+        match self {
+            HaEntity::Sensor | HaEntity::TextSensor => "sensor",
+            HaEntity::BinarySensor => "binary_sensor",
+            HaEntity::Number => "number",
+            HaEntity::Switch => "switch",
+        }
+    }
+}
+
+/// What a device's profile says it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaDevice {
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+}
+
+/// A point's `ha_device_class` / `ha_state_class` (validated against the entity it becomes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaPoint {
+    pub device_class: Option<String>,
+    pub state_class: Option<String>,
+}
+
+impl HaPoint {
+    pub fn is_empty(&self) -> bool {
+        self.device_class.is_none() && self.state_class.is_none()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -428,6 +518,16 @@ pub struct SerialLinePoint {
     pub unit: Option<String>,
 }
 
+impl SerialLinePoint {
+    /// What Home Assistant shows it as (serial_line points are read-only).
+    pub fn ha_entity(&self) -> HaEntity {
+        match self.kind {
+            LineValueKind::String => HaEntity::TextSensor,
+            LineValueKind::Number | LineValueKind::Integer => HaEntity::Sensor,
+        }
+    }
+}
+
 /// Where a point's text is in a line.
 #[derive(Debug, Clone)]
 pub enum Extract {
@@ -495,6 +595,11 @@ pub enum WriteFunction {
 }
 
 impl Point {
+    /// What Home Assistant shows it as: writable points can be set from it.
+    pub fn ha_entity(&self) -> HaEntity {
+        HaEntity::of_register(self.data_type, self.write.is_some())
+    }
+
     /// A point as the file writes it with only the required keys: no scaling, no unit, no
     /// interval of its own, big-endian (`ABCD`).
     pub fn new(name: &str, table: Table, address: u16, data_type: DataType) -> Point {

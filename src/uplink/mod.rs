@@ -7,9 +7,10 @@
 //! failures as typed causes and in words), `broker_check` (after each connect: did the broker
 //! keep our retained messages, does it deliver ours), `republish` (the retained state we
 //! own, put back when a broker lost it), `quarantine` (finding a record the broker will
-//! never take), `subscriptions` (which subscription a SUBACK answers). Commands received on
-//! `…/set` are handed to a [`CommandSink`](crate::model::CommandSink) at once; what they do
-//! is the business of `writes`.
+//! never take), `subscriptions` (which subscription a SUBACK answers), `homeassistant`
+//! (discovery's subscriptions and what arrives on them). Commands received on `…/set` are
+//! handed to a [`CommandSink`](crate::model::CommandSink) at once; what they do is the business
+//! of `writes`.
 //!
 //! Owns the path from a [`Sample`] to the broker. Must not touch the buses, the config file or
 //! systemd: it reports link state through [`Health`] and nothing else.
@@ -17,6 +18,7 @@
 mod broker_check;
 mod delivery;
 mod diagnose;
+mod homeassistant;
 mod mqtt;
 mod password;
 mod quarantine;

@@ -5,7 +5,8 @@
 //! retained `online` birth after every CONNACK, republishing lost retained state
 //! (`republish`), the keep-alive verdict (1.5 x KA, see `state`), draining the outbox through
 //! a bounded send window, giving up on a record the broker never takes (`quarantine`),
-//! logging failures once per cause, the health topic, and the orderly goodbye on shutdown.
+//! logging failures once per cause, the health topic, Home Assistant discovery's
+//! subscriptions and births (`homeassistant`), and the orderly goodbye on shutdown.
 //! The decisions are made elsewhere, without I/O: when a publish is delivered (`delivery`),
 //! how a connection ended and what to say about it (`session_end`, `diagnose`), topics and
 //! payloads (`topic`), timing policy (`state`). It never treats rumqttc as a store: a record
@@ -45,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use super::broker_check::{BrokerCheck, Retained, Routing, CHECK_WAIT};
 use super::delivery::{self, Acked, Counted, Delivery, Settles, Written, MAX_PACKET};
 use super::diagnose::{self, Cause, Diagnosis, Severity, Target};
+use super::homeassistant;
 use super::password::read_password;
 use super::quarantine::{GiveUp, Quarantine};
 use super::republish::RepublishSet;
@@ -55,6 +57,7 @@ use super::topic::{self, OutboxFacts};
 use super::user_timeout;
 use crate::config::Mqtt;
 use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
+use crate::homeassistant::Discovery;
 use crate::model::CommandSink;
 use crate::queue::{Outbox, Record};
 
@@ -117,6 +120,8 @@ struct Memory {
     /// The broker closed a connection over our subscription to commands: none is asked for
     /// until then.
     commands_barred_until: Option<Instant>,
+    /// Home Assistant discovery, when on (see `homeassistant`).
+    discovery: Option<Discovery>,
 }
 
 /// Keeps the MQTT link up and drains the outbox until `shutdown` fires, then publishes what
@@ -128,6 +133,7 @@ pub async fn run(
     outbox: Arc<Outbox>,
     health: Arc<Health>,
     commands: Option<Arc<dyn CommandSink>>,
+    discovery: Option<Discovery>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = match &cfg.tls {
@@ -161,6 +167,7 @@ pub async fn run(
         routing: ComplaintPacer::new(),
         skip_check: false,
         commands_barred_until: None,
+        discovery,
     };
     // The loop ticks on every broker event (at least one per keep-alive while up), and
     // between connection attempts, which may be a backoff plus a connect timeout apart.
@@ -198,6 +205,9 @@ pub async fn run(
         quarantine_after(&failure, &settings, &outbox, &health, &mut memory);
         let requeued = outbox.requeue_inflight();
         memory.republish.connection_lost();
+        if let Some(discovery) = &mut memory.discovery {
+            discovery.connection_lost();
+        }
         memory.skip_check = failure.skip_next_check(memory.skip_check);
         if failure.closed_on_commands() {
             memory.commands_barred_until = Some(Instant::now() + COMMANDS_BAR);
@@ -473,6 +483,11 @@ impl<'a> Session<'a> {
             self.fill_window()?;
             beat.tick();
             let check_due = self.check.deadline();
+            let ha_birth_due = self
+                .memory
+                .discovery
+                .as_ref()
+                .and_then(Discovery::birth_deadline);
             let can_take = self.birth_sent
                 && self.held.is_empty()
                 && self.memory.quarantine.probe().is_none()
@@ -486,6 +501,12 @@ impl<'a> Session<'a> {
                 }
                 _ = tokio::time::sleep_until(check_due.unwrap_or_else(Instant::now)),
                     if check_due.is_some() => self.check.on_deadline(Instant::now()),
+                _ = tokio::time::sleep_until(ha_birth_due.unwrap_or_else(Instant::now)),
+                    if ha_birth_due.is_some() => {
+                    if let Some(discovery) = &mut self.memory.discovery {
+                        homeassistant::birth_due(discovery, &mut self.memory.republish);
+                    }
+                }
                 _ = self.outbox.wait_queued(), if can_take => {}
                 _ = health_timer.tick(), if self.birth_sent => {
                     self.publish_health(self.health.report())?
@@ -506,6 +527,9 @@ impl<'a> Session<'a> {
     fn follow_check(&mut self) -> Result<(), Diagnosis> {
         if self.check.take_birth_due() {
             self.subscribe_commands()?;
+            if let Some(discovery) = &mut self.memory.discovery {
+                homeassistant::subscribe(&self.client, discovery, &mut self.subscriptions)?;
+            }
             let status = self.settings.status_topic.clone();
             self.publish_own(
                 &status,
@@ -521,6 +545,14 @@ impl<'a> Session<'a> {
         }
         if let Some(routing) = self.check.take_routing() {
             self.on_routing_verdict(routing);
+            if let Some(discovery) = &mut self.memory.discovery {
+                homeassistant::check_done(
+                    &self.client,
+                    discovery,
+                    &mut self.memory.republish,
+                    routing == Routing::Delivered,
+                )?;
+            }
         }
         Ok(())
     }
@@ -684,13 +716,14 @@ impl<'a> Session<'a> {
                                 self.commands_pending = false;
                                 self.on_commands_suback(granted);
                             }
+                            Some(Purpose::Discovery) => homeassistant::on_suback(granted),
                             None => {}
                         }
                     }
                     Packet::Publish(p) if p.topic == self.settings.status_topic => {
                         self.check.on_own_status(p.retain);
                     }
-                    Packet::Publish(p) => self.on_command(&p),
+                    Packet::Publish(p) => self.on_publish(&p),
                     _ => {}
                 }
             }
@@ -724,17 +757,24 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// A publish on a command topic goes to the router; anything else is not ours.
-    fn on_command(&self, publish: &rumqttc::Publish) {
-        let Some(commands) = &self.settings.commands else {
-            return;
-        };
+    /// A message on one of our subscriptions (other than our own status): a command goes to
+    /// the router, anything else to discovery, which ignores what is not its own.
+    fn on_publish(&mut self, publish: &rumqttc::Publish) {
         let topic = publish.topic.as_str();
-        match topic::command_target(&self.settings.cfg.prefix, topic) {
-            Some((device, point)) => {
-                commands.command(device, point, &publish.payload, publish.retain)
+        if let Some(commands) = &self.settings.commands {
+            if let Some((device, point)) = topic::command_target(&self.settings.cfg.prefix, topic) {
+                commands.command(device, point, &publish.payload, publish.retain);
+                return;
             }
-            None => tracing::debug!(topic, "ignored a message on a topic we do not serve"),
+        }
+        if let Some(discovery) = &mut self.memory.discovery {
+            homeassistant::on_publish(
+                discovery,
+                self.outbox,
+                &publish.topic,
+                &publish.payload,
+                publish.retain,
+            );
         }
     }
 

@@ -4,9 +4,11 @@
 //!
 //! Owns one payload per retained topic we publish through the outbox (device statuses,
 //! `meta`, the newest reading of each point, the newest batch of each device) and the list
-//! of topics still to be republished. It holds only what the broker *acknowledged* (or, at
-//! QoS 0, what was written): a record that never made it (e.g. one the broker refuses for
-//! its size) can never come back through here. No I/O, no clock, no rumqttc: `mqtt` feeds it
+//! of topics still to be republished. Of records it holds only what the broker
+//! *acknowledged* (or, at QoS 0, what was written): a record that never made it (e.g. one
+//! the broker refuses for its size) can never come back through here. Home Assistant
+//! discovery configs (see below) are the exception: the map defines them, so they are held
+//! from the moment they are handed over. No I/O, no clock, no rumqttc: `mqtt` feeds it
 //! and drains it. The gateway's own `status` and `health` are not in it; they go out after
 //! every CONNACK anyway.
 //!
@@ -19,8 +21,11 @@
 //! - Records and republishes leave on one connection in the order they were handed over, and
 //!   the broker applies them in that order, so the last retained value is the newest.
 //!
-//! Future callers (Home Assistant discovery configs, broker failover) add their topics here
-//! with [`RepublishSet::remember`] and trigger [`RepublishSet::broker_lost_all`].
+//! Home Assistant discovery configs are retained state the gateway owns from its map, not
+//! from readings: they enter here directly ([`RepublishSet::publish`], or
+//! [`RepublishSet::remember`] for one the broker already holds as it is), and
+//! [`RepublishSet::lost`] puts back a chosen part (the configs, when Home Assistant
+//! restarts).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -43,6 +48,11 @@ impl RepublishSet {
     /// The broker acknowledged a retained message of ours on `topic`: it is now the value to
     /// put back should the broker lose it.
     pub fn remember(&mut self, topic: &str, payload: &[u8]) {
+        if payload.is_empty() {
+            // An empty retained message deleted the topic's value: nothing to put back.
+            self.payloads.remove(topic);
+            return;
+        }
         match self.payloads.get_mut(topic) {
             Some(held) => {
                 // Reuse the allocation: this runs once per acknowledged reading.
@@ -84,6 +94,32 @@ impl RepublishSet {
             self.enqueue(topic);
         }
         self.pending.len()
+    }
+
+    /// Retained state this gateway owns by definition rather than by a reading (a Home
+    /// Assistant discovery config): held, and to be published ahead of any backlog.
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) {
+        self.remember(topic, payload);
+        if !self.in_flight.contains(topic) {
+            self.enqueue(topic.to_owned());
+        }
+    }
+
+    /// Someone lost the held topics that `wanted` picks (Home Assistant restarted and
+    /// asks for its discovery configs again): they are to be republished. Returns how many
+    /// were queued now.
+    pub fn lost(&mut self, wanted: impl Fn(&str) -> bool) -> usize {
+        let topics: Vec<String> = self
+            .payloads
+            .keys()
+            .filter(|t| wanted(t) && !self.queued.contains(*t) && !self.in_flight.contains(*t))
+            .cloned()
+            .collect();
+        let queued = topics.len();
+        for topic in topics {
+            self.enqueue(topic);
+        }
+        queued
     }
 
     fn enqueue(&mut self, topic: String) {
@@ -191,6 +227,26 @@ mod tests {
         // That record was then given up: the held value must still come back.
         set.record_given_up("a");
         assert_eq!(drain(&mut set), [("a".into(), "1".into())]);
+    }
+
+    #[test]
+    fn a_deleted_topic_is_not_put_back_and_a_chosen_part_can_be() {
+        let mut set = RepublishSet::new();
+        set.remember("ha/sensor/gw/a/config", b"{}");
+        set.remember("ha/sensor/gw/b/config", b"{}");
+        set.remember("ha/sensor/gw/b/config", b"");
+        set.remember("gw/m1/v", b"1");
+        assert_eq!(set.lost(|t| t.starts_with("ha/")), 1);
+        assert_eq!(
+            drain(&mut set),
+            [("ha/sensor/gw/a/config".into(), "{}".into())]
+        );
+        set.acknowledged("ha/sensor/gw/a/config");
+        assert_eq!(
+            set.broker_lost_all(),
+            2,
+            "the config and the reading, not the deleted one"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub enum Purpose {
     BrokerCheck,
     /// `<prefix>/+/+/set`: commands for writable points.
     Commands,
+    /// Home Assistant's status, and this gateway's own discovery topics (`homeassistant`).
+    Discovery,
 }
 
 #[derive(Debug, Default)]

@@ -80,6 +80,7 @@ impl Agent {
             outbox.clone(),
             health.clone(),
             commands,
+            None,
             shutdown.clone(),
         ));
         Agent {

@@ -15,12 +15,14 @@
 //! - one file per section: `agent` (`[gateway]`, `[log]`, `[buffer]`), `mqtt`,
 //!   `register_map` (Modbus points and profiles) with `writes` (a point's write rules),
 //!   `modbus` (buses and devices),
-//!   `serial_line` (buses, devices, extraction).
+//!   `serial_line` (buses, devices, extraction), `homeassistant` (`[homeassistant]`, the
+//!   points' `ha_*` keys, distinct discovery topics).
 //! - this file: the whole document, in file order, and which section reads each table.
 
 mod agent;
 mod engine;
 mod explanations;
+mod homeassistant;
 mod modbus;
 mod mqtt;
 mod register_map;
@@ -38,7 +40,7 @@ use register_map::Profiles;
 use shared::{BusFamily, KnownBus, Seen};
 
 use super::raw::RawRootScalars;
-use super::types::{Buffer, Bus, Config, Device, Log};
+use super::types::{Buffer, Bus, Config, Device, HomeAssistant, Log};
 
 pub use engine::{ConfigError, ConfigErrors};
 pub use register_map::SYSTEM_PROFILE_DIRS;
@@ -78,7 +80,15 @@ impl Checker {
     fn config(&mut self, file: FileId) -> Option<Config> {
         let doc = self.parse(file)?;
         let root = Item::Table(doc.as_table().clone());
-        let sections = ["gateway", "mqtt", "log", "buffer", "bus", "device"];
+        let sections = [
+            "gateway",
+            "mqtt",
+            "log",
+            "buffer",
+            "bus",
+            "device",
+            "homeassistant",
+        ];
         let scalars = self.decode::<RawRootScalars>(file, &root, "the top of the file", &sections);
         let profile_dirs = scalars.and_then(|s| self.profile_dirs(file, &s.value));
 
@@ -136,6 +146,20 @@ impl Checker {
             }
         }
 
+        let discovery = match doc.as_table().get("homeassistant") {
+            Some(item) => self.homeassistant(file, item, mqtt.as_ref().map(|m| m.prefix.as_str())),
+            None => Some((false, HomeAssistant::DEFAULT_DISCOVERY_PREFIX.to_owned())),
+        };
+        let mut homeassistant = std::mem::take(&mut seen.homeassistant);
+        if let (Some((enabled, prefix)), Some(list)) = (discovery.clone(), devices.as_ref()) {
+            if enabled && !self.ha_object_ids_distinct(file, &seen, list) {
+                devices = None;
+            }
+            homeassistant.enabled = enabled;
+            homeassistant.discovery_prefix = prefix;
+        }
+        discovery?;
+
         Some(Config {
             source: self.files[file].path.clone(),
             gateway: gateway?,
@@ -144,6 +168,7 @@ impl Checker {
             buffer: buffer?,
             buses: buses?,
             devices: devices?,
+            homeassistant,
         })
     }
 

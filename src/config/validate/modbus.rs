@@ -354,13 +354,24 @@ impl Checker {
             ok = false;
         }
         ok &= self.points_are_distinct(&points);
-        profile?;
+        let profile = profile?;
 
         if !ok {
             return None;
         }
+        let name = name?;
+        if let Some(device) = &profile {
+            seen.homeassistant
+                .devices
+                .insert(name.clone(), device.device.clone());
+        }
+        for p in points.iter().filter(|p| !p.ha.is_empty()) {
+            seen.homeassistant
+                .points
+                .insert((name.clone(), p.point.name.clone()), p.ha.clone());
+        }
         Some(Device {
-            name: name?,
+            name,
             bus: bus?.0,
             interval: interval?,
             kind: DeviceKind::Modbus(ModbusDevice {

@@ -15,7 +15,7 @@ use super::explanations::plural;
 use super::shared::ScalingKeys;
 use crate::config::limits;
 use crate::config::raw::{RawPoint, RawProfile, RawRootScalars};
-use crate::config::types::{DataType, Point, Table, WordOrder};
+use crate::config::types::{DataType, HaDevice, HaEntity, HaPoint, Point, Table, WordOrder};
 use crate::config::units::{notation_of, parse_notation, table_name, AddressText};
 
 /// Folders searched for `profile = "NAME"` after the config file's own `profiles/` folder.
@@ -34,11 +34,15 @@ pub(super) struct LocatedPoint {
     address_span: Option<Range<usize>>,
     /// `Some(profile name)` when it came from a profile.
     from_profile: Option<String>,
+    /// `ha_device_class` / `ha_state_class`.
+    pub(super) ha: HaPoint,
 }
 
 #[derive(Clone)]
 pub(super) struct LoadedProfile {
     pub(super) interval: Option<Duration>,
+    /// `manufacturer` and `model`, for Home Assistant's device registry.
+    pub(super) device: HaDevice,
     pub(super) points: Vec<LocatedPoint>,
 }
 
@@ -194,7 +198,15 @@ impl Checker {
             None => None,
         };
         ok &= self.points_are_distinct(&points);
-        ok.then_some(LoadedProfile { interval, points })
+        let device = HaDevice {
+            manufacturer: d.value.manufacturer.as_ref().map(|m| m.get_ref().clone()),
+            model: d.value.model.as_ref().map(|m| m.get_ref().clone()),
+        };
+        ok.then_some(LoadedProfile {
+            interval,
+            device,
+            points,
+        })
     }
 
     /// Duplicate names and overlapping addresses within one device. Reported on whichever
@@ -472,6 +484,21 @@ impl Checker {
         if write.is_none() {
             ok = false;
         }
+        let entity = match (data_type, &write) {
+            (Some(dt), Some(w)) => Some(HaEntity::of_register(dt, w.is_some())),
+            _ => None,
+        };
+        let unit = raw.unit.as_ref().map(|u| u.get_ref().as_str());
+        let ha = self.ha_hints(
+            file,
+            &raw.ha_device_class,
+            &raw.ha_state_class,
+            entity,
+            unit,
+        );
+        if ha.is_none() {
+            ok = false;
+        }
 
         if !ok {
             return None;
@@ -495,6 +522,7 @@ impl Checker {
             name_span: raw.name.as_ref().map(|n| n.span()),
             address_span: raw.address.as_ref().map(|a| a.span()),
             from_profile: profile.map(str::to_owned),
+            ha: ha?,
         })
     }
 }

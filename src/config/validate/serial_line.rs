@@ -14,8 +14,8 @@ use super::shared::{LineBusUser, ScalingKeys, Seen, SerialKeys};
 use crate::config::limits;
 use crate::config::raw::{RawLineBus, RawLineDevice, RawLinePoint};
 use crate::config::types::{
-    Bus, BusKind, ChecksumKind, Device, DeviceKind, Extract, LineQuery, LineValueKind, SerialLine,
-    SerialLineDevice, SerialLinePoint,
+    Bus, BusKind, ChecksumKind, Device, DeviceKind, Extract, HaEntity, HaPoint, LineQuery,
+    LineValueKind, SerialLine, SerialLineDevice, SerialLinePoint,
 };
 use crate::config::units::format_duration;
 
@@ -28,6 +28,9 @@ const MAX_FIELD_INDEX: i64 = 1023;
 /// Regexes are compiled with this size limit so a pathological pattern fails validation
 /// instead of eating a gateway's memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A checked point, where its name was written, and what it says for Home Assistant.
+type LinePoint = (SerialLinePoint, Option<Range<usize>>, HaPoint);
 
 impl Checker {
     pub(super) fn line_bus(
@@ -105,15 +108,14 @@ impl Checker {
     ) -> Option<Device> {
         let d = self.decode::<RawLineDevice>(file, item, what, &["point"]);
         let problems_before_points = self.problem_count();
-        let points: Vec<Option<(SerialLinePoint, Option<Range<usize>>)>> =
-            match item_child(item, "point") {
-                Some(points) => self
-                    .elements(file, &points, "[[device.point]]", "point")
-                    .iter()
-                    .map(|p| self.line_point(file, p, what))
-                    .collect(),
-                None => Vec::new(),
-            };
+        let points: Vec<Option<LinePoint>> = match item_child(item, "point") {
+            Some(points) => self
+                .elements(file, &points, "[[device.point]]", "point")
+                .iter()
+                .map(|p| self.line_point(file, p, what))
+                .collect(),
+            None => Vec::new(),
+        };
         let d = d?;
         let raw = &d.value;
         let mut ok = self.problem_count() == problems_before_points;
@@ -191,14 +193,13 @@ impl Checker {
             }
         }
 
-        let points: Vec<(SerialLinePoint, Option<Range<usize>>)> =
-            points.into_iter().flatten().collect();
+        let points: Vec<LinePoint> = points.into_iter().flatten().collect();
         if ok && points.is_empty() && !d.reported.contains("point") {
             self.fail(file, Some(d.start..d.start), format!("{what} has no points: add [[device.point]] entries with a `regex` or a `delimiter` and `field`"));
             ok = false;
         }
         let mut names: HashMap<&str, Option<Range<usize>>> = HashMap::new();
-        for (p, span) in &points {
+        for (p, span, _) in &points {
             if let Some(first) = names.get(p.name.as_str()) {
                 let line = self.files[file]
                     .position(first.clone().map_or(0, |s| s.start))
@@ -251,8 +252,14 @@ impl Checker {
             Some(q) => Some(q?),
             None => None,
         };
+        let name = name?;
+        for (p, _, ha) in points.iter().filter(|(_, _, ha)| !ha.is_empty()) {
+            seen.homeassistant
+                .points
+                .insert((name.clone(), p.name.clone()), ha.clone());
+        }
         Some(Device {
-            name: name?,
+            name,
             bus: bus?,
             interval: interval?,
             kind: DeviceKind::SerialLine(SerialLineDevice {
@@ -260,7 +267,7 @@ impl Checker {
                 filter: filter?,
                 checksum: checksum?,
                 stale_after: stale_after?,
-                points: points.into_iter().map(|(p, _)| p).collect(),
+                points: points.into_iter().map(|(p, _, _)| p).collect(),
             }),
         })
     }
@@ -287,12 +294,7 @@ impl Checker {
         }
     }
 
-    fn line_point(
-        &mut self,
-        file: FileId,
-        item: &Item,
-        owner: &str,
-    ) -> Option<(SerialLinePoint, Option<Range<usize>>)> {
+    fn line_point(&mut self, file: FileId, item: &Item, owner: &str) -> Option<LinePoint> {
         let (_, what) = table_title(
             item,
             "point",
@@ -396,6 +398,21 @@ impl Checker {
             "m",
             (kind == Some(LineValueKind::String)).then_some("string"),
         );
+        let entity = kind.map(|kind| {
+            if kind == LineValueKind::String {
+                HaEntity::TextSensor
+            } else {
+                HaEntity::Sensor
+            }
+        });
+        let unit = raw.unit.as_ref().map(|u| u.get_ref().as_str());
+        let ha = self.ha_hints(
+            file,
+            &raw.ha_device_class,
+            &raw.ha_state_class,
+            entity,
+            unit,
+        );
         if !ok {
             return None;
         }
@@ -410,6 +427,7 @@ impl Checker {
                 unit: scaling.unit,
             },
             raw.name.as_ref().map(|n| n.span()),
+            ha?,
         ))
     }
 }

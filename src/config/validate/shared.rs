@@ -13,7 +13,9 @@ use toml::Spanned;
 
 use super::engine::{span_of, Checker, Decoded, FileId};
 use super::explanations::reserved_list;
-use crate::config::types::{Parity, SerialSettings, RESERVED_DEVICE_NAMES, RESERVED_POINT_NAMES};
+use crate::config::types::{
+    HomeAssistant, Parity, SerialSettings, RESERVED_DEVICE_NAMES, RESERVED_POINT_NAMES,
+};
 
 /// What the file declared so far: later tables are checked against it, and a second use of
 /// a name, a port or a unit id is found with it.
@@ -31,6 +33,8 @@ pub(super) struct Seen {
     pub(super) serial_ports: Vec<SerialPortUser>,
     /// The devices on each Modbus RTU bus so far, by (bus, unit id).
     pub(super) rtu_units: HashMap<(String, u8), RtuUnitUser>,
+    /// What Home Assistant discovery needs beside the devices (see `HomeAssistant`).
+    pub(super) homeassistant: HomeAssistant,
 }
 
 pub(super) struct KnownBus {
