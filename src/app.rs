@@ -101,7 +101,13 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         gateway = %config.gateway.id,
         buses = config.buses.len(),
         devices = config.devices.len(),
-        broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        broker = %config
+            .mqtt
+            .servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         "fieldlink started"
     );
 

@@ -65,10 +65,18 @@ pub fn describe(config: &Config) -> String {
     let m = &config.mqtt;
     let _ = writeln!(
         out,
-        "gateway {}: broker {}:{}{} as {:?}, prefix {:?}, keep-alive {:?}, qos {}",
+        "gateway {}: {} {}{} as {:?}, prefix {:?}, keep-alive {:?}, qos {}",
         config.gateway.id,
-        m.host,
-        m.port,
+        if m.servers.len() > 1 {
+            "brokers (failover, in order)"
+        } else {
+            "broker"
+        },
+        m.servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         if m.tls.is_some() { " (TLS)" } else { "" },
         m.client_id,
         m.prefix,

@@ -27,6 +27,10 @@ pub async fn run(seconds: Option<u64>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the built-in demo config does not load:\n{e}"))?;
     config.mqtt.host = Ipv4Addr::LOCALHOST.to_string();
     config.mqtt.port = broker_port;
+    config.mqtt.servers = vec![crate::config::Server {
+        host: config.mqtt.host.clone(),
+        port: broker_port,
+    }];
     for bus in &mut config.buses {
         if let BusKind::ModbusTcp(tcp) = &mut bus.kind {
             tcp.address = modbus_addr.to_string();

@@ -59,6 +59,8 @@ pub struct LinkReport {
     pub quarantined: u64,
     /// The last of them: topic, size and why, in words.
     pub last_quarantined: Option<String>,
+    /// The broker (`host:port`) of the current or last connection.
+    pub server: Option<String>,
 }
 
 pub const ROUTING_OK: &str = "ok";
@@ -143,6 +145,7 @@ impl Default for Health {
                 routing: ROUTING_UNCHECKED.to_string(),
                 quarantined: 0,
                 last_quarantined: None,
+                server: None,
             }),
             sources: Mutex::new(Vec::new()),
         }

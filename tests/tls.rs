@@ -28,6 +28,7 @@ fn tls_mqtt(
 ) -> fieldlink::config::Mqtt {
     let mut cfg = mqtt(broker.port(server), &unique("fl/tls"), KA);
     cfg.host = "localhost".into();
+    cfg.servers[0].host = "localhost".into();
     cfg.username = Some("gw1".into());
     cfg.password_file = Some(lab.path(password_file));
     let (cert, key) = lab.client(client);

@@ -145,6 +145,14 @@ pub const COMMAND_MAX_AGE: DurationRange = DurationRange {
     example: "30s",
 };
 
+/// `[mqtt] health_interval`: the longest the retained health message goes unrefreshed.
+pub const HEALTH_INTERVAL: DurationRange = DurationRange {
+    min: seconds(10),
+    max: seconds(DAY),
+    what: "the interval of the health message",
+    example: "60s",
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

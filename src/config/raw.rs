@@ -58,6 +58,8 @@ pub struct RawMqtt {
     pub deadband: Option<Spanned<DeadbandText>>,
     pub max_interval: Option<Spanned<HumanDuration>>,
     pub command_max_age: Option<Spanned<HumanDuration>>,
+    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub health_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// `[mqtt.tls]`: its presence turns TLS on.

@@ -52,8 +52,12 @@ pub struct Gateway {
 
 #[derive(Debug, Clone)]
 pub struct Mqtt {
+    /// The first of [`servers`](Self::servers): what messages name as "the broker".
     pub host: String,
     pub port: u16,
+    /// The brokers to connect to, in order (`servers`, or the one `url` / `host` names):
+    /// on a failed connect or a dead link the next one is tried. All with TLS or none.
+    pub servers: Vec<Server>,
     pub client_id: String,
     pub keep_alive: Duration,
     /// 0 or 1.
@@ -75,6 +79,27 @@ pub struct Mqtt {
     pub report: Option<ReportByException>,
     /// A command whose sender's `ts` is older than this is not run (writes from MQTT).
     pub command_max_age: Duration,
+    /// The retained health message goes out at least this often: consumers take a gateway
+    /// whose health `ts` is older than twice this as offline (a cluster node's death can
+    /// swallow the will).
+    pub health_interval: Duration,
+}
+
+/// One broker of `[mqtt] servers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// The defaults of `[mqtt]`: the validator fills them in, `config/fieldlink.toml` shows them
@@ -91,6 +116,7 @@ impl Mqtt {
     pub const DEFAULT_PAYLOAD: PayloadMode = PayloadMode::Json;
     pub const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
     pub const DEFAULT_COMMAND_MAX_AGE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(60);
 }
 
 /// Report by exception: a point's reading is published only when it moved past the deadband

@@ -18,6 +18,7 @@
 mod broker_check;
 mod delivery;
 mod diagnose;
+mod failover;
 mod homeassistant;
 mod mqtt;
 mod password;
@@ -246,6 +247,11 @@ mod tests {
             queue_capacity: 100,
             report: None,
             command_max_age: Duration::from_secs(30),
+            health_interval: Duration::from_secs(60),
+            servers: vec![crate::config::Server {
+                host: "localhost".into(),
+                port: 1883,
+            }],
         }
     }
 

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use super::broker_check::{BrokerCheck, Retained, Routing, CHECK_WAIT};
 use super::delivery::{self, Acked, Counted, Delivery, Settles, Written, MAX_PACKET};
 use super::diagnose::{self, Cause, Diagnosis, Severity, Target};
+use super::failover::{AfterFailure, Failover};
 use super::homeassistant;
 use super::password::read_password;
 use super::quarantine::{GiveUp, Quarantine};
@@ -55,7 +56,7 @@ use super::state::{ComplaintPacer, HealthFacts, HealthPacer, KeepAliveWatch, Lin
 use super::subscriptions::{Purpose, Subscriptions};
 use super::topic::{self, OutboxFacts};
 use super::user_timeout;
-use crate::config::Mqtt;
+use crate::config::{Mqtt, Server};
 use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
 use crate::homeassistant::Discovery;
 use crate::model::CommandSink;
@@ -70,7 +71,6 @@ const REQUEST_CHANNEL: usize = 128;
 /// How long the agent goes without commands after a broker closed the connection over that
 /// subscription: asking again at every connection would cost one connection in two.
 const COMMANDS_BAR: Duration = Duration::from_secs(3600);
-const HEALTH_EVERY: Duration = Duration::from_secs(60);
 /// How often the health report is looked at for a change worth an early message (sent at
 /// most once per `state::HEALTH_MIN_GAP`).
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -92,18 +92,28 @@ struct Settings {
     command_filter: String,
     /// Where commands go; `None`: no point is writable, and we do not subscribe.
     commands: Option<Arc<dyn CommandSink>>,
-    /// `host:port`, for messages.
-    broker: String,
+    /// `[mqtt] servers` (one when the config names one broker).
+    servers: Vec<Server>,
+    /// Each server as `host:port`, for messages.
+    brokers: Vec<String>,
 }
 
 impl Settings {
-    fn target(&self) -> Target<'_> {
+    fn target(&self, server: usize) -> Target<'_> {
         Target {
-            broker: &self.broker,
-            host: &self.cfg.host,
+            broker: &self.brokers[server],
+            host: &self.servers[server].host,
             client_id: &self.cfg.client_id,
         }
     }
+}
+
+/// One broker of the list, and the settings every attempt shares.
+#[derive(Clone, Copy)]
+struct Dial<'a> {
+    settings: &'a Settings,
+    /// Index into `settings.servers`.
+    server: usize,
 }
 
 /// What the uplink remembers across connections.
@@ -151,10 +161,12 @@ pub async fn run(
         health_topic: topic::health_topic(&cfg.prefix),
         command_filter: topic::command_filter(&cfg.prefix),
         commands,
-        broker: format!("{}:{}", cfg.host, cfg.port),
+        brokers: cfg.servers.iter().map(ToString::to_string).collect(),
+        servers: cfg.servers.clone(),
         tls,
         cfg,
     };
+    let mut failover = Failover::new(settings.servers.len());
     let mut link = Link::new(
         settings.cfg.backoff_initial,
         settings.cfg.backoff_max,
@@ -176,7 +188,7 @@ pub async fn run(
         settings.cfg.backoff_max
             + settings.cfg.connect_timeout
             + settings.keep_alive * 3
-            + HEALTH_EVERY
+            + settings.cfg.health_interval
             + CHECK_WAIT,
     );
     loop {
@@ -184,8 +196,13 @@ pub async fn run(
             return Ok(());
         }
         beat.tick();
+        let server = failover.current();
+        failover.attempt(Instant::now());
         let end = Session::connect(
-            &settings,
+            Dial {
+                settings: &settings,
+                server,
+            },
             &outbox,
             &health,
             &mut link,
@@ -219,17 +236,32 @@ pub async fn run(
                 COMMANDS_BAR.as_secs() / 60
             );
         }
-        let diagnosis = failure.explain(settings.target());
-        let delay = link.on_down(Instant::now());
+        let diagnosis = failure.explain(settings.target(server));
+        if failure.worked {
+            failover.worked();
+        }
+        let now = Instant::now();
+        // Another server of the list is tried at once; the backoff comes once a round.
+        let backoff = match failover.failed() {
+            AfterFailure::RoundDone => link.on_down(now),
+            AfterFailure::NextServer => Duration::ZERO,
+        };
+        let delay = backoff.max(failover.guard_wait(now));
         health.set_link(|l| {
             l.state = LinkState::Down;
             l.last_error = Some(diagnosis.text.clone());
         });
+        // With a list, each line names the server it is about and the one tried next.
+        let next = &settings.brokers[failover.current()];
+        let said = |text: String| match settings.servers.len() {
+            1 => text,
+            _ => format!("{}: {text} (next: {next})", settings.brokers[server]),
+        };
         match failure.log_line(&diagnosis, delay, &mut memory.failures) {
-            LogLine::LinkDown(text) => tracing::info!(requeued, "{text}"),
-            LogLine::Complaint(Severity::Warn, text) => tracing::warn!("{text}"),
-            LogLine::Complaint(Severity::Info, text) => tracing::info!("{text}"),
-            LogLine::Again(text) => tracing::debug!("{text}"),
+            LogLine::LinkDown(text) => tracing::info!(requeued, "{}", said(text)),
+            LogLine::Complaint(Severity::Warn, text) => tracing::warn!("{}", said(text)),
+            LogLine::Complaint(Severity::Info, text) => tracing::info!("{}", said(text)),
+            LogLine::Again(text) => tracing::debug!("{}", said(text)),
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -294,6 +326,8 @@ enum SentKind {
 
 struct Session<'a> {
     settings: &'a Settings,
+    /// The index in `settings.servers` of the broker this session is connected to.
+    server: usize,
     outbox: &'a Outbox,
     health: &'a Health,
     memory: &'a mut Memory,
@@ -331,7 +365,7 @@ impl Drop for AbortOnDrop {
 impl<'a> Session<'a> {
     /// Connects, runs the session until it ends, and reports how.
     async fn connect(
-        settings: &'a Settings,
+        Dial { settings, server }: Dial<'a>,
         outbox: &'a Outbox,
         health: &'a Health,
         link: &mut Link,
@@ -342,7 +376,7 @@ impl<'a> Session<'a> {
         let failed =
             |diagnosis| SessionEnd::Failed(Failure::before_connack(diagnosis, Instant::now()));
         health.set_link(|l| l.state = LinkState::Connecting);
-        let options = match mqtt_options(settings) {
+        let options = match mqtt_options(settings, server) {
             Ok(o) => o,
             Err(e) => return failed(diagnose::password_file(&e)),
         };
@@ -362,12 +396,12 @@ impl<'a> Session<'a> {
         };
         match connack {
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
-            Ok(Ok(other)) => return failed(diagnose::not_connack(&other, settings.target())),
-            Ok(Err(e)) => return failed(diagnose::connection_error(&e, settings.target())),
+            Ok(Ok(other)) => return failed(diagnose::not_connack(&other, settings.target(server))),
+            Ok(Err(e)) => return failed(diagnose::connection_error(&e, settings.target(server))),
             Err(_) => {
                 return failed(diagnose::no_connack(
                     settings.cfg.connect_timeout,
-                    settings.target(),
+                    settings.target(server),
                 ))
             }
         }
@@ -377,7 +411,8 @@ impl<'a> Session<'a> {
         eventloop
             .network_options
             .set_connection_timeout(flush_secs.max(1));
-        if user_timeout::apply_since(&sockets_before, settings.cfg.port, user_timeout) == 0 {
+        let port = settings.servers[server].port;
+        if user_timeout::apply_since(&sockets_before, port, user_timeout) == 0 {
             tracing::debug!("could not find the broker socket to set TCP_USER_TIMEOUT on");
         }
         link.on_connected(now);
@@ -385,10 +420,11 @@ impl<'a> Session<'a> {
         health.set_link(|l| {
             l.state = LinkState::Up;
             l.reconnects = reconnects;
+            l.server = Some(settings.brokers[server].clone());
             // Each connection is checked afresh: it may reach another broker, another ACL.
             l.routing = ROUTING_UNCHECKED.to_string();
         });
-        tracing::debug!(broker = %settings.broker, reconnects, "CONNACK");
+        tracing::debug!(broker = %settings.brokers[server], reconnects, "CONNACK");
 
         let check = if memory.skip_check {
             BrokerCheck::skipped()
@@ -399,6 +435,7 @@ impl<'a> Session<'a> {
         let poller = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
         let mut session = Session {
             settings,
+            server,
             outbox,
             health,
             memory,
@@ -473,8 +510,8 @@ impl<'a> Session<'a> {
                 .map_err(|e| diagnose::client_refused(&e))?;
             self.subscriptions.asked(Purpose::BrokerCheck);
         }
-        let mut health_timer =
-            tokio::time::interval_at(Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
+        let every = self.settings.cfg.health_interval;
+        let mut health_timer = tokio::time::interval_at(Instant::now() + every, every);
         let mut health_check =
             tokio::time::interval_at(Instant::now() + HEALTH_CHECK_EVERY, HEALTH_CHECK_EVERY);
         health_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -689,7 +726,12 @@ impl<'a> Session<'a> {
     fn on_event(&mut self, event: Option<Result<Event, ConnectionError>>) -> Result<(), Diagnosis> {
         let event = match event {
             Some(Ok(e)) => e,
-            Some(Err(e)) => return Err(diagnose::connection_error(&e, self.settings.target())),
+            Some(Err(e)) => {
+                return Err(diagnose::connection_error(
+                    &e,
+                    self.settings.target(self.server),
+                ))
+            }
             None => return Err(diagnose::event_loop_stopped()),
         };
         let now = Instant::now();
@@ -795,7 +837,7 @@ impl<'a> Session<'a> {
                 self.birth_acked = true;
                 self.memory.failures.resolved();
                 tracing::info!(
-                    broker = %self.settings.broker,
+                    broker = %self.settings.brokers[self.server],
                     reconnects = self.health.link().reconnects,
                     queued = self.outbox.depth(),
                     "MQTT link up"
@@ -964,9 +1006,10 @@ async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<Result<Event, Conn
     }
 }
 
-fn mqtt_options(settings: &Settings) -> anyhow::Result<MqttOptions> {
+fn mqtt_options(settings: &Settings, server: usize) -> anyhow::Result<MqttOptions> {
     let cfg = &settings.cfg;
-    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let Server { host, port } = &settings.servers[server];
+    let mut o = MqttOptions::new(cfg.client_id.clone(), host.clone(), *port);
     o.set_keep_alive(settings.keep_alive);
     o.set_clean_session(true);
     o.set_inflight(RUMQTT_INFLIGHT);

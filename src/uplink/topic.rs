@@ -278,6 +278,7 @@ pub fn health_payload(report: &HealthReport, outbox: OutboxFacts, ts_ms: u64) ->
     body.insert("link".into(), serde_json::json!(link.state));
     body.insert("last_error".into(), Json::from(link.last_error.clone()));
     body.insert("reconnects".into(), Json::from(link.reconnects));
+    body.insert("server".into(), Json::from(link.server.clone()));
     body.insert("routing".into(), Json::from(link.routing.clone()));
     body.insert("quarantined".into(), Json::from(link.quarantined));
     body.insert(
@@ -532,6 +533,7 @@ mod tests {
             routing: "not delivered: check its ACL".into(),
             quarantined: 1,
             last_quarantined: Some("fl/gw1/m1/text (3000 bytes)".into()),
+            server: Some("b2.example:8883".into()),
         };
         let report = HealthReport {
             link,
@@ -562,6 +564,7 @@ mod tests {
         ));
         assert_eq!(v["link"], "down");
         assert_eq!(v["reconnects"], 2);
+        assert_eq!(v["server"], "b2.example:8883");
         assert_eq!(v["routing"], "not delivered: check its ACL");
         assert_eq!(v["quarantined"], 1);
         assert_eq!(v["last_quarantined"], "fl/gw1/m1/text (3000 bytes)");

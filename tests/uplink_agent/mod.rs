@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fieldlink::buffer::{self, store::Limits, Durable, IoDriver};
-use fieldlink::config::{Durability, Mqtt, PayloadMode, Replay, WhenFull};
+use fieldlink::config::{Durability, Mqtt, PayloadMode, Replay, Server, WhenFull};
 use fieldlink::health::{Health, LinkReport, LinkState};
 use fieldlink::model::{CommandSink, Reading, Sample, SampleSink, Value};
 use fieldlink::queue::Outbox;
@@ -39,6 +39,11 @@ pub fn mqtt(port: u16, prefix: &str, keep_alive: Duration) -> Mqtt {
         queue_capacity: 100_000,
         report: None,
         command_max_age: Duration::from_secs(30),
+        health_interval: Duration::from_secs(60),
+        servers: vec![Server {
+            host: "127.0.0.1".into(),
+            port,
+        }],
     }
 }
 

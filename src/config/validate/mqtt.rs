@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use toml::Spanned;
 use toml_edit::Item;
 
-use super::engine::{item_child, span_of, Checker, FileId};
+use super::engine::{item_child, span_of, Checker, Decoded, FileId};
 use super::shared::split_host_port;
 use crate::config::limits;
 use crate::config::raw::{RawMqtt, RawTls};
-use crate::config::types::{Deadband, Gateway, Mqtt, PayloadMode, ReportByException, Tls};
+use crate::config::types::{Deadband, Gateway, Mqtt, PayloadMode, ReportByException, Server, Tls};
 use crate::config::units::{format_duration, DeadbandText};
 
 impl Checker {
@@ -36,73 +36,20 @@ impl Checker {
             None => None,
         };
 
-        let (host, url_tls, url_port) = match (&raw.url, &raw.host) {
-            (Some(_), Some(host)) => {
-                self.fail(file, span_of(host), "[mqtt] has both `url` and `host`: keep one (url = \"mqtts://broker:8883\", or host = with port =)");
-                return None;
-            }
-            (Some(url), None) => {
-                if let Some(port) = &raw.port {
-                    self.fail(file, span_of(port), "[mqtt] has both `url` and `port`: put the port in the url (\"mqtt://broker:1884\") and remove `port`");
-                    ok = false;
-                }
-                match parse_broker_url(url.get_ref()) {
-                    Ok((secure, host, port)) => {
-                        if !secure && tls_item.is_some() {
-                            self.fail(file, span_of(url), "the url says mqtt:// (no TLS) but [mqtt.tls] is present: write mqtts:// or remove [mqtt.tls]");
-                            ok = false;
-                        }
-                        (host, secure, port)
-                    }
-                    Err(message) => {
-                        self.fail(file, span_of(url), message);
-                        return None;
-                    }
-                }
-            }
-            (None, Some(host)) => {
-                let h = host.get_ref().trim();
-                if h.is_empty() || h.contains(['/', ' ', '@']) || h.contains("://") {
-                    self.fail(file, span_of(host), format!("`host` = \"{}\" is not a host name or IP address: write e.g. host = \"broker.example.com\" (or use url = \"mqtts://...\")", host.get_ref()));
-                    return None;
-                }
-                (
-                    h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-                    false,
-                    None,
-                )
-            }
-            (None, None) => {
-                if !d.reported.contains("url") && !d.reported.contains("host") {
-                    self.fail(file, Some(d.start..d.start), "[mqtt] names no broker: add url = \"mqtt://localhost:1883\" (or host = \"...\" and port = ...)");
-                }
-                return None;
+        let (servers, secure) = match &raw.servers {
+            Some(list) => self.server_list(file, raw, list, tls_item.is_some())?,
+            None => {
+                let (server, secure, port_ok) = self.one_server(file, &d, tls_item.is_some())?;
+                ok &= port_ok;
+                (vec![server], secure)
             }
         };
-        let secure = url_tls || tls_item.is_some();
         let tls = if secure {
             Some(tls.unwrap_or_default())
         } else {
             None
         };
-        let default_port = if secure {
-            Mqtt::DEFAULT_TLS_PORT
-        } else {
-            Mqtt::DEFAULT_PORT
-        };
-        let port = match (url_port, &raw.port) {
-            (Some(p), _) => p,
-            (None, Some(p)) if raw.url.is_none() => {
-                match self.int_in(file, p, "port", 1..=65535, "a TCP port is {range}") {
-                    Some(p) => p as u16,
-                    None => {
-                        ok = false;
-                        default_port
-                    }
-                }
-            }
-            _ => default_port,
-        };
+        let (host, port) = (servers[0].host.clone(), servers[0].port);
 
         let gateway_id = gateway.map(|g| g.id.as_str());
         let client_id = match &raw.client_id {
@@ -207,6 +154,13 @@ impl Checker {
             &limits::CONNECT_TIMEOUT,
             Mqtt::DEFAULT_CONNECT_TIMEOUT,
         );
+        let health_interval = self.duration_or(
+            file,
+            &raw.health_interval,
+            "health_interval",
+            &limits::HEALTH_INTERVAL,
+            Mqtt::DEFAULT_HEALTH_INTERVAL,
+        );
         let command_max_age = self.duration_or(
             file,
             &raw.command_max_age,
@@ -283,7 +237,152 @@ impl Checker {
             queue_capacity: queue_capacity?,
             report: report?,
             command_max_age: command_max_age?,
+            health_interval: health_interval?,
+            servers,
         })
+    }
+
+    /// The one broker of `url`, or of `host` and `port`: the server, whether it takes TLS,
+    /// and whether the port was valid (a bad port is reported and the default used).
+    fn one_server(
+        &mut self,
+        file: FileId,
+        d: &Decoded<RawMqtt>,
+        tls_present: bool,
+    ) -> Option<(Server, bool, bool)> {
+        let raw = &d.value;
+        let mut ok = true;
+        let (host, url_tls, url_port) = match (&raw.url, &raw.host) {
+            (Some(_), Some(host)) => {
+                self.fail(file, span_of(host), "[mqtt] has both `url` and `host`: keep one (url = \"mqtts://broker:8883\", or host = with port =)");
+                return None;
+            }
+            (Some(url), None) => {
+                if let Some(port) = &raw.port {
+                    self.fail(file, span_of(port), "[mqtt] has both `url` and `port`: put the port in the url (\"mqtt://broker:1884\") and remove `port`");
+                    ok = false;
+                }
+                match parse_broker_url(url.get_ref()) {
+                    Ok((secure, host, port)) => {
+                        if !secure && tls_present {
+                            self.fail(file, span_of(url), "the url says mqtt:// (no TLS) but [mqtt.tls] is present: write mqtts:// or remove [mqtt.tls]");
+                            ok = false;
+                        }
+                        (host, secure, port)
+                    }
+                    Err(message) => {
+                        self.fail(file, span_of(url), message);
+                        return None;
+                    }
+                }
+            }
+            (None, Some(host)) => {
+                let h = host.get_ref().trim();
+                if h.is_empty() || h.contains(['/', ' ', '@']) || h.contains("://") {
+                    self.fail(file, span_of(host), format!("`host` = \"{}\" is not a host name or IP address: write e.g. host = \"broker.example.com\" (or use url = \"mqtts://...\")", host.get_ref()));
+                    return None;
+                }
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                    false,
+                    None,
+                )
+            }
+            (None, None) => {
+                if !d.reported.contains("url") && !d.reported.contains("host") {
+                    self.fail(file, Some(d.start..d.start), "[mqtt] names no broker: add url = \"mqtt://localhost:1883\" (or host = \"...\" and port = ..., or servers = [\"mqtt://b1:1883\", \"mqtt://b2:1883\"] for a cluster)");
+                }
+                return None;
+            }
+        };
+        let secure = url_tls || tls_present;
+        let default_port = if secure {
+            Mqtt::DEFAULT_TLS_PORT
+        } else {
+            Mqtt::DEFAULT_PORT
+        };
+        let port = match (url_port, &raw.port) {
+            (Some(p), _) => p,
+            (None, Some(p)) if raw.url.is_none() => {
+                match self.int_in(file, p, "port", 1..=65535, "a TCP port is {range}") {
+                    Some(p) => p as u16,
+                    None => {
+                        ok = false;
+                        default_port
+                    }
+                }
+            }
+            _ => default_port,
+        };
+
+        Some((Server { host, port }, secure, ok))
+    }
+
+    /// `servers = ["mqtts://b1:8883", ...]`: every entry a broker url, all with TLS or none,
+    /// none twice, and no `url`, `host` or `port` beside them.
+    fn server_list(
+        &mut self,
+        file: FileId,
+        raw: &RawMqtt,
+        list: &Spanned<Vec<Spanned<String>>>,
+        tls_present: bool,
+    ) -> Option<(Vec<Server>, bool)> {
+        for (key, span) in [
+            ("url", raw.url.as_ref().map(span_of)),
+            ("host", raw.host.as_ref().map(span_of)),
+            ("port", raw.port.as_ref().map(span_of)),
+        ] {
+            if let Some(span) = span {
+                self.fail(file, span, format!("[mqtt] has both `servers` and `{key}`: list every broker in servers = [\"mqtt://b1:1883\", \"mqtt://b2:1883\"] and remove `{key}`"));
+                return None;
+            }
+        }
+        if list.get_ref().is_empty() {
+            self.fail(file, span_of(list), "`servers` is empty: list at least one broker, e.g. servers = [\"mqtts://b1.example:8883\", \"mqtts://b2.example:8883\"]");
+            return None;
+        }
+        let mut servers: Vec<Server> = Vec::new();
+        let mut schemes = Vec::new();
+        let mut ok = true;
+        for entry in list.get_ref() {
+            match parse_broker_url(entry.get_ref()) {
+                Ok((secure, host, port)) => {
+                    let default = if secure || tls_present {
+                        Mqtt::DEFAULT_TLS_PORT
+                    } else {
+                        Mqtt::DEFAULT_PORT
+                    };
+                    let server = Server {
+                        host,
+                        port: port.unwrap_or(default),
+                    };
+                    if servers.contains(&server) {
+                        self.fail(
+                            file,
+                            span_of(entry),
+                            format!("`servers` names {server} twice: list each broker once"),
+                        );
+                        ok = false;
+                    }
+                    servers.push(server);
+                    schemes.push((secure, span_of(entry)));
+                }
+                Err(message) => {
+                    self.fail(file, span_of(entry), message);
+                    ok = false;
+                }
+            }
+        }
+        let secure = schemes.first().is_some_and(|(s, _)| *s);
+        if let Some((_, span)) = schemes.iter().find(|(s, _)| *s != secure) {
+            self.fail(file, span.clone(), "`servers` mixes mqtt:// and mqtts://: a gateway's link is encrypted or not, whichever broker it reaches; use one scheme for all");
+            ok = false;
+        }
+        if !secure && tls_present && ok {
+            self.fail(file, span_of(list), "`servers` say mqtt:// (no TLS) but [mqtt.tls] is present: write mqtts:// or remove [mqtt.tls]");
+            ok = false;
+        }
+        ok.then_some((servers, secure || tls_present))
     }
 
     /// `deadband` and `max_interval` of `[mqtt]`: `Some(None)` when report by exception is off.
