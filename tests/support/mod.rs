@@ -11,6 +11,7 @@ pub mod agent;
 pub mod expect;
 pub mod modbus;
 pub mod mount;
+pub mod nats;
 pub mod proxy;
 pub mod pty;
 pub mod tls;

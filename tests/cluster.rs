@@ -1,0 +1,96 @@
+//! Failover across a real broker cluster: three nats-server 2.9.10 nodes (JetStream, an MQTT
+//! listener each). The agent is given all three; the node it is connected to is killed.
+mod support;
+#[path = "uplink_agent/mod.rs"]
+mod uplink_agent;
+
+use std::time::{Duration, Instant};
+
+use fieldlink::config::Server;
+use support::nats::Cluster;
+use support::watch::Watch;
+use support::{unique, wait_until};
+use uplink_agent::{missing, mqtt, retained_on, seqs, Agent};
+
+const KA: Duration = Duration::from_secs(2);
+const DEADLINE: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_cluster_node_in_use_fails_over_to_another_with_nothing_lost() {
+    let mut cluster = Cluster::start().await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.mqtt_port).collect();
+    let prefix = unique("fl/cluster");
+    // The watcher sits on the third node: what it sees crossed the cluster.
+    let watch = Watch::start(ports[2], &format!("{prefix}/#")).await;
+    let mut cfg = mqtt(ports[0], &prefix, KA);
+    cfg.servers = ports
+        .iter()
+        .map(|&port| Server {
+            host: "127.0.0.1".into(),
+            port,
+        })
+        .collect();
+    cfg.backoff_initial = Duration::from_millis(500);
+    cfg.backoff_max = Duration::from_secs(4);
+    let status = format!("{prefix}/status");
+    let mut agent = Agent::start(cfg);
+    watch
+        .wait_for(&status, DEADLINE, |m| m.payload == "online")
+        .await;
+    let first = agent.link().server.expect("connected");
+
+    agent.produce(4, Duration::from_millis(50));
+    let topic = format!("{prefix}/dev/p0");
+    wait_until("readings across the cluster", DEADLINE, || {
+        (watch.on(&topic).len() >= 10).then_some(())
+    })
+    .await;
+    let births = watch.on(&status).len();
+    let in_use: u16 = first.rsplit(':').next().unwrap().parse().unwrap();
+    cluster.node_by_port(in_use).kill();
+    let killed = Instant::now();
+    let moved_to = wait_until("the agent on another node", DEADLINE, || {
+        let link = agent.link();
+        (agent.is_up() && link.server.as_deref() != Some(first.as_str())).then_some(link.server)
+    })
+    .await
+    .unwrap();
+    let took = killed.elapsed();
+    eprintln!(
+        "failover from {first} to {moved_to}: {took:?} ({} reconnects)",
+        agent.link().reconnects
+    );
+    watch
+        .wait_for(&status, DEADLINE, |_| watch.on(&status).len() > births)
+        .await;
+    assert_eq!(
+        watch.last_on(&status).unwrap().payload,
+        "online",
+        "birth re-published"
+    );
+
+    wait_until("readings after the failover", DEADLINE, || {
+        (watch.on(&topic).len() >= 30).then_some(())
+    })
+    .await;
+    agent.stop_producing();
+    agent.drained(DEADLINE).await;
+    let last = agent.last_seq();
+    wait_until("every reading across the cluster", DEADLINE, || {
+        missing(&seqs(&watch.snapshot()), last)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // Retained values are readable from a surviving node, at their newest.
+    let survivor = *ports.iter().find(|&&p| p != in_use).unwrap();
+    let newest = watch
+        .on(&topic)
+        .iter()
+        .filter_map(|m| m.json()["seq"].as_u64())
+        .max()
+        .unwrap();
+    let retained = retained_on(survivor, &topic, DEADLINE).await;
+    assert_eq!(retained.json()["seq"].as_u64(), Some(newest));
+}
