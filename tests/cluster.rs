@@ -14,6 +14,7 @@ use uplink_agent::{missing, mqtt, seqs, Agent};
 
 const KA: Duration = Duration::from_secs(2);
 const DEADLINE: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_cluster_node_in_use_fails_over_to_another_with_nothing_lost() {
@@ -30,6 +31,7 @@ async fn killing_the_cluster_node_in_use_fails_over_to_another_with_nothing_lost
             port,
         })
         .collect();
+    cfg.connect_timeout = CONNECT_TIMEOUT;
     cfg.backoff_initial = Duration::from_millis(500);
     cfg.backoff_max = Duration::from_secs(4);
     let status = format!("{prefix}/status");
@@ -60,6 +62,9 @@ async fn killing_the_cluster_node_in_use_fails_over_to_another_with_nothing_lost
         "failover from {first} to {moved_to}: {took:?} ({} reconnects)",
         agent.link().reconnects
     );
+    // A dead link is seen within 1.5 x keep-alive (a kill: at once); a node that does not
+    // answer costs one connect attempt before the next is tried.
+    assert!(took <= KA.mul_f64(1.5) + CONNECT_TIMEOUT, "took {took:?}");
     watch
         .wait_for(&status, DEADLINE, |_| watch.on(&status).len() > births)
         .await;
