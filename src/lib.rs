@@ -12,7 +12,6 @@ pub mod health;
 pub mod logging;
 pub mod model;
 pub mod poll;
-pub mod queue;
 pub mod signals;
 #[cfg(feature = "sim")]
 pub mod sim;

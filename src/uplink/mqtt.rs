@@ -52,9 +52,9 @@ use super::session_end::{Failure, LogLine, SessionEnd, UnackedRecord};
 use super::state::{ComplaintPacer, HealthFacts, HealthPacer, KeepAliveWatch, Link, Say};
 use super::topic::{self, OutboxFacts};
 use super::user_timeout;
+use crate::buffer::{Outbox, Record};
 use crate::config::Mqtt;
 use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
-use crate::queue::{Outbox, Record};
 
 /// Records and republishes handed to rumqttc and not yet settled (see `delivery`).
 const RECORD_WINDOW: usize = 64;
