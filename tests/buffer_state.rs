@@ -11,7 +11,7 @@ use fieldlink::buffer::state::{
     Opened, Ready, Rules, State, StoreAfter, DELETE_BATCH, DELETE_EVERY, PREFETCH_BATCH,
     RETRY_AFTER,
 };
-use fieldlink::buffer::store::{Appended, Limits};
+use fieldlink::buffer::store::{Appended, Limits, Verdict};
 use fieldlink::buffer::{ReadingNumber, Record};
 use fieldlink::config::{Durability, Replay, WhenFull};
 use proptest::prelude::*;
@@ -523,4 +523,141 @@ fn in_always_mode_a_commit_is_planned_once_per_commit_interval() {
         !st.plan(t1 + Duration::from_millis(500), false, 0).write,
         "not twice"
     );
+}
+
+/// The spill race that withdrew this split once (tests/buffer_accounting.rs failed 1 run in
+/// 15), one interleaving at a time. The I/O thread holds no lock between its plan and the
+/// write, so the uplink's PUBACK for a record of the planned batch can land in between; if
+/// the round's make-room delete (a full store with acknowledged rows waiting) then takes
+/// that record, it deletes a row that is not written yet and forgets it: the write that
+/// follows either stores the acknowledged row for good (left on disk after shutdown) or,
+/// when the bound asks about it, hears that nobody has it and counts it dropped although
+/// the broker acknowledged it.
+///
+/// `misfit`: the store is still full after the make-room delete and asks about the
+/// acknowledged record of the batch (`drop_newest`). Returns what the round counted
+/// dropped.
+fn full_round_with_an_ack_after_the_plan(
+    st: &mut State,
+    disk: &mut MapStore,
+    now: Instant,
+    acked: u64,
+    misfit: bool,
+) -> u64 {
+    let plan = st.plan(now, false, FULL);
+    assert!(
+        plan.write && plan.make_room,
+        "the test needs a write that overflows"
+    );
+    assert!(plan.batch.iter().any(|r| r.seq == acked));
+    // The PUBACK arrives while the I/O thread works on the plan.
+    assert_eq!(st.ack(acked), Some(false));
+    // 0. Make room, as `buffer::io::round` does.
+    let doomed = st.deletes_due(now, true);
+    for seq in &doomed {
+        disk.rows.remove(seq);
+    }
+    st.deleted(doomed, true);
+    // 1. The write; the bound asks about what does not fit.
+    let mut appended = Appended::default();
+    let mut dropped = 0;
+    for r in &plan.batch {
+        let verdict = if misfit && r.seq == acked {
+            st.verdicts(&[r.seq])[0]
+        } else {
+            Verdict::Keep
+        };
+        match verdict {
+            Verdict::Keep => {
+                disk.rows.insert(r.seq, r.clone());
+                appended.stored.push(r.seq);
+            }
+            Verdict::Drop => {
+                appended.rejected.push(r.seq);
+                dropped += 1;
+            }
+            Verdict::Acknowledged => {}
+        }
+    }
+    st.written(
+        &plan,
+        &appended,
+        StoreAfter {
+            depth: disk.rows.len() as u64,
+            dropped,
+            stored_bytes: FULL,
+        },
+    );
+    // 2. The deletes of acknowledged rows.
+    let doomed = st.deletes_due(now, plan.force_deletes);
+    for seq in &doomed {
+        disk.rows.remove(seq);
+    }
+    st.deleted(doomed, true);
+    dropped
+}
+
+/// `max_size` of the store the race tests fill.
+const FULL: u64 = 10_000;
+
+/// A link that is up, one acknowledged row on disk awaiting its batched delete (so a write
+/// to a full store makes room first), and one record on the wire, not on disk, whose spill
+/// is asked for. Returns the record on the wire.
+fn one_acked_row_and_one_record_on_the_wire(
+    st: &mut State,
+    disk: &mut MapStore,
+    t0: Instant,
+) -> u64 {
+    disk.attach(st);
+    push(st, "t/a", true);
+    let a = st.take(t0, 1).0[0].seq;
+    st.request_spill();
+    disk.round(st, t0, false);
+    assert!(disk.rows.contains_key(&a));
+    assert_eq!(st.ack(a), Some(false), "its delete waits for the batch");
+    push(st, "t/a", true);
+    let b = st.take(t0, 1).0[0].seq;
+    st.request_spill();
+    b
+}
+
+fn full_rules(when_full: WhenFull) -> Rules {
+    let mut rules = disk_rules(Durability::Outage, None);
+    rules.limits.max_size = FULL;
+    rules.limits.when_full = when_full;
+    rules
+}
+
+#[test]
+fn an_ack_between_the_plan_and_a_make_room_delete_never_leaves_its_row_on_disk() {
+    let t0 = Instant::now();
+    let mut st = State::new(full_rules(WhenFull::DropOldest), 1, 0, t0);
+    let mut disk = MapStore::default();
+    let b = one_acked_row_and_one_record_on_the_wire(&mut st, &mut disk, t0);
+    let dropped = full_round_with_an_ack_after_the_plan(&mut st, &mut disk, t0, b, false);
+    assert_eq!(dropped, 0);
+    disk.round(&mut st, t0, true);
+    assert!(
+        disk.rows.is_empty(),
+        "acknowledged rows left on disk after shutdown: {:?}",
+        disk.rows.keys()
+    );
+    assert_eq!(st.depth(), 0);
+    assert_eq!(st.dropped(), 0);
+}
+
+#[test]
+fn an_ack_between_the_plan_and_a_make_room_delete_is_never_counted_dropped() {
+    let t0 = Instant::now();
+    let mut st = State::new(full_rules(WhenFull::DropNewest), 1, 0, t0);
+    let mut disk = MapStore::default();
+    let b = one_acked_row_and_one_record_on_the_wire(&mut st, &mut disk, t0);
+    let dropped = full_round_with_an_ack_after_the_plan(&mut st, &mut disk, t0, b, true);
+    assert_eq!(
+        dropped, 0,
+        "a record the broker acknowledged was counted dropped"
+    );
+    disk.round(&mut st, t0, true);
+    assert!(disk.rows.is_empty(), "{:?}", disk.rows.keys());
+    assert_eq!(st.dropped(), 0);
 }

@@ -753,6 +753,10 @@ impl State {
     }
 
     /// Acknowledged on-disk records to delete at `now`, if a batch is due (or `force`).
+    /// A record the planned write is still storing waits for the batch after it: its PUBACK
+    /// can arrive between the plan and the round's make-room delete, and deleting its row
+    /// before the write lands would leave the row stored once it does (acknowledged, on
+    /// disk for good), or get it counted dropped when the bound asks about it.
     pub fn deletes_due(&mut self, now: Instant, force: bool) -> Vec<u64> {
         let due = force
             || self.to_delete.len() >= DELETE_BATCH
@@ -761,7 +765,10 @@ impl State {
             return Vec::new();
         }
         self.last_delete = now;
-        let doomed: Vec<u64> = std::mem::take(&mut self.to_delete).into_iter().collect();
+        let (doomed, unwritten): (Vec<u64>, Vec<u64>) = std::mem::take(&mut self.to_delete)
+            .into_iter()
+            .partition(|seq| !self.persisting.contains(seq));
+        self.to_delete.extend(unwritten);
         self.deleting.extend(doomed.iter().copied());
         doomed
     }
