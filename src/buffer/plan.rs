@@ -1,6 +1,6 @@
 //! The vocabulary between the outbox's decisions ([`super::state`]) and the thread that
 //! carries them out (`io`): what a disk round should do, what a store that was
-//! opened reports, and when `take` will have something.
+//! opened or written reports, and when `take` will have something.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -62,4 +62,12 @@ pub struct Opened {
     pub depth: u64,
     pub dropped: u64,
     pub recovery: Option<Recovery>,
+}
+
+/// The store's figures after a write: rows, drops so far, and the bytes `max_size` bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreAfter {
+    pub depth: u64,
+    pub dropped: u64,
+    pub stored_bytes: u64,
 }

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::clock::Queued;
-pub use super::plan::{Opened, Plan, Read, Ready};
+pub use super::plan::{Opened, Plan, Read, Ready, StoreAfter};
 use super::rate::TokenBucket;
 use super::record::{ReadingNumber, Record};
 use super::recover::Recovery;
@@ -450,9 +450,17 @@ impl State {
 
     /// Records not yet acknowledged, in memory and on disk.
     pub fn depth(&self) -> usize {
-        let on_disk_only = self.disk_depth.saturating_sub(
-            (self.resident.len() + self.to_delete.len() + self.deleting.len()) as u64,
-        );
+        // Acknowledged while the planned write stores it: not in `disk_depth` yet. Counting
+        // it let a long spill, acknowledged as it was written, hide as many unsent rows (the
+        // uplink's drain on shutdown stopped with them on disk).
+        let acked_on_disk = self
+            .to_delete
+            .iter()
+            .filter(|seq| !self.persisting.contains(seq))
+            .count();
+        let on_disk_only = self
+            .disk_depth
+            .saturating_sub((self.resident.len() + acked_on_disk + self.deleting.len()) as u64);
         self.memory_depth() + on_disk_only as usize
     }
 
@@ -753,10 +761,9 @@ impl State {
     }
 
     /// Acknowledged on-disk records to delete at `now`, if a batch is due (or `force`).
-    /// A record the planned write is still storing waits for the batch after it: its PUBACK
-    /// can arrive between the plan and the round's make-room delete, and deleting its row
-    /// before the write lands would leave the row stored once it does (acknowledged, on
-    /// disk for good), or get it counted dropped when the bound asks about it.
+    /// A record the planned write is still storing waits for the batch after it: acked
+    /// between the plan and the make-room delete, its row deleted before the write lands
+    /// would stay on disk for good, or be counted dropped when the bound asks about it.
     pub fn deletes_due(&mut self, now: Instant, force: bool) -> Vec<u64> {
         let due = force
             || self.to_delete.len() >= DELETE_BATCH
@@ -876,14 +883,6 @@ impl State {
         self.disk_depth = depth;
         self.store_dropped = dropped;
     }
-}
-
-/// The store's figures after a write: rows, drops so far, and the bytes `max_size` bounds.
-#[derive(Debug, Clone, Copy)]
-pub struct StoreAfter {
-    pub depth: u64,
-    pub dropped: u64,
-    pub stored_bytes: u64,
 }
 
 /// A full episode ends only once the link has drained a tenth of the bound: when the link
