@@ -11,9 +11,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fieldlink::buffer::store::{protecting, Limits, Store};
-use fieldlink::buffer::{Durable, IoDriver, Settings};
+use fieldlink::buffer::Record;
+use fieldlink::buffer::{IoDriver, Outbox, Settings};
 use fieldlink::config::{Durability, Replay, WhenFull};
-use fieldlink::queue::Record;
 
 /// A typical reading: 30-byte topic, 70-byte JSON payload.
 fn reading(seq: u64) -> Record {
@@ -105,7 +105,7 @@ fn settings(dir: &Path, durability: Durability) -> Settings {
 /// readings (≈ one commit_interval at 50 readings/s when per_round = 50).
 fn bytes_per_reading(base: &Path, name: &str, durability: Durability, link_up: bool) {
     let dir = base.join(name);
-    let d = Durable::open(settings(&dir, durability), 1, IoDriver::Manual);
+    let d = Outbox::open(settings(&dir, durability), 1, IoDriver::Manual);
     d.io_step().unwrap();
     let n = 20_000u64;
     let per_round = 50;

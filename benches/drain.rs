@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fieldlink::buffer::store::{protecting, Limits, Store};
-use fieldlink::queue::Record;
+use fieldlink::buffer::Record;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use support::agent::{self, Agent, ConfigDir};
 use support::modbus::{self, Bank, SimDevice};

@@ -13,13 +13,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fieldlink::buffer::{Outbox, ReadingNumber};
 use fieldlink::config::{
     DataType, Deadband, PayloadMode, Point, ReportByException, Table, WordOrder,
 };
 use fieldlink::model::{Reading, Value};
 use fieldlink::poll::modbus::codec::decode_registers;
 use fieldlink::poll::modbus::plan::plan;
-use fieldlink::queue::{Outbox, ReadingNumber};
 use fieldlink::sim;
 use fieldlink::uplink::report::ExceptionFilter;
 use fieldlink::uplink::topic;

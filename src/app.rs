@@ -11,11 +11,11 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::{self, Durable};
+use crate::buffer;
+use crate::buffer::Outbox;
 use crate::config::Config;
 use crate::health::Health;
 use crate::model::{CommandSink, SampleSink};
-use crate::queue::Outbox;
 use crate::systemd::Notifier;
 use crate::uplink::{self, Publisher};
 use crate::writes::router::Router;
@@ -42,12 +42,11 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         }
     };
     let health = Health::new();
-    let durable = Durable::open(
+    let outbox = Arc::new(Outbox::open(
         buffer::Settings::new(&config.buffer, config.mqtt.queue_capacity),
         1,
         buffer::IoDriver::Thread,
-    );
-    let outbox = Arc::new(Outbox::with_buffer(durable));
+    ));
     report_to_health(&health, &outbox);
     let publisher: Arc<dyn SampleSink> = Arc::new(Publisher::new(&config.mqtt, outbox.clone()));
     // Only with a writable point does the agent subscribe to commands at all.
@@ -143,14 +142,12 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         }
     };
     // Whatever the broker did not acknowledge goes to disk before we exit.
-    if let Some(durable) = outbox.buffer() {
-        if let Err(e) = durable.shutdown() {
-            tracing::error!(
-                error = %e,
-                queued = outbox.depth(),
-                "could not save the unacknowledged readings to the buffer on shutdown"
-            );
-        }
+    if let Err(e) = outbox.shutdown() {
+        tracing::error!(
+            error = %e,
+            queued = outbox.depth(),
+            "could not save the unacknowledged readings to the buffer on shutdown"
+        );
     }
     watchdog_stop.cancel();
     let _ = watchdog.await;
@@ -162,7 +159,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
 pub fn report_to_health(health: &Health, outbox: &Arc<Outbox>) {
     let buffered = outbox.clone();
     health.add_report_source("buffer", move || {
-        buffered.buffer().map(|b| b.status().health_section())
+        buffered.status().map(|s| s.health_section())
     });
     health.add_report_source("serial_line", crate::poll::serial_line::health_section);
 }
@@ -174,7 +171,7 @@ fn status_line(health: &Health, outbox: &Outbox) -> String {
         crate::health::LinkState::Up => "up",
         crate::health::LinkState::Down => "down",
     };
-    let disk = match outbox.buffer().and_then(|b| b.status().disk_error) {
+    let disk = match outbox.status().and_then(|s| s.disk_error) {
         Some(_) => ", buffer in memory only (disk error)",
         None => "",
     };

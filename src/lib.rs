@@ -13,7 +13,6 @@ pub mod homeassistant;
 pub mod logging;
 pub mod model;
 pub mod poll;
-pub mod queue;
 pub mod signals;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldlink::buffer::{Durable, IoDriver, Settings};
+use fieldlink::buffer::{IoDriver, Outbox, Settings};
 use fieldlink::config::Durability;
 use fieldlink::model::{Reading, Sample, SampleSink, Value};
 use support::agent::{self, ConfigDir};
@@ -148,7 +148,7 @@ fn durable_settings(dir: &Path) -> Settings {
 #[test]
 fn a_record_given_up_leaves_the_disk_buffer_too_and_stays_counted_as_dropped_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let durable = Durable::open(durable_settings(dir.path()), 1, IoDriver::Manual);
+    let durable = Outbox::open(durable_settings(dir.path()), 1, IoDriver::Manual);
     for topic in ["a", "b", "c"] {
         durable.push(topic.into(), 0, topic.as_bytes().to_vec());
     }
@@ -162,7 +162,7 @@ fn a_record_given_up_leaves_the_disk_buffer_too_and_stays_counted_as_dropped_aft
     durable.shutdown().unwrap();
     drop(durable);
 
-    let reopened = Durable::open(durable_settings(dir.path()), 1, IoDriver::Manual);
+    let reopened = Outbox::open(durable_settings(dir.path()), 1, IoDriver::Manual);
     reopened.io_step().unwrap();
     assert_eq!(reopened.depth(), 0, "not replayed after a restart");
     assert!(reopened.take(10).is_empty());

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fieldlink::buffer::store::{Limits, ROW_OVERHEAD};
-use fieldlink::buffer::{Durable, IoDriver, Settings};
+use fieldlink::buffer::{IoDriver, Outbox, Settings};
 use fieldlink::config::{Durability, Replay, WhenFull};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -32,7 +32,7 @@ fn settings(dir: &Path, durability: Durability) -> Settings {
 }
 
 /// A record whose payload is its record number, so the model can check what comes back.
-fn push(d: &Durable, topic: u8) -> u64 {
+fn push(d: &Outbox, topic: u8) -> u64 {
     let seq = d.next_seq();
     d.push(format!("t/{topic}"), 0, seq.to_string().into_bytes())
 }
@@ -103,7 +103,7 @@ proptest! {
     ) {
         let durability = if always { Durability::Always } else { Durability::Outage };
         let tmp = tempfile::tempdir().unwrap();
-        let open = || Durable::open(settings(tmp.path(), durability), 1, IoDriver::Manual);
+        let open = || Outbox::open(settings(tmp.path(), durability), 1, IoDriver::Manual);
         let mut d = open();
         let mut m = Model::default();
         let mut topic_of: BTreeMap<u64, u8> = BTreeMap::new();
@@ -222,7 +222,7 @@ proptest! {
     }
 }
 
-fn drain(d: &Durable) -> Vec<fieldlink::queue::Record> {
+fn drain(d: &Outbox) -> Vec<fieldlink::buffer::Record> {
     let mut out = Vec::new();
     for _ in 0..10_000 {
         d.io_step().unwrap();
@@ -241,7 +241,7 @@ fn drain(d: &Durable) -> Vec<fieldlink::queue::Record> {
 #[test]
 fn a_link_up_in_outage_mode_writes_no_record_to_disk() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = Durable::open(
+    let d = Outbox::open(
         settings(tmp.path(), Durability::Outage),
         1,
         IoDriver::Manual,
@@ -258,14 +258,14 @@ fn a_link_up_in_outage_mode_writes_no_record_to_disk() {
     // The first reservation block covers these 1000 readings: no write at all since open.
     assert_eq!(
         stats.next_seq,
-        1 + fieldlink::buffer::durable::SEQ_RESERVE_BLOCK
+        1 + fieldlink::buffer::outbox::SEQ_RESERVE_BLOCK
     );
 }
 
 #[test]
 fn replay_alternates_history_and_live_batches_and_each_stays_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = Durable::open(
+    let d = Outbox::open(
         settings(tmp.path(), Durability::Outage),
         1,
         IoDriver::Manual,
@@ -315,7 +315,7 @@ fn replay_latest_sends_only_the_newest_stored_record_per_topic() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = settings(tmp.path(), Durability::Outage);
     s.replay = Replay::Latest;
-    let d = Durable::open(s, 1, IoDriver::Manual);
+    let d = Outbox::open(s, 1, IoDriver::Manual);
     let seqs: Vec<u64> = (0..30).map(|i| push(&d, i % 3)).collect();
     d.requeue_inflight();
     d.io_step().unwrap();
@@ -327,7 +327,7 @@ fn replay_latest_sends_only_the_newest_stored_record_per_topic() {
 #[test]
 fn a_stored_record_superseded_before_a_restart_is_not_newest_after_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = Durable::open(
+    let d = Outbox::open(
         settings(tmp.path(), Durability::Outage),
         1,
         IoDriver::Manual,
@@ -343,7 +343,7 @@ fn a_stored_record_superseded_before_a_restart_is_not_newest_after_it() {
     d.ack(newer);
     d.shutdown().unwrap();
     drop(d);
-    let d = Durable::open(
+    let d = Outbox::open(
         settings(tmp.path(), Durability::Outage),
         1,
         IoDriver::Manual,
@@ -362,7 +362,7 @@ fn the_replay_rate_cap_holds_history_but_not_live_readings() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = settings(tmp.path(), Durability::Outage);
     s.replay_rate = Some(5);
-    let d = Durable::open(s, 1, IoDriver::Manual);
+    let d = Outbox::open(s, 1, IoDriver::Manual);
     for i in 0..50 {
         push(&d, i % 3);
     }
@@ -389,7 +389,7 @@ fn a_full_disk_buffer_drops_the_configured_side_and_counts_it() {
         // either the first or the last records.
         s.limits.max_size = 28 * (3 + 2 + ROW_OVERHEAD);
         s.limits.when_full = when_full;
-        let d = Durable::open(s, 1, IoDriver::Manual);
+        let d = Outbox::open(s, 1, IoDriver::Manual);
         for _ in 0..50 {
             push(&d, 1);
         }

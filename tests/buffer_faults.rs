@@ -11,9 +11,8 @@ use std::time::Duration;
 use support::mount::Mount;
 
 use fieldlink::buffer::store::{Limits, Store};
-use fieldlink::buffer::{BufferError, Durable, IoDriver, Settings};
+use fieldlink::buffer::{BufferError, IoDriver, Outbox, Settings};
 use fieldlink::config::{Durability, Replay, WhenFull};
-use fieldlink::queue::Outbox;
 
 fn settings(dir: &Path, durability: Durability) -> Settings {
     Settings {
@@ -33,7 +32,7 @@ fn settings(dir: &Path, durability: Durability) -> Settings {
     }
 }
 
-fn push_big(d: &Durable, n: usize) -> Vec<u64> {
+fn push_big(d: &Outbox, n: usize) -> Vec<u64> {
     (0..n)
         .map(|i| d.push(format!("t/{}", i % 5), 0, vec![0x5a; 4096]))
         .collect()
@@ -41,16 +40,16 @@ fn push_big(d: &Durable, n: usize) -> Vec<u64> {
 
 /// Fills the filesystem under `dir` through a spill, then checks the outbox kept working.
 fn disk_full_scenario(dir: &Path) -> BufferError {
-    let d = Durable::open(settings(dir, Durability::Outage), 1, IoDriver::Manual);
+    let d = Outbox::open(settings(dir, Durability::Outage), 1, IoDriver::Manual);
     assert_eq!(
-        d.status().disk_error,
+        d.status().unwrap().disk_error,
         None,
         "the store opens on the empty filesystem"
     );
     let seqs = push_big(&d, 300); // 1.2 MB of payload for a 256 KiB filesystem
     d.requeue_inflight();
     let err = d.io_step().expect_err("the spill cannot fit");
-    let status = d.status();
+    let status = d.status().unwrap();
     assert!(status.disk_error.is_some(), "{status:?}");
     // Memory keeps every reading and the link drains them.
     assert_eq!(d.depth(), 300);
@@ -157,14 +156,14 @@ fn a_read_only_state_directory_gives_a_typed_error_and_memory_keeps_working() {
     // remounts itself read-only): the agent starts, runs from memory, reports.
     if let Some(m) = &mount {
         m.remount("rw");
-        let d = Durable::open(settings(&at, Durability::Outage), 1, IoDriver::Manual);
+        let d = Outbox::open(settings(&at, Durability::Outage), 1, IoDriver::Manual);
         push_big(&d, 5);
         d.shutdown().unwrap();
         drop(d);
         m.remount("ro");
     }
-    let d = Durable::open(settings(&at, Durability::Always), 1, IoDriver::Manual);
-    let status = d.status();
+    let d = Outbox::open(settings(&at, Durability::Always), 1, IoDriver::Manual);
+    let status = d.status().unwrap();
     assert!(status.disk_error.is_some(), "{status:?}");
     let seq = d.push("t/x".into(), 0, b"1".to_vec());
     let _ = d.io_step();
@@ -184,11 +183,11 @@ fn a_read_only_state_directory_gives_a_typed_error_and_memory_keeps_working() {
 async fn the_outbox_with_a_buffer_spills_on_link_death_and_a_new_run_replays_after_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
     let open = || {
-        Arc::new(Outbox::with_buffer(Durable::open(
+        Arc::new(Outbox::open(
             settings(tmp.path(), Durability::Outage),
             1,
             IoDriver::Thread,
-        )))
+        ))
     };
     let outbox = open();
     let seqs: Vec<u64> = (0..100)
@@ -205,7 +204,7 @@ async fn the_outbox_with_a_buffer_spills_on_link_death_and_a_new_run_replays_aft
         assert!(outbox.ack(r.seq));
     }
     assert_eq!(outbox.requeue_inflight(), 30); // the link died
-    let buffer = outbox.buffer().unwrap();
+    let buffer = &outbox;
     support::wait_until(
         "the spill reaches the disk",
         Duration::from_secs(10),
@@ -233,13 +232,13 @@ async fn the_outbox_with_a_buffer_spills_on_link_death_and_a_new_run_replays_aft
     assert_eq!(replayed, seqs[30..].to_vec());
     let next = outbox.push("t/0".into(), 0, Vec::new());
     assert!(next > seqs[99], "numbering continues after the crash");
-    outbox.buffer().unwrap().shutdown().unwrap();
+    outbox.shutdown().unwrap();
 }
 
 #[tokio::test]
 async fn in_always_mode_a_reading_is_on_disk_before_it_is_handed_out() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = Durable::open(
+    let d = Outbox::open(
         settings(tmp.path(), Durability::Always),
         1,
         IoDriver::Thread,

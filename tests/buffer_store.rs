@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use fieldlink::buffer::clock::Queued;
 use fieldlink::buffer::store::{protecting, Limits, Now, Store, FILE_NAME, ROW_OVERHEAD};
+use fieldlink::buffer::Record;
 use fieldlink::config::WhenFull;
-use fieldlink::queue::Record;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 

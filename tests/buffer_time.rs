@@ -1,7 +1,8 @@
 //! Time and identity in the durable buffer (issue 10, items 4 and 5), with the clock
 //! injected (`ManualClock`): a wall-clock step must not age readings, an OS reboot ages
 //! stored readings by the least time they can have, a schema-1 file is migrated in place,
-//! and every start is a new boot epoch with reading numbers from 1.
+//! every start is a new boot epoch with reading numbers from 1, and a rate-held replay waits
+//! on the runtime clock (paused in the test).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -10,9 +11,9 @@ use std::time::Duration;
 
 use fieldlink::buffer::clock::{Clock, ManualClock};
 use fieldlink::buffer::store::Limits;
-use fieldlink::buffer::{Durable, IoDriver, Settings};
+use fieldlink::buffer::Record;
+use fieldlink::buffer::{IoDriver, Outbox, Settings};
 use fieldlink::config::{Durability, Replay, WhenFull};
-use fieldlink::queue::Record;
 
 const HOUR_MS: u64 = 3600 * 1000;
 const WALL: u64 = 1_764_000_000_000;
@@ -35,12 +36,12 @@ fn settings(dir: &Path, clock: &ManualClock) -> Settings {
     }
 }
 
-fn open(dir: &Path, clock: &ManualClock) -> Durable {
-    Durable::open(settings(dir, clock), 1, IoDriver::Manual)
+fn open(dir: &Path, clock: &ManualClock) -> Outbox {
+    Outbox::open(settings(dir, clock), 1, IoDriver::Manual)
 }
 
 /// Pushes `n` readings stamped with the wall clock, `every_ms` apart.
-fn push_readings(d: &Durable, clock: &ManualClock, n: usize, every_ms: u64) {
+fn push_readings(d: &Outbox, clock: &ManualClock, n: usize, every_ms: u64) {
     for _ in 0..n {
         d.push_reading("t/a".into(), clock.wall_ms(), |n| {
             format!("{}/{}", n.boot, n.seq).into_bytes()
@@ -49,7 +50,7 @@ fn push_readings(d: &Durable, clock: &ManualClock, n: usize, every_ms: u64) {
     }
 }
 
-fn drain(d: &Durable) -> Vec<Record> {
+fn drain(d: &Outbox) -> Vec<Record> {
     let _ = d.take(0);
     let mut out = Vec::new();
     for _ in 0..10_000 {
@@ -171,7 +172,7 @@ fn after_an_os_reboot_stored_readings_age_by_the_time_the_gateway_demonstrably_r
 fn each_start_is_a_new_boot_whose_readings_count_from_1_and_status_records_take_no_number() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(WALL, 50_000, "boot-1");
-    let payloads = |d: &Durable| -> Vec<String> {
+    let payloads = |d: &Outbox| -> Vec<String> {
         drain(d)
             .into_iter()
             .map(|r| String::from_utf8(r.payload).unwrap())
@@ -182,7 +183,7 @@ fn each_start_is_a_new_boot_whose_readings_count_from_1_and_status_records_take_
     d.push("t/status".into(), 0, b"online".to_vec());
     push_readings(&d, &clock, 1, 10);
     assert_eq!(payloads(&d), ["1/1", "1/2", "online", "1/3"]);
-    assert_eq!(d.status().boot, 1);
+    assert_eq!(d.status().unwrap().boot, 1);
     d.shutdown().unwrap();
     drop(d);
     let d = open(dir.path(), &clock);
@@ -201,9 +202,9 @@ fn without_a_usable_store_at_start_the_boot_is_made_up_from_the_clock_and_kept_o
     std::fs::write(&blocker, b"not a directory").unwrap();
     let clock = ManualClock::new(WALL, 50_000, "boot-1");
     let d = open(&blocker, &clock);
-    assert!(d.status().disk_error.is_some());
+    assert!(d.status().unwrap().disk_error.is_some());
     let made_up = WALL / 1000;
-    assert_eq!(d.status().boot, made_up);
+    assert_eq!(d.status().unwrap().boot, made_up);
     push_readings(&d, &clock, 1, 10);
     // The directory is fixed; the store is attached on the way out and learns the epoch.
     std::fs::remove_file(&blocker).unwrap();
@@ -211,7 +212,7 @@ fn without_a_usable_store_at_start_the_boot_is_made_up_from_the_clock_and_kept_o
     drop(d);
     let d = open(&blocker, &clock);
     assert_eq!(
-        d.status().boot,
+        d.status().unwrap().boot,
         made_up + 1,
         "later starts count on from above it"
     );
@@ -279,7 +280,7 @@ fn a_schema_1_buffer_is_migrated_in_place_and_its_backlog_is_delivered() {
     write_v1(dir.path(), &rows);
 
     let d = open(dir.path(), &clock);
-    assert_eq!(d.status().disk_error, None);
+    assert_eq!(d.status().unwrap().disk_error, None);
     let delivered = drain(&d);
     let seqs: Vec<u64> = delivered.iter().map(|r| r.seq).collect();
     assert_eq!(
@@ -317,4 +318,39 @@ fn a_schema_1_buffer_is_migrated_in_place_and_its_backlog_is_delivered() {
     for c in ["os_boot", "boot_ms", "sent"] {
         assert!(columns.contains(c), "{c} in {columns:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_held_to_its_rate_waits_on_the_runtime_clock_so_a_paused_test_needs_no_sleep() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(WALL, HOUR_MS, "boot-a");
+    let d = Outbox::open(
+        Settings {
+            replay_rate: Some(10),
+            ..settings(dir.path(), &clock)
+        },
+        1,
+        IoDriver::Manual,
+    );
+    push_readings(&d, &clock, 30, 10);
+    d.spill();
+    d.io_step().unwrap();
+    assert!(
+        d.take(100).is_empty(),
+        "on disk only, and the link was down"
+    );
+    d.io_step().unwrap(); // the link is up: the replay read
+    assert_eq!(d.take(100).len(), 10, "one second's worth");
+    let start = tokio::time::Instant::now();
+    let early = tokio::time::timeout(Duration::from_millis(99), d.wait_queued()).await;
+    assert!(early.is_err(), "nothing before the next token");
+    d.wait_queued().await;
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(d.take(100).len(), 1);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        d.take(100).len(),
+        10,
+        "a long wait refills one second's worth, no more"
+    );
 }

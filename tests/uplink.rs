@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::mount::Mount;
 
+use fieldlink::buffer::Outbox;
 use fieldlink::config::{Durability, Mqtt, PayloadMode};
 use fieldlink::poll::serial_line;
-use fieldlink::queue::Outbox;
 use support::watch::Watch;
 use support::{unique, wait_until, Broker};
 use uplink_agent::{buffered_outbox, missing, mqtt, newest_per_topic, retained_on, seqs, Agent};

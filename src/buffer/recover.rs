@@ -8,8 +8,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::clock::OsBoot;
 use super::error::{BufferError, Result};
-use super::store::{read_record, row_sum, unix_now_secs, SCHEMA_SQL};
-use crate::queue::Record;
+use super::record::Record;
+use super::schema::{
+    insert_row, read_record, to_i64, unix_now_secs, INSERT_ROW, SCHEMA_SQL, SCHEMA_VERSION,
+};
 
 /// Consecutive read failures after which the rest of the file is given up.
 const MAX_FAILED_SEEKS: u32 = 64;
@@ -51,7 +53,29 @@ pub(crate) fn salvage(path: &Path, reason: &str) -> Result<Recovery> {
     })
 }
 
-pub use super::store::Recovery;
+/// What `Store::open` had to do to a damaged file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Recovery {
+    pub reason: String,
+    pub moved_to: PathBuf,
+    pub rows_recovered: u64,
+    /// Read errors met while salvaging (each skipped a damaged stretch).
+    pub read_errors: u64,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the buffer database was damaged ({}); it was moved to {} and {} readings were \
+             recovered into a fresh buffer ({} unreadable stretches skipped)",
+            self.reason,
+            self.moved_to.display(),
+            self.rows_recovered,
+            self.read_errors
+        )
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 struct SurvivingMeta {
@@ -201,33 +225,13 @@ fn write_fresh(path: &Path, rows: &[Row], meta: SurvivingMeta) -> Result<()> {
     };
     let tx = conn.transaction().map_err(sql)?;
     {
-        let mut insert = tx
-            .prepare(
-                "INSERT OR IGNORE INTO records
-                   (seq, topic, payload, ts_ms, sum, os_boot, boot_ms, sent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(sql)?;
+        let mut insert = tx.prepare(INSERT_ROW).map_err(sql)?;
         for (r, sent) in rows {
             let (os_boot, boot_ms) = match r.queued_at.os_boot {
-                OsBoot::Stored(id) => (
-                    Some(id),
-                    Some(i64::try_from(r.queued_at.boot_ms).unwrap_or(i64::MAX)),
-                ),
+                OsBoot::Stored(id) => (Some(id), Some(to_i64(r.queued_at.boot_ms))),
                 OsBoot::This | OsBoot::Unknown => (None, None),
             };
-            insert
-                .execute(params![
-                    i64::try_from(r.seq).unwrap_or(i64::MAX),
-                    r.topic,
-                    r.payload,
-                    i64::try_from(r.ts_ms).unwrap_or(i64::MAX),
-                    row_sum(r),
-                    os_boot,
-                    boot_ms,
-                    i64::from(*sent),
-                ])
-                .map_err(sql)?;
+            insert_row(&mut insert, r, os_boot, boot_ms, *sent).map_err(sql)?;
         }
         let mut boot = tx
             .prepare("INSERT OR IGNORE INTO os_boots (id, boot_id, last_ms) VALUES (?1, ?2, ?3)")
@@ -239,12 +243,12 @@ fn write_fresh(path: &Path, rows: &[Row], meta: SurvivingMeta) -> Result<()> {
             .prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
             .map_err(sql)?;
         for (key, value) in [
-            ("schema_version", Some(super::store::SCHEMA_VERSION as u64)),
+            ("schema_version", Some(SCHEMA_VERSION as u64)),
             ("next_seq", Some(next_seq)),
             ("dropped_full", meta.dropped_full),
             ("dropped_age", meta.dropped_age),
             ("dropped_given_up", meta.dropped_given_up),
-            // Lost with `meta`: a made-up epoch above any counted one (see `durable`),
+            // Lost with `meta`: a made-up epoch above any counted one (see `outbox`),
             // so no reading number of an earlier start is reused.
             (
                 "boot",

@@ -4,38 +4,9 @@
 //! retain flags or what is in flight: when a bound wants a record gone it asks the caller
 //! for a [`Verdict`], so it never drops a record that is on the wire or was acknowledged.
 //!
-//! # Schema (version 2)
-//! ```sql
-//! CREATE TABLE records (seq INTEGER PRIMARY KEY,   -- the rowid: ordered, no extra index
-//!                       topic TEXT NOT NULL, payload BLOB NOT NULL, ts_ms INTEGER NOT NULL,
-//!                       sum INTEGER NOT NULL,      -- FNV-1a 64 of seq, topic, payload, ts_ms
-//!                       os_boot INTEGER,           -- os_boots.id; NULL in schema-1 rows
-//!                       boot_ms INTEGER,           -- CLOCK_BOOTTIME (ms) when queued; idem
-//!                       sent INTEGER NOT NULL DEFAULT 0); -- 1: maybe delivered (see below)
-//! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-//!   -- schema_version, next_seq, dropped_full, dropped_age, dropped_given_up, boot
-//! CREATE TABLE newest (topic TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-//!   -- the newest seq ever pushed per topic, as of the last spill or commit
-//! CREATE TABLE os_boots (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE,
-//!                        last_ms INTEGER NOT NULL);
-//!   -- every OS boot that wrote here, numbered in order; last_ms: the highest boot-time
-//!   -- clock value written in it (a lower bound of how long that boot lasted)
-//! ```
-//! Schema 1 (fieldlink before boot-time stamps) is migrated in place at open, in one
-//! transaction: `ALTER TABLE ... ADD COLUMN` (no row is rewritten, so a .deb upgrade keeps a
-//! full backlog and costs no SD-card wear), then `schema_version = 2`.
+//! The row format, the tables and the migrations are in [`super::schema`].
 //!
-//! `meta.boot` is the agent's boot epoch: raised by one at every start ([`Store::next_boot`])
-//! and published beside `seq`, so that `(boot, seq)` identifies a reading for good.
-//!
-//! # Age (`max_age`)
-//! Measured on the boot-time clock, never on the wall clock, so an NTP step during an
-//! outage cannot age readings. For a row queued in this OS boot: now − `boot_ms`. For a row
-//! from an earlier OS boot the time the gateway was off is unknowable (no RTC), so its age
-//! is the least it can be: what is left of its boot after it (`last_ms` − `boot_ms`), plus
-//! every later boot's `last_ms`, plus this boot's clock. A reading is therefore never dropped
-//! before it is `max_age` old; time powered off does not count. Schema-1 rows have only
-//! their wall-clock `ts_ms` and are aged by it, as before.
+//! Ages (`max_age`) are measured on the boot-time clock: see [`super::age`].
 //!
 //! # Maybe delivered (`sent`)
 //! A record that was on the wire when the link died may have reached the broker (its PUBACK
@@ -105,39 +76,19 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::clock::{OsBoot, Queued};
+use super::age::AgeRule;
+pub use super::age::Now;
+use super::clock::OsBoot;
 use super::error::{BufferError, Result};
+use super::record::Record;
+use super::recover::Recovery;
+use super::schema::{
+    insert_row, migrate_from_1, read_record, row_bytes, to_i64, to_u64, truncated_to_nothing,
+    INSERT_ROW, SCHEMA_SQL, SCHEMA_VERSION,
+};
+pub use super::schema::{FILE_NAME, ROW_OVERHEAD};
+use super::stats::{bytes_on_disk, Stats};
 use crate::config::WhenFull;
-use crate::queue::Record;
-
-pub const FILE_NAME: &str = "buffer.db";
-pub const SCHEMA_VERSION: i64 = 2;
-/// The tables, as the module doc describes them (also used by recovery). On a schema-1
-/// file `records` exists already and keeps its columns until [`migrate_from_1`] adds them.
-pub(crate) const SCHEMA_SQL: &str = "
-    CREATE TABLE IF NOT EXISTS records (
-        seq INTEGER PRIMARY KEY,
-        topic TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        ts_ms INTEGER NOT NULL,
-        sum INTEGER NOT NULL,
-        os_boot INTEGER,
-        boot_ms INTEGER,
-        sent INTEGER NOT NULL DEFAULT 0);
-    CREATE TABLE IF NOT EXISTS os_boots (
-        id INTEGER PRIMARY KEY,
-        boot_id TEXT NOT NULL UNIQUE,
-        last_ms INTEGER NOT NULL);
-    CREATE TABLE IF NOT EXISTS meta (
-        key TEXT PRIMARY KEY,
-        value INTEGER NOT NULL) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS newest (
-        topic TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL) WITHOUT ROWID;";
-/// Per-row bytes counted against `max_size` on top of topic and payload: rowid, ts, sum,
-/// os_boot, boot_ms and sent, the record header and the cell pointer, rounded up (40 in
-/// schema 1, which had no boot-time stamps).
-pub const ROW_OVERHEAD: u64 = 44;
 
 /// The bounds a store enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,95 +153,8 @@ pub fn protecting(protect: &HashSet<u64>) -> impl FnMut(&[u64]) -> Vec<Verdict> 
     }
 }
 
-/// Now, on both clocks, for [`Store::expire`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    pub wall_ms: u64,
-    pub boot_ms: u64,
-}
-
 /// Candidates asked about per verdict call: one lock of the caller's state per chunk.
 const VERDICT_CHUNK: usize = 256;
-
-/// What [`Store::open`] had to do to a damaged file.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Recovery {
-    pub reason: String,
-    pub moved_to: PathBuf,
-    pub rows_recovered: u64,
-    /// Read errors met while salvaging (each skipped a damaged stretch).
-    pub read_errors: u64,
-}
-
-impl std::fmt::Display for Recovery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the buffer database was damaged ({}); it was moved to {} and {} readings were \
-             recovered into a fresh buffer ({} unreadable stretches skipped)",
-            self.reason,
-            self.moved_to.display(),
-            self.rows_recovered,
-            self.read_errors
-        )
-    }
-}
-
-/// A snapshot of the store for `fieldlink buffer stats` and the health topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stats {
-    pub path: PathBuf,
-    pub depth: u64,
-    pub oldest_ts_ms: Option<u64>,
-    /// Database + WAL + shared-memory index, as the filesystem reports them.
-    pub bytes_on_disk: u64,
-    /// The figure bounded by `max_size`.
-    pub stored_bytes: u64,
-    pub dropped_full: u64,
-    pub dropped_age: u64,
-    /// Records the broker would never take (quarantined by the uplink).
-    pub dropped_given_up: u64,
-    pub next_seq: u64,
-    /// The agent's boot epoch of the last start (`boot` in reading payloads).
-    pub boot: u64,
-    /// When the snapshot was taken (unix ms), for the age of the oldest reading.
-    pub taken_at_ms: u64,
-}
-
-impl Stats {
-    pub fn dropped(&self) -> u64 {
-        self.dropped_full + self.dropped_age + self.dropped_given_up
-    }
-}
-
-impl std::fmt::Display for Stats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "buffer:   {}", self.path.display())?;
-        writeln!(f, "depth:    {} readings", self.depth)?;
-        match self.oldest_ts_ms {
-            Some(ts) => {
-                let age = Duration::from_secs(self.taken_at_ms.saturating_sub(ts) / 1000);
-                writeln!(f, "oldest:   {} ago", humantime::format_duration(age))?
-            }
-            None => writeln!(f, "oldest:   -")?,
-        }
-        writeln!(
-            f,
-            "on disk:  {} (stored readings {})",
-            bytesize::ByteSize::b(self.bytes_on_disk).display().iec(),
-            bytesize::ByteSize::b(self.stored_bytes).display().iec()
-        )?;
-        writeln!(
-            f,
-            "dropped:  {} (buffer full: {}, older than max_age: {}, refused by the broker: {})",
-            self.dropped(),
-            self.dropped_full,
-            self.dropped_age,
-            self.dropped_given_up
-        )?;
-        write!(f, "boot:     {} (the agent's start count)", self.boot)
-    }
-}
 
 #[derive(Debug)]
 pub struct Store {
@@ -305,22 +169,6 @@ pub struct Store {
     dropped_given_up: u64,
     /// This OS boot's number in `os_boots`, once [`Store::enter_os_boot`] ran.
     os_boot: Option<i64>,
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-pub(crate) fn row_bytes(topic: &str, payload: &[u8]) -> u64 {
-    (topic.len() + payload.len()) as u64 + ROW_OVERHEAD
-}
-
-pub(crate) fn unix_now_secs() -> u64 {
-    crate::model::unix_ms_now() / 1000
 }
 
 impl Store {
@@ -446,7 +294,7 @@ impl Store {
     }
 
     /// Registers the OS boot this process runs in (by the kernel's boot id) and returns its
-    /// number: records queued in it are stored with that number (see "Age").
+    /// number: records queued in it are stored with that number (see `super::age`).
     pub fn enter_os_boot(&mut self, boot_id: &str, boot_ms: u64) -> Result<i64> {
         let path = self.path.clone();
         let sql = |e| BufferError::from_sqlite(&path, e);
@@ -487,7 +335,7 @@ impl Store {
     }
 
     /// Makes sure every later start gets an epoch above `boot` (used when the epoch had to
-    /// be made up without the store, see `durable`).
+    /// be made up without the store, see `outbox`).
     pub fn raise_boot(&mut self, boot: u64) -> Result<()> {
         self.conn
             .execute(
@@ -659,13 +507,7 @@ impl Store {
             }
         }
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO records
-                       (seq, topic, payload, ts_ms, sum, os_boot, boot_ms, sent)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(sql)?;
+            let mut insert = tx.prepare_cached(INSERT_ROW).map_err(sql)?;
             for (r, _) in records.iter().zip(&store_it).filter(|(_, &keep)| keep) {
                 let (boot, boot_ms) = match r.queued_at.os_boot {
                     OsBoot::This => {
@@ -675,19 +517,7 @@ impl Store {
                     OsBoot::Stored(id) => (Some(id), Some(to_i64(r.queued_at.boot_ms))),
                     OsBoot::Unknown => (None, None),
                 };
-                let added = insert
-                    .execute(params![
-                        to_i64(r.seq),
-                        r.topic,
-                        r.payload,
-                        to_i64(r.ts_ms),
-                        row_sum(r),
-                        boot,
-                        boot_ms,
-                        i64::from(sent.contains(&r.seq)),
-                    ])
-                    .map_err(sql)?;
-                if added == 1 {
+                if insert_row(&mut insert, r, boot, boot_ms, sent.contains(&r.seq)).map_err(sql)? {
                     bytes += row_bytes(&r.topic, &r.payload);
                     depth += 1;
                 }
@@ -862,26 +692,7 @@ impl Store {
         let path = self.path.clone();
         let sql = |e| BufferError::from_sqlite(&path, e);
         let tx = self.conn.transaction().map_err(sql)?;
-        let mut removed = 0;
-        let mut freed = 0;
-        {
-            let mut delete = tx
-                .prepare_cached(
-                    "DELETE FROM records WHERE seq = ?1
-                     RETURNING length(topic) + length(payload)",
-                )
-                .map_err(sql)?;
-            for seq in seqs {
-                let len: Option<i64> = delete
-                    .query_row([to_i64(*seq)], |r| r.get(0))
-                    .optional()
-                    .map_err(sql)?;
-                if let Some(len) = len {
-                    removed += 1;
-                    freed += to_u64(len) + ROW_OVERHEAD;
-                }
-            }
-        }
+        let (removed, freed) = delete_rows(&tx, seqs.iter()).map_err(sql)?;
         tx.commit().map_err(sql)?;
         self.depth = self.depth.saturating_sub(removed);
         self.stored_bytes = self.stored_bytes.saturating_sub(freed);
@@ -933,7 +744,7 @@ impl Store {
         self.delete(&doomed)
     }
 
-    /// Drops records older than `max_age` (see "Age" in the module doc) that `decide` lets
+    /// Drops records older than `max_age` (see `super::age`) that `decide` lets
     /// go, counting them in the same transaction. Walks from the oldest seq and stops at the
     /// first record young enough, so it reads only what it drops. Returns the dropped seqs.
     pub fn expire(&mut self, now: Now, decide: &mut Decide<'_>) -> Result<Vec<u64>> {
@@ -975,26 +786,7 @@ impl Store {
             }
         }
         let tx = self.conn.transaction().map_err(sql)?;
-        let mut removed = 0;
-        let mut bytes = 0;
-        {
-            let mut delete = tx
-                .prepare_cached(
-                    "DELETE FROM records WHERE seq = ?1
-                     RETURNING length(topic) + length(payload)",
-                )
-                .map_err(sql)?;
-            for seq in doomed.iter().chain(&freed) {
-                let len: Option<i64> = delete
-                    .query_row([to_i64(*seq)], |r| r.get(0))
-                    .optional()
-                    .map_err(sql)?;
-                if let Some(len) = len {
-                    removed += 1;
-                    bytes += to_u64(len) + ROW_OVERHEAD;
-                }
-            }
-        }
+        let (removed, bytes) = delete_rows(&tx, doomed.iter().chain(&freed)).map_err(sql)?;
         if !doomed.is_empty() {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('dropped_age', ?1)
@@ -1021,22 +813,7 @@ impl Store {
             .map_err(self.sql())?
             .collect::<rusqlite::Result<_>>()
             .map_err(self.sql())?;
-        // For each earlier boot: its last_ms, and the sum of last_ms of the boots between
-        // it and this one (each lasted at least that long).
-        let mut earlier = std::collections::HashMap::new();
-        let mut later_sum = 0u64;
-        for (id, last_ms) in boots {
-            if Some(id) == self.os_boot {
-                continue;
-            }
-            earlier.insert(id, (last_ms, later_sum));
-            later_sum = later_sum.saturating_add(last_ms);
-        }
-        Ok(AgeRule {
-            now,
-            this_boot: self.os_boot,
-            earlier,
-        })
+        Ok(AgeRule::new(now, self.os_boot, boots))
     }
 
     pub fn stats(&self) -> Result<Stats> {
@@ -1071,174 +848,29 @@ impl Store {
     }
 }
 
+/// Deletes the rows of `seqs` that exist (others are ignored): how many went, and the
+/// bytes they counted against `max_size`.
+fn delete_rows<'s>(
+    tx: &rusqlite::Transaction<'_>,
+    seqs: impl Iterator<Item = &'s u64>,
+) -> rusqlite::Result<(u64, u64)> {
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM records WHERE seq = ?1 RETURNING length(topic) + length(payload)",
+    )?;
+    let (mut removed, mut bytes) = (0, 0);
+    for seq in seqs {
+        let len: Option<i64> = delete.query_row([to_i64(*seq)], |r| r.get(0)).optional()?;
+        if let Some(len) = len {
+            removed += 1;
+            bytes += to_u64(len) + ROW_OVERHEAD;
+        }
+    }
+    Ok((removed, bytes))
+}
+
 /// Asks `decide` about `seqs`; a short answer keeps the rest (never drop unanswered).
 fn ask(decide: &mut Decide<'_>, seqs: &[u64]) -> Vec<Verdict> {
     let mut verdicts = decide(seqs);
     verdicts.resize(seqs.len(), Verdict::Keep);
     verdicts
-}
-
-/// The age of a stored row, per "Age" in the module doc.
-struct AgeRule {
-    now: Now,
-    this_boot: Option<i64>,
-    /// Earlier OS boots: (last_ms, sum of last_ms of the boots after it).
-    earlier: std::collections::HashMap<i64, (u64, u64)>,
-}
-
-impl AgeRule {
-    fn age(&self, ts_ms: u64, os_boot: Option<i64>, boot_ms: Option<u64>) -> u64 {
-        match (os_boot, boot_ms) {
-            (Some(id), Some(at)) if Some(id) == self.this_boot => {
-                self.now.boot_ms.saturating_sub(at)
-            }
-            (Some(id), Some(at)) => match self.earlier.get(&id) {
-                Some(&(last_ms, later)) => last_ms
-                    .saturating_sub(at)
-                    .saturating_add(later)
-                    .saturating_add(self.now.boot_ms),
-                // A boot the table lost (damage): only this boot's time is certain.
-                None => self.now.boot_ms,
-            },
-            _ => self.now.wall_ms.saturating_sub(ts_ms),
-        }
-    }
-}
-
-/// Schema 1 -> 2 in one transaction: new columns (NULL in old rows: aged by the wall
-/// clock as before), `sent` = 0, the `os_boots` table (created by `SCHEMA_SQL` already).
-fn migrate_from_1(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         ALTER TABLE records ADD COLUMN os_boot INTEGER;
-         ALTER TABLE records ADD COLUMN boot_ms INTEGER;
-         ALTER TABLE records ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;
-         UPDATE meta SET value = 2 WHERE key = 'schema_version';
-         COMMIT;",
-    )
-    .inspect_err(|_| {
-        let _ = conn.execute_batch("ROLLBACK");
-    })
-}
-
-/// An existing, empty database file without a WAL: every store writes its schema at
-/// creation, so this is a file cut to zero, not a new one. (A fresh store that crashed
-/// before its first checkpoint has an empty file but a WAL holding everything.)
-fn truncated_to_nothing(db: &Path) -> bool {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
-    len(db) == Some(0) && len(Path::new(&wal)).unwrap_or(0) == 0
-}
-
-/// FNV-1a 64 over the fields, as stored in `sum`.
-pub(crate) fn row_sum(r: &Record) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    feed(&r.seq.to_le_bytes());
-    feed(&(r.topic.len() as u64).to_le_bytes());
-    feed(r.topic.as_bytes());
-    feed(&r.payload);
-    feed(&r.ts_ms.to_le_bytes());
-    h as i64
-}
-
-/// Reads `seq, topic, payload, ts_ms, sum, os_boot, boot_ms` and checks the sum.
-pub(crate) fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    let os_boot: Option<i64> = r.get(5)?;
-    let boot_ms: Option<i64> = r.get(6)?;
-    let record = Record {
-        seq: to_u64(r.get(0)?),
-        topic: r.get(1)?,
-        payload: r.get(2)?,
-        ts_ms: to_u64(r.get(3)?),
-        queued_at: match (os_boot, boot_ms) {
-            (Some(id), Some(ms)) => Queued {
-                os_boot: OsBoot::Stored(id),
-                boot_ms: to_u64(ms),
-            },
-            _ => Queued::UNKNOWN,
-        },
-    };
-    let sum: i64 = r.get(4)?;
-    if sum != row_sum(&record) {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-            Some(format!("record {} fails its checksum", record.seq)),
-        ));
-    }
-    Ok(record)
-}
-
-/// The database, its WAL and its shared-memory index, as `ls` would add them up.
-pub fn bytes_on_disk(db: &Path) -> u64 {
-    ["", "-wal", "-shm"]
-        .iter()
-        .filter_map(|suffix| {
-            let mut p = db.as_os_str().to_owned();
-            p.push(suffix);
-            std::fs::metadata(PathBuf::from(p)).ok().map(|m| m.len())
-        })
-        .sum()
-}
-
-/// `fieldlink buffer stats`: reads `path` (the state directory or the database file) without
-/// changing it, while the agent may be running.
-pub fn stats(path: &Path) -> Result<Stats> {
-    let db = if path.is_dir() {
-        path.join(FILE_NAME)
-    } else {
-        path.to_path_buf()
-    };
-    if !db.exists() {
-        return Err(BufferError::Io {
-            path: db,
-            detail: "no buffer database here: check [buffer] path, or the agent has not \
-                     started yet"
-                .into(),
-        });
-    }
-    let sql = |e| BufferError::from_sqlite(&db, e);
-    let conn = Connection::open_with_flags(
-        &db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sql)?;
-    conn.busy_timeout(Duration::from_secs(2)).map_err(sql)?;
-    let meta = |key: &str| -> Result<u64> {
-        Ok(conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()
-            .map_err(sql)?
-            .map_or(0, to_u64))
-    };
-    let (depth, payload, oldest): (i64, i64, Option<i64>) = conn
-        .query_row(
-            "SELECT count(*), coalesce(sum(length(topic) + length(payload)), 0),
-                    (SELECT ts_ms FROM records ORDER BY seq LIMIT 1)
-             FROM records",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .map_err(sql)?;
-    Ok(Stats {
-        depth: to_u64(depth),
-        oldest_ts_ms: oldest.map(to_u64),
-        bytes_on_disk: bytes_on_disk(&db),
-        stored_bytes: to_u64(payload) + to_u64(depth) * ROW_OVERHEAD,
-        dropped_full: meta("dropped_full")?,
-        dropped_age: meta("dropped_age")?,
-        dropped_given_up: meta("dropped_given_up")?,
-        next_seq: meta("next_seq")?,
-        boot: meta("boot")?,
-        taken_at_ms: crate::model::unix_ms_now(),
-        path: db,
-    })
 }

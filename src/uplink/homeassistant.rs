@@ -9,8 +9,8 @@ use rumqttc::{AsyncClient, QoS};
 use super::diagnose::{self, Diagnosis};
 use super::republish::RepublishSet;
 use super::subscriptions::{Purpose, Subscriptions};
+use crate::buffer::Outbox;
 use crate::homeassistant::{Discovery, Incoming};
-use crate::queue::Outbox;
 
 /// Subscribes to Home Assistant's status and, on the first connection of a run, to this
 /// gateway's discovery topics. Called when the birth goes out, after the broker check's own

@@ -35,9 +35,9 @@ mod user_timeout;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use crate::buffer::Outbox;
 use crate::config::{Mqtt, PayloadMode};
 use crate::model::{Reading, Sample, SampleSink};
-use crate::queue::Outbox;
 use report::ExceptionFilter;
 
 pub use mqtt::run;

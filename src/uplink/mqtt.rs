@@ -56,11 +56,11 @@ use super::state::{ComplaintPacer, HealthFacts, HealthPacer, KeepAliveWatch, Lin
 use super::subscriptions::{Purpose, Subscriptions};
 use super::topic::{self, OutboxFacts};
 use super::user_timeout;
+use crate::buffer::{Outbox, Record};
 use crate::config::{Mqtt, Server};
 use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
 use crate::homeassistant::Discovery;
 use crate::model::CommandSink;
-use crate::queue::{Outbox, Record};
 
 /// Records and republishes handed to rumqttc and not yet settled (see `delivery`).
 const RECORD_WINDOW: usize = 64;

@@ -35,10 +35,10 @@ use serde_json::{Map, Value as Json};
 
 use std::borrow::Cow;
 
+use crate::buffer::ReadingNumber;
 use crate::config::PayloadMode;
 use crate::health::HealthReport;
 use crate::model::{Quality, Reading, Value};
-use crate::queue::ReadingNumber;
 
 /// `<prefix>/<device>/<point>`: one retained reading per point.
 pub fn reading_topic(prefix: &str, device: &str, point: &str) -> String {

@@ -9,11 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldlink::buffer::{self, store::Limits, Durable, IoDriver};
+use fieldlink::buffer::{self, store::Limits, IoDriver, Outbox};
 use fieldlink::config::{Durability, Mqtt, PayloadMode, Replay, Server, WhenFull};
 use fieldlink::health::{Health, LinkReport, LinkState};
 use fieldlink::model::{CommandSink, Reading, Sample, SampleSink, Value};
-use fieldlink::queue::Outbox;
 use fieldlink::uplink::{self, Publisher};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -237,9 +236,5 @@ pub fn buffer_settings(
 /// An outbox over such a buffer, its I/O on its own thread as in the daemon.
 pub fn buffered_outbox(dir: &Path, durability: Durability) -> Arc<Outbox> {
     let settings = buffer_settings(dir, durability, Duration::from_millis(50));
-    Arc::new(Outbox::with_buffer(Durable::open(
-        settings,
-        1,
-        IoDriver::Thread,
-    )))
+    Arc::new(Outbox::open(settings, 1, IoDriver::Thread))
 }
