@@ -7,7 +7,9 @@
 //! failures as typed causes and in words), `broker_check` (after each connect: did the broker
 //! keep our retained messages, does it deliver ours), `republish` (the retained state we
 //! own, put back when a broker lost it), `quarantine` (finding a record the broker will
-//! never take), `subscriptions` (which subscription a SUBACK answers), `homeassistant`
+//! never take; `give_up` acts on its verdicts), `failover` (which broker of the list next,
+//! and when), `settings` (what every attempt shares), `subscriptions` (which subscription a
+//! SUBACK answers), `homeassistant`
 //! (discovery's subscriptions and what arrives on them). Commands received on `…/set` are
 //! handed to a [`CommandSink`](crate::model::CommandSink) at once; what they do is the business
 //! of `writes`.
@@ -19,6 +21,7 @@ mod broker_check;
 mod delivery;
 mod diagnose;
 mod failover;
+mod give_up;
 mod homeassistant;
 mod mqtt;
 mod password;
@@ -26,6 +29,7 @@ mod quarantine;
 pub mod report;
 mod republish;
 mod session_end;
+mod settings;
 pub mod state;
 mod subscriptions;
 mod tls;

@@ -36,36 +36,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::broker_check::{BrokerCheck, Retained, Routing, CHECK_WAIT};
-use super::delivery::{self, Acked, Counted, Delivery, Settles, Written, MAX_PACKET};
-use super::diagnose::{self, Cause, Diagnosis, Severity, Target};
+use super::delivery::{self, Acked, Counted, Delivery, Settles, Written};
+use super::diagnose::{self, Diagnosis, Severity};
 use super::failover::{AfterFailure, Failover};
+use super::give_up::{give_up, quarantine_after};
 use super::homeassistant;
-use super::password::read_password;
-use super::quarantine::{GiveUp, Quarantine};
-use super::republish::RepublishSet;
+use super::quarantine::GiveUp;
 use super::session_end::{Failure, LogLine, SessionEnd, UnackedRecord};
-use super::state::{ComplaintPacer, HealthFacts, HealthPacer, KeepAliveWatch, Link, Say};
+use super::settings::{Dial, Memory, Settings};
+use super::state::{HealthFacts, HealthPacer, KeepAliveWatch, Link, Say};
 use super::subscriptions::{Purpose, Subscriptions};
 use super::topic::{self, OutboxFacts};
 use super::user_timeout;
 use crate::buffer::{Outbox, Record};
-use crate::config::{Mqtt, Server};
+use crate::config::Mqtt;
 use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECKED};
 use crate::homeassistant::Discovery;
 use crate::model::CommandSink;
 
 /// Records and republishes handed to rumqttc and not yet settled (see `delivery`).
 const RECORD_WINDOW: usize = 64;
-/// rumqttc's own in-flight limit: above our window plus the birth, health and `offline`.
-const RUMQTT_INFLIGHT: u16 = 100;
 /// Request channel between our client handle and the event loop.
 const REQUEST_CHANNEL: usize = 128;
 /// How long the agent goes without commands after a broker closed the connection over that
@@ -80,60 +77,6 @@ const DRAIN_BUDGET: Duration = Duration::from_millis(2500);
 const OFFLINE_BUDGET: Duration = Duration::from_millis(1000);
 const DISCONNECT_BUDGET: Duration = Duration::from_millis(500);
 
-/// Everything a connection attempt needs that does not change between attempts.
-struct Settings {
-    cfg: Mqtt,
-    /// Keep-alive rounded to whole seconds (MQTT carries seconds), at least 1 s.
-    keep_alive: Duration,
-    qos: QoS,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    status_topic: String,
-    health_topic: String,
-    command_filter: String,
-    /// Where commands go; `None`: no point is writable, and we do not subscribe.
-    commands: Option<Arc<dyn CommandSink>>,
-    /// `[mqtt] servers` (one when the config names one broker).
-    servers: Vec<Server>,
-    /// Each server as `host:port`, for messages.
-    brokers: Vec<String>,
-}
-
-impl Settings {
-    fn target(&self, server: usize) -> Target<'_> {
-        Target {
-            broker: &self.brokers[server],
-            host: &self.servers[server].host,
-            client_id: &self.cfg.client_id,
-        }
-    }
-}
-
-/// One broker of the list, and the settings every attempt shares.
-#[derive(Clone, Copy)]
-struct Dial<'a> {
-    settings: &'a Settings,
-    /// Index into `settings.servers`.
-    server: usize,
-}
-
-/// What the uplink remembers across connections.
-struct Memory {
-    republish: RepublishSet,
-    quarantine: Quarantine,
-    /// Failed attempts (refusals, TLS, unreachable broker).
-    failures: ComplaintPacer<Cause>,
-    /// The broker not delivering our messages.
-    routing: ComplaintPacer<Routing>,
-    /// The last connection was closed while the broker check waited for its SUBACK: the
-    /// next one goes without the check (see `broker_check`).
-    skip_check: bool,
-    /// The broker closed a connection over our subscription to commands: none is asked for
-    /// until then.
-    commands_barred_until: Option<Instant>,
-    /// Home Assistant discovery, when on (see `homeassistant`).
-    discovery: Option<Discovery>,
-}
-
 /// Keeps the MQTT link up and drains the outbox until `shutdown` fires, then publishes what
 /// is queued (bounded in time), the retained `offline` status, and disconnects. Returns an
 /// error only for a configuration the user must fix (an unreadable TLS file); link failures
@@ -146,41 +89,14 @@ pub async fn run(
     discovery: Option<Discovery>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let tls = match &cfg.tls {
-        Some(t) => Some(super::tls::client_config(t)?),
-        None => None,
-    };
-    let settings = Settings {
-        keep_alive: Duration::from_secs(cfg.keep_alive.as_secs_f64().round().max(1.0) as u64),
-        qos: if cfg.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        },
-        status_topic: topic::gateway_status_topic(&cfg.prefix),
-        health_topic: topic::health_topic(&cfg.prefix),
-        command_filter: topic::command_filter(&cfg.prefix),
-        commands,
-        brokers: cfg.servers.iter().map(ToString::to_string).collect(),
-        servers: cfg.servers.clone(),
-        tls,
-        cfg,
-    };
+    let settings = Settings::new(cfg, commands)?;
     let mut failover = Failover::new(settings.servers.len());
     let mut link = Link::new(
         settings.cfg.backoff_initial,
         settings.cfg.backoff_max,
         fastrand::Rng::new(),
     );
-    let mut memory = Memory {
-        republish: RepublishSet::new(),
-        quarantine: Quarantine::new(),
-        failures: ComplaintPacer::new(),
-        routing: ComplaintPacer::new(),
-        skip_check: false,
-        commands_barred_until: None,
-        discovery,
-    };
+    let mut memory = Memory::new(discovery);
     // The loop ticks on every broker event (at least one per keep-alive while up), and
     // between connection attempts, which may be a backoff plus a connect timeout apart.
     let beat = health.register(
@@ -270,44 +186,6 @@ pub async fn run(
     }
 }
 
-/// Gives up on the record the broker keeps closing the connection over, if one earned it
-/// (see `quarantine`).
-fn quarantine_after(
-    failure: &Failure,
-    settings: &Settings,
-    outbox: &Outbox,
-    health: &Health,
-    memory: &mut Memory,
-) {
-    if settings.qos == QoS::AtMostOnce {
-        // QoS 0 records leave the outbox once written: none is ever resent.
-        return;
-    }
-    if let Some(culprit) = failure.quarantined(&mut memory.quarantine) {
-        give_up(outbox, health, memory, &culprit);
-    }
-}
-
-/// Drops the in-flight record from the outbox for good, counted as dropped, logged, and on
-/// the health topic.
-fn give_up(outbox: &Outbox, health: &Health, memory: &mut Memory, record: &GiveUp<'_>) {
-    if !outbox.discard(record.id) {
-        return;
-    }
-    memory.republish.record_given_up(record.topic);
-    tracing::error!(
-        topic = record.topic,
-        bytes = record.bytes,
-        "{}",
-        record.log_text()
-    );
-    let summary = record.summary();
-    health.set_link(|l| {
-        l.quarantined += 1;
-        l.last_quarantined = Some(summary);
-    });
-}
-
 /// What a publish handed to rumqttc was, for when `delivery` settles it.
 #[derive(Debug)]
 enum SentKind {
@@ -376,7 +254,7 @@ impl<'a> Session<'a> {
         let failed =
             |diagnosis| SessionEnd::Failed(Failure::before_connack(diagnosis, Instant::now()));
         health.set_link(|l| l.state = LinkState::Connecting);
-        let options = match mqtt_options(settings, server) {
+        let options = match settings.mqtt_options(server) {
             Ok(o) => o,
             Err(e) => return failed(diagnose::password_file(&e)),
         };
@@ -1004,31 +882,4 @@ async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<Result<Event, Conn
             return;
         }
     }
-}
-
-fn mqtt_options(settings: &Settings, server: usize) -> anyhow::Result<MqttOptions> {
-    let cfg = &settings.cfg;
-    let Server { host, port } = &settings.servers[server];
-    let mut o = MqttOptions::new(cfg.client_id.clone(), host.clone(), *port);
-    o.set_keep_alive(settings.keep_alive);
-    o.set_clean_session(true);
-    o.set_inflight(RUMQTT_INFLIGHT);
-    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    o.set_last_will(LastWill::new(
-        settings.status_topic.clone(),
-        topic::OFFLINE,
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some(user) = &cfg.username {
-        let password = match &cfg.password_file {
-            Some(path) => read_password(path)?,
-            None => String::new(),
-        };
-        o.set_credentials(user.clone(), password);
-    }
-    if let Some(tls) = &settings.tls {
-        o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
-    }
-    Ok(o)
 }
