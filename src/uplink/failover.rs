@@ -3,8 +3,11 @@
 //! On a failed connect or a dead link the next server is tried at once; the reconnect
 //! backoff (with full jitter, `state::Link`) applies once per round through the list, so a
 //! cluster with one dead node costs one failed attempt, not a backoff. A flapping guard keeps
-//! every server together under [`MAX_ATTEMPTS`] connection attempts per [`ATTEMPT_WINDOW`]:
-//! brokers such as EMQX ban a client id that reconnects faster.
+//! every server together under [`MAX_ATTEMPTS`] connections per [`ATTEMPT_WINDOW`]: brokers
+//! such as EMQX ban a client id that connects more often. It counts the connections a broker
+//! accepted (CONNACK), which is what such a broker counts: attempts that never reached one
+//! (a broker down, a port refused) are paced by the backoff alone, so a short `backoff_max`
+//! still brings the link back quickly after an outage.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -47,8 +50,8 @@ impl Failover {
         self.current
     }
 
-    /// An attempt on the current server starts at `now`.
-    pub fn attempt(&mut self, now: Instant) {
+    /// A broker accepted a connection at `now` (CONNACK).
+    pub fn connected(&mut self, now: Instant) {
         if self.attempts.len() == MAX_ATTEMPTS {
             self.attempts.pop_front();
         }
@@ -119,7 +122,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn never_more_than_ten_attempts_a_minute_across_all_servers() {
+    async fn never_more_than_ten_connections_a_minute_across_all_servers() {
         let mut f = Failover::new(3);
         let start = Instant::now();
         for i in 0..MAX_ATTEMPTS {
@@ -127,11 +130,11 @@ mod tests {
                 f.guard_wait(start + Duration::from_secs(i as u64)),
                 Duration::ZERO
             );
-            f.attempt(start + Duration::from_secs(i as u64));
+            f.connected(start + Duration::from_secs(i as u64));
         }
         let now = start + Duration::from_secs(10);
         assert_eq!(f.guard_wait(now), Duration::from_secs(50));
-        f.attempt(start + Duration::from_secs(60));
+        f.connected(start + Duration::from_secs(60));
         assert_eq!(
             f.guard_wait(start + Duration::from_secs(60)),
             Duration::from_secs(1),

@@ -113,7 +113,6 @@ pub async fn run(
         }
         beat.tick();
         let server = failover.current();
-        failover.attempt(Instant::now());
         let end = Session::connect(
             Dial {
                 settings: &settings,
@@ -153,6 +152,9 @@ pub async fn run(
             );
         }
         let diagnosis = failure.explain(settings.target(server));
+        if let Some(at) = failure.connected_at {
+            failover.connected(at);
+        }
         if failure.worked {
             failover.worked();
         }
