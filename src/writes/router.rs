@@ -7,6 +7,11 @@
 //! and per device the sender of the bus loop that serves it, registered by the bus when it
 //! starts ([`Router::inbox`]). A command for a device no loop serves (its bus is not opened)
 //! is refused in words, not dropped.
+//!
+//! A configuration reload ([`Router::update`]) swaps the map of writable points in place, so
+//! the uplink's handle and the routes of bus loops that keep running stay valid; a bus loop
+//! that is restarted registers its new inbox over its old routes, and the routes of devices
+//! that left the map are dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,26 +32,23 @@ use super::payload::{self, Outcome, Status};
 const CHANNEL: usize = 32;
 
 pub struct Router {
-    /// Device name, then point name.
-    points: HashMap<String, HashMap<String, Arc<Target>>>,
+    /// Replaced whole by a reload; a command works on the map it started with.
+    map: Mutex<Arc<Map>>,
     routes: Mutex<HashMap<Arc<str>, mpsc::Sender<Queued>>>,
     writes: Arc<WriteLog>,
     sink: Arc<dyn SampleSink>,
+}
+
+/// What the config says about commands.
+#[derive(Debug)]
+struct Map {
+    /// Device name, then point name.
+    points: HashMap<String, HashMap<String, Arc<Target>>>,
     max_age: Duration,
 }
 
-impl std::fmt::Debug for Router {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router")
-            .field("devices", &self.points.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Router {
-    /// The router of `config`'s writable points; `None` when no point is writable (the agent
-    /// then does not even subscribe to commands).
-    pub fn new(config: &Config, sink: Arc<dyn SampleSink>) -> Option<Router> {
+impl Map {
+    fn of(config: &Config) -> Map {
         let mut points: HashMap<String, HashMap<String, Arc<Target>>> = HashMap::new();
         for device in &config.devices {
             let Some(modbus) = device.modbus() else {
@@ -64,24 +66,66 @@ impl Router {
                 );
             }
         }
-        if points.is_empty() {
+        Map {
+            points,
+            max_age: config.mqtt.command_max_age,
+        }
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("devices", &self.map().points.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// The router of `config`'s writable points; `None` when no point is writable (the agent
+    /// then does not even subscribe to commands).
+    pub fn new(config: &Config, sink: Arc<dyn SampleSink>) -> Option<Router> {
+        let map = Map::of(config);
+        if map.points.is_empty() {
             return None;
         }
         Some(Router {
-            points,
+            map: Mutex::new(Arc::new(map)),
             routes: Mutex::new(HashMap::new()),
             writes: Arc::new(WriteLog::default()),
             sink,
-            max_age: config.mqtt.command_max_age,
         })
+    }
+
+    /// Whether `config` has a writable point at all (else the agent needs no router).
+    pub fn wanted(config: &Config) -> bool {
+        !Map::of(config).points.is_empty()
+    }
+
+    /// Takes the writable points and `command_max_age` of a reloaded `config`. Routes of
+    /// devices that no longer have a writable point are dropped (their commands are refused
+    /// as unknown); the others stay until their bus loop registers a new inbox. The write log
+    /// stays: `min_write_interval` still counts from a write made before the reload.
+    pub fn update(&self, config: &Config) {
+        let map = Arc::new(Map::of(config));
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|device, _| map.points.contains_key(device.as_ref()));
+        *self.map.lock().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    fn map(&self) -> Arc<Map> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The queue of the bus loop that serves `devices`: commands for them go there from now on.
     pub fn inbox<'d>(&self, devices: impl IntoIterator<Item = &'d str>) -> Inbox {
         let (tx, rx) = mpsc::channel(CHANNEL);
+        let map = self.map();
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         for device in devices {
-            if self.points.contains_key(device) {
+            if map.points.contains_key(device) {
                 routes.insert(device.into(), tx.clone());
             }
         }
@@ -112,7 +156,7 @@ impl Router {
         let id = command
             .as_ref()
             .map_or_else(|| payload::id_of(payload), |c| c.id.clone());
-        let why = if self.points.contains_key(device) {
+        let why = if self.map().points.contains_key(device) {
             format!(
                 "{point:?} is not a writable point of device {device:?}: set writable = true on \
                  the point to allow writes"
@@ -140,7 +184,8 @@ impl Router {
 
 impl CommandSink for Router {
     fn command(&self, device: &str, point: &str, payload: &[u8], retained: bool) {
-        let Some(target) = self.points.get(device).and_then(|p| p.get(point)) else {
+        let map = self.map();
+        let Some(target) = map.points.get(device).and_then(|p| p.get(point)) else {
             self.unknown(device, point, payload);
             return;
         };
@@ -160,7 +205,7 @@ impl CommandSink for Router {
             now: Instant::now(),
         };
         let last = self.writes.last(&target.device, &target.point_name);
-        let admitted = match gate::admit(&target.point, command, self.max_age, last, clocks) {
+        let admitted = match gate::admit(&target.point, command, map.max_age, last, clocks) {
             Ok(a) => a,
             Err(why) => return self.refuse(target, id, Some(value), why),
         };
