@@ -68,7 +68,7 @@ struct Site {
     head: String,
     sim0: TcpSim,
     sim1: TcpSim,
-    _devices: (SimDevice, SimDevice),
+    devices: (SimDevice, SimDevice),
 }
 
 impl Site {
@@ -84,7 +84,7 @@ impl Site {
             prefix,
             sim0,
             sim1,
-            _devices: (d0, d1),
+            devices: (d0, d1),
         }
     }
 
@@ -371,4 +371,61 @@ async fn reload_of_a_broken_file_keeps_the_old_config_logs_every_error_and_says_
         .await;
     kept_cadence(&watch.on(&m1), STEADY);
     no_reading_lost(&watch);
+}
+
+/// Every point writable, with no spacing between writes.
+fn writable(toml: &str) -> String {
+    toml.replace(
+        "type = \"u16\"",
+        "type = \"u16\"\nwritable = true\nmin_write_interval = \"0s\"",
+    )
+}
+
+async fn command(watch: &Watch, site: &Site, device: &str, value: u16, id: &str) -> String {
+    let topic = site.topic(&format!("{device}/level/set"));
+    let payload = format!("{{\"value\":{value},\"id\":\"{id}\"}}");
+    watch.publish(&topic, &payload, false).await;
+    let answer = watch
+        .wait_for(&format!("{topic}/result"), RELOADED, |m| {
+            m.json()["id"] == id
+        })
+        .await;
+    answer.json()["status"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn reload_routes_commands_to_a_restarted_bus_and_to_an_added_device_and_refuses_a_removed_one(
+) {
+    let site = Site::start("reload-commands").await;
+    let watch = Watch::start(site.broker.port, &format!("{}/#", site.prefix)).await;
+    let agent = Agent::start(&writable(&site.one()));
+    watch
+        .wait_for(&site.topic("m1/level"), FIRST_READING, |_| true)
+        .await;
+    support::expect::status(&watch, &site.topic("status"), "online", FIRST_READING).await;
+    assert_eq!(command(&watch, &site, "m1", 11, "before").await, "ok");
+
+    // m1's bus restarts (new interval) and m2 arrives with a writable point: the router takes
+    // the new map in place, the uplink keeps its subscription.
+    let faster = writable(&site.two(Duration::from_millis(300)))
+        .replace("interval = \"500ms\"", "interval = \"250ms\"");
+    reload(&agent, &faster, 1).await;
+    assert!(agent.stderr.any(|l| l.contains("uplink kept")));
+    assert_eq!(command(&watch, &site, "m1", 12, "restarted").await, "ok");
+    assert_eq!(site.devices.0.holding(0, 1), [12]);
+    assert_eq!(command(&watch, &site, "m2", 21, "added").await, "ok");
+    assert_eq!(site.devices.1.holding(0, 1), [21]);
+
+    // m2 removed: its commands are refused in words, nothing is written.
+    reload(&agent, &writable(&site.one()).replace("500ms", "250ms"), 2).await;
+    assert_eq!(
+        command(&watch, &site, "m2", 22, "removed").await,
+        "rejected"
+    );
+    assert_eq!(site.devices.1.holding(0, 1), [21]);
+    assert_eq!(
+        support::expect::statuses(&watch, &site.topic("status")),
+        ["online"],
+        "the link was restarted"
+    );
 }

@@ -129,7 +129,7 @@ impl Router {
                 routes.insert(device.into(), tx.clone());
             }
         }
-        Inbox::new(rx, self.writes.clone())
+        Inbox::new(rx, self.writes.clone(), self.sink.clone())
     }
 
     fn refuse(&self, target: &Target, id: Option<String>, requested: Option<Value>, why: Refusal) {
