@@ -147,8 +147,8 @@ impl Supervisor {
     }
 
     async fn apply(&mut self, mut new: Config, plan: &Plan) {
-        // What waits for a restart keeps its running value, so the next diff still sees it
-        // as changed and `check`-equal files compare equal to what actually runs.
+        // What waits for a restart keeps its running value: `self.config` stays what runs,
+        // and the next reload compares the file with it (and warns again).
         new.buffer = self.config.buffer.clone();
         new.mqtt.queue_capacity = self.config.mqtt.queue_capacity;
         new.log = self.config.log.clone();
