@@ -231,3 +231,67 @@ impl CommandSink for Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    #[derive(Default)]
+    struct Results(Mutex<Vec<(String, serde_json::Value)>>);
+
+    impl SampleSink for Results {
+        fn send(&self, sample: Sample) {
+            if let Sample::CommandResult { device, result, .. } = sample {
+                let json = serde_json::from_slice(&result).unwrap();
+                self.0.lock().unwrap().push((device.to_string(), json));
+            }
+        }
+    }
+
+    fn config(devices: &[&str]) -> Config {
+        let mut toml = String::from(
+            "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[[bus]]\n\
+             name = \"lan\"\ntype = \"modbus_tcp\"\naddress = \"127.0.0.1:502\"\n",
+        );
+        for (unit, name) in devices.iter().enumerate() {
+            toml += &format!(
+                "[[device]]\nname = \"{name}\"\nbus = \"lan\"\nunit = {}\n[[device.point]]\n\
+                 name = \"sp\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n\
+                 writable = true\nmin_write_interval = \"0s\"\n",
+                unit + 1
+            );
+        }
+        load_str(std::path::Path::new("/t/fieldlink.toml"), &toml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_update_keeps_the_routes_of_devices_still_writable_and_forgets_removed_ones() {
+        let results = Arc::new(Results::default());
+        let router = Router::new(&config(&["a", "b"]), results.clone()).unwrap();
+        let mut inbox = router.inbox(["a", "b"]);
+
+        router.update(&config(&["a"]));
+        router.command("a", "sp", b"5", false);
+        router.command("b", "sp", b"6", false);
+        // a's command reached the running loop's inbox; b is no longer in the map.
+        assert!(inbox.next_due(results.as_ref()).is_some());
+        let got = results.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "b");
+        assert_eq!(got[0].1["status"], "rejected");
+        assert!(got[0].1["error"].as_str().unwrap().contains("no device"));
+
+        // b comes back: refused as not served until a bus loop registers it again.
+        router.update(&config(&["a", "b"]));
+        router.command("b", "sp", b"7", false);
+        let last = results.0.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            last.1["error"].as_str().unwrap().contains("no bus task"),
+            "{last:?}"
+        );
+        let mut restarted = router.inbox(["b"]);
+        router.command("b", "sp", b"8", false);
+        assert!(restarted.next_due(results.as_ref()).is_some());
+    }
+}
