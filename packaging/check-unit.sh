@@ -37,6 +37,8 @@ want 'ConfigurationDirectory=fieldlink'
 want 'DevicePolicy=closed'
 for dev in ttyUSB ttyACM ttyAMA ttyS; do want "DeviceAllow=char-$dev rw"; done
 want 'ExecStart=/usr/bin/fieldlink run --config /etc/fieldlink/fieldlink.toml'
+# systemctl reload: SIGHUP to the agent only (not the whole cgroup), which reloads its config.
+want 'ExecReload=/bin/kill -HUP \$MAINPID'
 # PrivateDevices=yes hides /dev/ttyUSB*; IPAddressDeny= would cut the (site-specific) broker.
 if grep -qiE '^PrivateDevices=(yes|true|1|on)' "$unit"; then failed "PrivateDevices=yes hides the serial ports"; else pass "no PrivateDevices=yes"; fi
 if grep -qE '^IPAddressDeny=' "$unit"; then failed "IPAddressDeny= would block the broker"; else pass "no IPAddressDeny="; fi

@@ -17,8 +17,9 @@ CACHE=${FIELDLINK_ROOT_CACHE:-/var/cache/fieldlink-install-test}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 # systemd: systemd-sysusers and `systemd-analyze verify` inside the root; man-db: verify runs
-# `man fieldlink` for the unit's Documentation=man:fieldlink(1).
-INCLUDE=systemd,init-system-helpers,man-db
+# `man fieldlink` for the unit's Documentation=man:fieldlink(1); procps: /bin/kill, the unit's
+# ExecReload= (the package depends on it; verify checks that it exists).
+INCLUDE=systemd,init-system-helpers,man-db,procps
 ROOT_TAR=$CACHE/$SUITE-minbase-$(echo "$INCLUDE" | tr , -).tar
 
 [ "$(id -u)" = 0 ] || { echo "FAIL: install-test needs root (debootstrap, chroot)"; exit 1; }

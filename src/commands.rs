@@ -43,8 +43,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     };
     crate::logging::init(&config.log.level)?;
     runtime()?.block_on(async {
-        let stop = crate::signals::agent()?;
-        crate::app::run(config, stop).await
+        let signals = crate::signals::agent()?;
+        crate::app::run(config, signals.stop, Some(signals.reload)).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -57,7 +57,7 @@ pub async fn run(seconds: Option<u64>) -> anyhow::Result<()> {
             timer.cancel();
         });
     }
-    let result = crate::app::run(config, stop).await;
+    let result = crate::app::run(config, stop, None).await;
     // Let the subscriber print the final `offline` before leaving.
     tokio::time::sleep(Duration::from_millis(300)).await;
     printer.abort();

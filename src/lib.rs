@@ -13,9 +13,11 @@ pub mod homeassistant;
 pub mod logging;
 pub mod model;
 pub mod poll;
+pub mod reload;
 pub mod signals;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod supervisor;
 pub mod systemd;
 pub mod uplink;
 pub mod writes;

@@ -1,24 +1,25 @@
 //! What each Unix signal does to the running agent. Owns the signal dispositions of the
-//! process and nothing else: it never stops tasks itself, it cancels a token that `app`
-//! waits on.
+//! process and nothing else: it never stops or reloads anything itself, it cancels a token
+//! and sends reload requests that `app` waits on.
 //!
 //! - SIGTERM, SIGINT: stop cleanly (stop polling, drain, spill what the broker has not
 //!   acknowledged to the buffer, publish `offline`), exit 0.
-//! - SIGHUP: logged and ignored. Configuration reload does not exist yet; until it does, a
-//!   SIGHUP (`systemctl kill -s HUP`, a closing terminal, a habit from other daemons) must not
-//!   end the agent and lose what it holds in memory.
-//! - SIGUSR1, SIGUSR2: fieldlink gives them no meaning; logged and ignored for the same
-//!   reason (their default action would kill the agent without a spill).
+//! - SIGHUP: reload the configuration (`systemctl reload fieldlink`). SIGHUPs that arrive
+//!   while a reload runs make one more reload after it, never a queue of them.
+//! - SIGUSR1, SIGUSR2: fieldlink gives them no meaning; logged and ignored (their default
+//!   action would kill the agent without a spill, losing what it holds in memory).
 //! - SIGPIPE: ignored by the Rust runtime before `main`, so a write to a closed socket or
 //!   pipe is an `EPIPE` error the code handles, never a silent death.
 //! - SIGQUIT and SIGKILL keep their default actions (a core dump on request; no choice).
 //!
 //! An early SIGHUP: the agent cannot install a handler before its async runtime exists, so
 //! `main` blocks SIGHUP as its first act ([`hold_sighup`]); a SIGHUP sent while the config is
-//! read stays pending, and is delivered (and logged) once [`agent`] has installed the handler,
-//! before the agent reports READY.
+//! read stays pending, and is delivered once [`agent`] has installed the handler, before the
+//! agent reports READY: it asks for a reload, which runs once the agent is READY (the file
+//! may have changed after it was read).
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Blocks SIGHUP in the calling thread (call it first in `main`, before any thread exists, so
@@ -47,21 +48,31 @@ fn set_sighup_mask(how: libc::c_int) {
     }
 }
 
+/// What the agent's signals ask of it.
+#[derive(Debug)]
+pub struct AgentSignals {
+    /// Cancelled by the first SIGTERM or SIGINT.
+    pub stop: CancellationToken,
+    /// One message per reload to run (SIGHUP).
+    pub reload: mpsc::Receiver<()>,
+}
+
 /// The agent's signal handling (see the module doc). Must run inside the runtime, before the
-/// agent reports READY. Returns a token cancelled by the first SIGTERM or SIGINT.
-pub fn agent() -> anyhow::Result<CancellationToken> {
-    let token = stop_on_signals()?;
+/// agent reports READY.
+pub fn agent() -> anyhow::Result<AgentSignals> {
+    let stop = stop_on_signals()?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
+    // One slot: a reload asked for while one is waiting is the same reload.
+    let (reload_tx, reload) = mpsc::channel(1);
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                Some(()) = hup.recv() => tracing::warn!(
-                    signal = "SIGHUP",
-                    "configuration reload is not supported yet: the running configuration stays \
-                     in effect; restart the service to apply changes (systemctl restart fieldlink)"
-                ),
+                Some(()) = hup.recv() => {
+                    tracing::debug!(signal = "SIGHUP", "configuration reload asked for");
+                    let _ = reload_tx.try_send(());
+                }
                 Some(()) = usr1.recv() => ignored("SIGUSR1"),
                 Some(()) = usr2.recv() => ignored("SIGUSR2"),
                 else => break,
@@ -69,16 +80,17 @@ pub fn agent() -> anyhow::Result<CancellationToken> {
         }
     });
     // The handler is in place: a SIGHUP that arrived during start-up is delivered now, and
-    // logged by the task above.
+    // becomes a reload request.
     release_sighup();
-    Ok(token)
+    Ok(AgentSignals { stop, reload })
 }
 
 fn ignored(name: &str) {
     tracing::warn!(
         signal = name,
         "signal ignored: fieldlink gives it no meaning; stop the agent with SIGTERM \
-         (systemctl stop fieldlink)"
+         (systemctl stop fieldlink), reload its configuration with SIGHUP (systemctl reload \
+         fieldlink)"
     );
 }
 

@@ -1,4 +1,4 @@
-//! systemd notify protocol (READY, STATUS, WATCHDOG, STOPPING); a no-op without NOTIFY_SOCKET.
+//! systemd notify protocol (READY, RELOADING, STATUS, WATCHDOG, STOPPING); a no-op without NOTIFY_SOCKET.
 //!
 //! Owns the conversation with the service manager and the watchdog policy: `WATCHDOG=1` is
 //! sent only while every loop registered with [`Health`] keeps ticking, so a wedged bus task
@@ -68,6 +68,16 @@ impl Notifier {
     /// Config loaded and bus tasks running; must not wait for the broker.
     pub fn ready(&self) {
         self.send(&[NotifyState::Ready]);
+    }
+
+    /// A reload began (SIGHUP); [`ready`](Self::ready) ends it, applied or refused. systemd 253
+    /// and later want the monotonic time with it, and fail the reload without.
+    pub fn reloading(&self) {
+        let mut states = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        self.send(&states);
     }
 
     /// One line for `systemctl status` (link state, buffer depth).

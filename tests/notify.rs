@@ -184,7 +184,7 @@ fn a_notifier_without_notify_socket_is_a_no_op() {
 }
 
 /// The real binary, as systemd would start it: READY without a broker, STATUS, periodic
-/// WATCHDOG, and STOPPING after SIGTERM.
+/// WATCHDOG, RELOADING and READY again after SIGHUP, and STOPPING after SIGTERM.
 #[test]
 fn the_agent_reports_ready_status_watchdog_and_stopping_to_systemd() {
     let systemd = FakeSystemd::bind();
@@ -229,7 +229,32 @@ fn the_agent_reports_ready_status_watchdog_and_stopping_to_systemd() {
         "STATUS= and three WATCHDOG=1",
     );
 
+    // A reload: RELOADING=1 with the monotonic time systemd 253+ demands, then READY=1.
+    let before_reload = seen.len();
     // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+    let rc = unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0);
+    collect_until(
+        &mut seen,
+        &|s| {
+            s[before_reload..]
+                .iter()
+                .skip_while(|l| *l != "RELOADING=1")
+                .any(|l| l == "READY=1")
+        },
+        "RELOADING=1, then READY=1",
+    );
+    let reloading_at = before_reload
+        + seen[before_reload..]
+            .iter()
+            .position(|l| l == "RELOADING=1")
+            .unwrap();
+    assert!(
+        seen[reloading_at + 1].starts_with("MONOTONIC_USEC="),
+        "RELOADING=1 comes with MONOTONIC_USEC= in one datagram: {seen:?}"
+    );
+
+    // SAFETY: as above.
     let rc = unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
     collect_until(

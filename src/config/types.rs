@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Where the packaged binary looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldlink/fieldlink.toml";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this config was loaded from (for messages and for resolving relative paths).
     pub source: PathBuf,
@@ -44,13 +44,13 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     /// Used in the default topic prefix and client id; `[A-Za-z0-9_-]+`.
     pub id: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Mqtt {
     /// The first of [`servers`](Self::servers): what messages name as "the broker".
     pub host: String,
@@ -142,7 +142,7 @@ pub enum Deadband {
     Percent(f64),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tls {
     /// PEM CA bundle; `None` = the system's roots.
     pub ca_file: Option<PathBuf>,
@@ -249,7 +249,7 @@ impl HaPoint {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Log {
     /// An `EnvFilter` directive such as "info" or "fieldlink=debug"; RUST_LOG wins if set.
     pub level: String,
@@ -267,13 +267,13 @@ impl Default for Log {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Bus {
     pub name: String,
     pub kind: BusKind,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BusKind {
     ModbusTcp(ModbusTcp),
     ModbusRtu(ModbusRtu),
@@ -284,7 +284,7 @@ pub enum BusKind {
     SerialLine(SerialLine),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModbusTcp {
     /// `host:port` (port defaults to 502), resolved on every connect.
     pub address: String,
@@ -322,7 +322,7 @@ impl ModbusTcp {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModbusRtuTcp {
     /// `host:port` of the device server, resolved on every connect.
     pub address: String,
@@ -338,7 +338,7 @@ impl ModbusRtuTcp {
     pub const DEFAULT_INTER_REQUEST_DELAY: Duration = Duration::from_millis(20);
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModbusRtu {
     pub serial: SerialSettings,
     pub response_timeout: Duration,
@@ -355,7 +355,7 @@ impl ModbusRtu {
 
 /// A serial port carrying text lines (`type = "serial_line"`). Its devices carry their
 /// extraction rules in [`SerialLineDevice`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SerialLine {
     pub serial: SerialSettings,
     /// The bytes that end a line (escape sequences already decoded; default `\n`). A `\r`
@@ -438,7 +438,7 @@ pub const RESERVED_POINT_NAMES: &[(&str, &str)] = &[
 pub const MAX_NAME_CHARS: usize = 64;
 
 /// A `[[device]]`: what every kind of device has, and its kind.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Device {
     pub name: String,
     /// Name of a bus in `Config::buses` (validated to exist, and to be of the device's kind).
@@ -470,7 +470,7 @@ impl Device {
 }
 
 /// How a device is read: decided by the type of its bus.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DeviceKind {
     /// A unit on a `modbus_tcp` or `modbus_rtu` bus, read register by register.
     Modbus(ModbusDevice),
@@ -479,7 +479,7 @@ pub enum DeviceKind {
 }
 
 /// A Modbus unit: its id, its register map and how it is polled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModbusDevice {
     /// Modbus unit (slave) id: 1..=247, or 255 on Modbus TCP.
     pub unit: u8,
@@ -511,6 +511,19 @@ pub struct SerialLineDevice {
     pub points: Vec<SerialLinePoint>,
 }
 
+/// A regex compares by its pattern (`regex::Regex` has no `PartialEq`): what a reload needs to
+/// tell an edited filter from an unchanged one.
+impl PartialEq for SerialLineDevice {
+    fn eq(&self, other: &Self) -> bool {
+        self.query == other.query
+            && self.filter.as_ref().map(regex::Regex::as_str)
+                == other.filter.as_ref().map(regex::Regex::as_str)
+            && self.checksum == other.checksum
+            && self.stale_after == other.stale_after
+            && self.points == other.points
+    }
+}
+
 impl SerialLineDevice {
     /// `stale_after` defaults to this many intervals: the Modbus rule of
     /// [`ModbusDevice::DEFAULT_OFFLINE_AFTER`] polls, in time.
@@ -534,7 +547,7 @@ pub enum ChecksumKind {
     Nmea,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SerialLinePoint {
     pub name: String,
     pub extract: Extract,
@@ -564,6 +577,28 @@ pub enum Extract {
     },
     /// Field `index` (0-based) of the line split at `delimiter`.
     Field { delimiter: String, index: usize },
+}
+
+impl PartialEq for Extract {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Extract::Regex { regex, capture },
+                Extract::Regex {
+                    regex: other_regex,
+                    capture: other_capture,
+                },
+            ) => regex.as_str() == other_regex.as_str() && capture == other_capture,
+            (
+                Extract::Field { delimiter, index },
+                Extract::Field {
+                    delimiter: other_delimiter,
+                    index: other_index,
+                },
+            ) => delimiter == other_delimiter && index == other_index,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,8 +56,8 @@ pub enum Refusal {
     #[error("{0}")]
     NotEncodable(#[from] EncodeError),
     #[error(
-        "no bus task serves this device now (the agent is starting or stopping, or its bus \
-         could not be opened: see the log)"
+        "no bus task serves this device now (the agent is starting or stopping, its bus \
+         restarts on a configuration reload, or its bus could not be opened: see the log)"
     )]
     NotServed,
     #[error("too many commands are waiting for this device's bus: send it again in a moment")]

@@ -45,19 +45,65 @@ type PointKey = (Arc<str>, Arc<str>);
 
 /// The commands of one bus loop. Without writable points it holds nothing and never wakes
 /// the loop.
-#[derive(Debug)]
+///
+/// When the loop ends (a reload restarts or removes its bus, or the agent stops), the
+/// commands still waiting here or in the channel are answered `rejected` as they go, so every
+/// command still gets its one result.
 pub struct Inbox {
     arrivals: Option<mpsc::Receiver<Queued>>,
     waiting: Pending<PointKey, Queued>,
     writes: Arc<WriteLog>,
+    /// Where the commands left when the loop ends are answered.
+    leftovers: Option<Arc<dyn SampleSink>>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("waiting", &self.waiting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let Some(sink) = self.leftovers.take() else {
+            return;
+        };
+        let mut left = Vec::new();
+        if let Some(arrivals) = &mut self.arrivals {
+            arrivals.close();
+            while let Ok(command) = arrivals.try_recv() {
+                left.push(command);
+            }
+        }
+        while let Some((_, command)) = self.waiting.pop() {
+            left.push(command);
+        }
+        for command in left {
+            tracing::info!(
+                device = %command.target.device,
+                point = %command.target.point_name,
+                "command not run: its bus loop stopped before it ran"
+            );
+            let why = Refusal::NotServed;
+            let outcome = command.outcome(why.status(), None, Some(why.to_string()));
+            answer(sink.as_ref(), &command.target, &outcome);
+        }
+    }
 }
 
 impl Inbox {
-    pub(super) fn new(arrivals: mpsc::Receiver<Queued>, writes: Arc<WriteLog>) -> Inbox {
+    pub(super) fn new(
+        arrivals: mpsc::Receiver<Queued>,
+        writes: Arc<WriteLog>,
+        leftovers: Arc<dyn SampleSink>,
+    ) -> Inbox {
         Inbox {
             arrivals: Some(arrivals),
             waiting: Pending::default(),
             writes,
+            leftovers: Some(leftovers),
         }
     }
 
@@ -67,6 +113,7 @@ impl Inbox {
             arrivals: None,
             waiting: Pending::default(),
             writes: Arc::default(),
+            leftovers: None,
         }
     }
 
@@ -212,8 +259,32 @@ mod tests {
     }
 
     fn inbox() -> (mpsc::Sender<Queued>, Inbox) {
+        inbox_answering(Arc::new(Answers::default()))
+    }
+
+    fn inbox_answering(leftovers: Arc<Answers>) -> (mpsc::Sender<Queued>, Inbox) {
         let (tx, rx) = mpsc::channel(8);
-        (tx, Inbox::new(rx, Arc::default()))
+        (tx, Inbox::new(rx, Arc::default(), leftovers))
+    }
+
+    #[test]
+    fn commands_left_when_the_bus_loop_ends_are_each_answered_rejected() {
+        let answers = Arc::new(Answers::default());
+        let (tx, mut inbox) = inbox_answering(answers.clone());
+        let target = target();
+        tx.try_send(queued(&target, "waiting", None)).unwrap();
+        inbox.collect(answers.as_ref());
+        tx.try_send(queued(&target, "in-channel", None)).unwrap();
+        drop(inbox);
+        let got = answers.0.lock().unwrap().clone();
+        let ids: Vec<&str> = got.iter().map(|a| a["id"].as_str().unwrap()).collect();
+        // The one still in the channel supersedes nothing: the bus never took it.
+        assert_eq!(ids, ["in-channel", "waiting"], "{got:?}");
+        assert!(got.iter().all(|a| a["status"] == "rejected"), "{got:?}");
+        assert!(
+            tx.try_send(queued(&target, "late", None)).is_err(),
+            "closed"
+        );
     }
 
     #[test]

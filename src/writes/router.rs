@@ -7,6 +7,11 @@
 //! and per device the sender of the bus loop that serves it, registered by the bus when it
 //! starts ([`Router::inbox`]). A command for a device no loop serves (its bus is not opened)
 //! is refused in words, not dropped.
+//!
+//! A configuration reload ([`Router::update`]) swaps the map of writable points in place, so
+//! the uplink's handle and the routes of bus loops that keep running stay valid; a bus loop
+//! that is restarted registers its new inbox over its old routes, and the routes of devices
+//! that left the map are dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,26 +32,23 @@ use super::payload::{self, Outcome, Status};
 const CHANNEL: usize = 32;
 
 pub struct Router {
-    /// Device name, then point name.
-    points: HashMap<String, HashMap<String, Arc<Target>>>,
+    /// Replaced whole by a reload; a command works on the map it started with.
+    map: Mutex<Arc<Map>>,
     routes: Mutex<HashMap<Arc<str>, mpsc::Sender<Queued>>>,
     writes: Arc<WriteLog>,
     sink: Arc<dyn SampleSink>,
+}
+
+/// What the config says about commands.
+#[derive(Debug)]
+struct Map {
+    /// Device name, then point name.
+    points: HashMap<String, HashMap<String, Arc<Target>>>,
     max_age: Duration,
 }
 
-impl std::fmt::Debug for Router {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router")
-            .field("devices", &self.points.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Router {
-    /// The router of `config`'s writable points; `None` when no point is writable (the agent
-    /// then does not even subscribe to commands).
-    pub fn new(config: &Config, sink: Arc<dyn SampleSink>) -> Option<Router> {
+impl Map {
+    fn of(config: &Config) -> Map {
         let mut points: HashMap<String, HashMap<String, Arc<Target>>> = HashMap::new();
         for device in &config.devices {
             let Some(modbus) = device.modbus() else {
@@ -64,28 +66,70 @@ impl Router {
                 );
             }
         }
-        if points.is_empty() {
+        Map {
+            points,
+            max_age: config.mqtt.command_max_age,
+        }
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("devices", &self.map().points.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// The router of `config`'s writable points; `None` when no point is writable (the agent
+    /// then does not even subscribe to commands).
+    pub fn new(config: &Config, sink: Arc<dyn SampleSink>) -> Option<Router> {
+        let map = Map::of(config);
+        if map.points.is_empty() {
             return None;
         }
         Some(Router {
-            points,
+            map: Mutex::new(Arc::new(map)),
             routes: Mutex::new(HashMap::new()),
             writes: Arc::new(WriteLog::default()),
             sink,
-            max_age: config.mqtt.command_max_age,
         })
+    }
+
+    /// Whether `config` has a writable point at all (else the agent needs no router).
+    pub fn wanted(config: &Config) -> bool {
+        !Map::of(config).points.is_empty()
+    }
+
+    /// Takes the writable points and `command_max_age` of a reloaded `config`. Routes of
+    /// devices that no longer have a writable point are dropped (their commands are refused
+    /// as unknown); the others stay until their bus loop registers a new inbox. The write log
+    /// stays: `min_write_interval` still counts from a write made before the reload.
+    pub fn update(&self, config: &Config) {
+        let map = Arc::new(Map::of(config));
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|device, _| map.points.contains_key(device.as_ref()));
+        *self.map.lock().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    fn map(&self) -> Arc<Map> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The queue of the bus loop that serves `devices`: commands for them go there from now on.
     pub fn inbox<'d>(&self, devices: impl IntoIterator<Item = &'d str>) -> Inbox {
         let (tx, rx) = mpsc::channel(CHANNEL);
+        let map = self.map();
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         for device in devices {
-            if self.points.contains_key(device) {
+            if map.points.contains_key(device) {
                 routes.insert(device.into(), tx.clone());
             }
         }
-        Inbox::new(rx, self.writes.clone())
+        Inbox::new(rx, self.writes.clone(), self.sink.clone())
     }
 
     fn refuse(&self, target: &Target, id: Option<String>, requested: Option<Value>, why: Refusal) {
@@ -112,7 +156,7 @@ impl Router {
         let id = command
             .as_ref()
             .map_or_else(|| payload::id_of(payload), |c| c.id.clone());
-        let why = if self.points.contains_key(device) {
+        let why = if self.map().points.contains_key(device) {
             format!(
                 "{point:?} is not a writable point of device {device:?}: set writable = true on \
                  the point to allow writes"
@@ -140,7 +184,8 @@ impl Router {
 
 impl CommandSink for Router {
     fn command(&self, device: &str, point: &str, payload: &[u8], retained: bool) {
-        let Some(target) = self.points.get(device).and_then(|p| p.get(point)) else {
+        let map = self.map();
+        let Some(target) = map.points.get(device).and_then(|p| p.get(point)) else {
             self.unknown(device, point, payload);
             return;
         };
@@ -160,7 +205,7 @@ impl CommandSink for Router {
             now: Instant::now(),
         };
         let last = self.writes.last(&target.device, &target.point_name);
-        let admitted = match gate::admit(&target.point, command, self.max_age, last, clocks) {
+        let admitted = match gate::admit(&target.point, command, map.max_age, last, clocks) {
             Ok(a) => a,
             Err(why) => return self.refuse(target, id, Some(value), why),
         };
@@ -184,5 +229,69 @@ impl CommandSink for Router {
             };
             self.refuse(target, id, Some(value), why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    #[derive(Default)]
+    struct Results(Mutex<Vec<(String, serde_json::Value)>>);
+
+    impl SampleSink for Results {
+        fn send(&self, sample: Sample) {
+            if let Sample::CommandResult { device, result, .. } = sample {
+                let json = serde_json::from_slice(&result).unwrap();
+                self.0.lock().unwrap().push((device.to_string(), json));
+            }
+        }
+    }
+
+    fn config(devices: &[&str]) -> Config {
+        let mut toml = String::from(
+            "[gateway]\nid = \"gw\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[[bus]]\n\
+             name = \"lan\"\ntype = \"modbus_tcp\"\naddress = \"127.0.0.1:502\"\n",
+        );
+        for (unit, name) in devices.iter().enumerate() {
+            toml += &format!(
+                "[[device]]\nname = \"{name}\"\nbus = \"lan\"\nunit = {}\n[[device.point]]\n\
+                 name = \"sp\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n\
+                 writable = true\nmin_write_interval = \"0s\"\n",
+                unit + 1
+            );
+        }
+        load_str(std::path::Path::new("/t/fieldlink.toml"), &toml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_update_keeps_the_routes_of_devices_still_writable_and_forgets_removed_ones() {
+        let results = Arc::new(Results::default());
+        let router = Router::new(&config(&["a", "b"]), results.clone()).unwrap();
+        let mut inbox = router.inbox(["a", "b"]);
+
+        router.update(&config(&["a"]));
+        router.command("a", "sp", b"5", false);
+        router.command("b", "sp", b"6", false);
+        // a's command reached the running loop's inbox; b is no longer in the map.
+        assert!(inbox.next_due(results.as_ref()).is_some());
+        let got = results.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "b");
+        assert_eq!(got[0].1["status"], "rejected");
+        assert!(got[0].1["error"].as_str().unwrap().contains("no device"));
+
+        // b comes back: refused as not served until a bus loop registers it again.
+        router.update(&config(&["a", "b"]));
+        router.command("b", "sp", b"7", false);
+        let last = results.0.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            last.1["error"].as_str().unwrap().contains("no bus task"),
+            "{last:?}"
+        );
+        let mut restarted = router.inbox(["b"]);
+        router.command("b", "sp", b"8", false);
+        assert!(restarted.next_due(results.as_ref()).is_some());
     }
 }
