@@ -12,7 +12,7 @@ missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v socat >/dev/null || missing+=(socat)
 # A three-node broker cluster for the failover test (tests/cluster.rs).
-[ -x /usr/bin/nats-server ] || missing+=(nats-server)
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # The chaos soak (tests/soak.rs) fakes a wall-clock step with it (LD_PRELOAD).
 compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || missing+=(libfaketime)
