@@ -16,6 +16,20 @@ pub enum Value {
     Text(String),
 }
 
+/// As logs and error messages show a value: `true`, `42`, `21.5`, `"text"` (quoted, so an
+/// empty or padded string is visible).
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::UInt(u) => write!(f, "{u}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Text(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
 /// Why a point has no value: it could not be read. A reading carries it in place of a value
 /// when the point turns bad; `uplink::topic` encodes it, in one place per payload mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -487,23 +487,7 @@ async fn close_on_subscribe(upstream: u16, needle: Option<&'static str>) -> u16 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_closes_the_connection_on_our_subscription_is_used_without_the_check() {
-    let broker = Broker::start();
-    let port = close_on_subscribe(broker.port, None).await;
-    let prefix = unique("fl/nosub");
-    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
-    let mut cfg = mqtt(port, &prefix, KA);
-    cfg.backoff_initial = Duration::from_millis(100);
-    cfg.backoff_max = Duration::from_millis(200);
-    let agent = Agent::start(cfg);
-    watch
-        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
-            m.payload == "online"
-        })
-        .await;
-    agent.reading("v", 1.0);
-    watch
-        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
-        .await;
+    let (_broker, agent) = closing_on_subscribe(None, None).await;
     let link = agent.link();
     assert!(link.routing.starts_with("unchecked:"), "{}", link.routing);
     assert!(
@@ -531,24 +515,8 @@ impl fieldlink::model::CommandSink for Commands {
 /// other connection. One connection is lost; then the agent goes on without commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_closes_the_connection_on_our_command_subscription_costs_one_connection() {
-    let broker = Broker::start();
-    let port = close_on_subscribe(broker.port, Some("/set")).await;
-    let prefix = unique("fl/nocmd");
-    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
-    let mut cfg = mqtt(port, &prefix, KA);
-    cfg.backoff_initial = Duration::from_millis(100);
-    cfg.backoff_max = Duration::from_millis(200);
     let commands = std::sync::Arc::new(Commands::default());
-    let agent = Agent::start_with_commands(cfg, commands.clone());
-    watch
-        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
-            m.payload == "online"
-        })
-        .await;
-    agent.reading("v", 1.0);
-    watch
-        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
-        .await;
+    let (_broker, agent) = closing_on_subscribe(Some("/set"), Some(commands)).await;
     let link = agent.link();
     assert_eq!(
         link.reconnects, 1,
@@ -560,4 +528,33 @@ async fn a_broker_that_closes_the_connection_on_our_command_subscription_costs_o
     tokio::time::sleep(KA * 2).await;
     assert_eq!(agent.link().reconnects, 1);
     assert!(agent.is_up());
+}
+
+/// An agent (taking commands when `commands` is given) behind `close_on_subscribe(needle)`,
+/// once it is online and delivered one reading.
+async fn closing_on_subscribe(
+    needle: Option<&'static str>,
+    commands: Option<std::sync::Arc<Commands>>,
+) -> (Broker, Agent) {
+    let broker = Broker::start();
+    let port = close_on_subscribe(broker.port, needle).await;
+    let prefix = unique("fl/closing");
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let mut cfg = mqtt(port, &prefix, KA);
+    cfg.backoff_initial = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(200);
+    let agent = match commands {
+        Some(c) => Agent::start_with_commands(cfg, c),
+        None => Agent::start(cfg),
+    };
+    watch
+        .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
+            m.payload == "online"
+        })
+        .await;
+    agent.reading("v", 1.0);
+    watch
+        .wait_for(&format!("{prefix}/dev/v"), DEADLINE, |_| true)
+        .await;
+    (broker, agent)
 }

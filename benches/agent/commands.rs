@@ -13,15 +13,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fieldlink::sim::{self, SimDevice, WireTiming};
+use fieldlink::sim::{self, SimDevice};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_serial::SerialPort;
 
 use crate::agent_proc::AgentProc;
 use crate::report::Report;
-use crate::rig::{drifting_meter, f32_points, head, mqtt_section, wait_for_requests};
+use crate::rig::{
+    drifting_meter, f32_points, head, mqtt_section, timed_rtu_line, wait_for_requests,
+};
 use crate::support::Broker;
 use crate::Args;
 
@@ -65,14 +66,8 @@ pub async fn commands(report: &mut Report, args: &Args, baud: Option<u32>) {
             ("commands, TCP".to_string(), None)
         }
         Some(baud) => {
-            let (master, slave) = tokio_serial::SerialStream::pair().expect("pty pair");
-            let path = slave.name().expect("pty path");
-            let timing = WireTiming {
-                baud,
-                bits_per_char: 11,
-                turnaround: Duration::from_millis(5),
-            };
-            keep.push(sim::serve_rtu_timed(master, vec![meter.clone()], timing));
+            let (path, timing, slave, server) = timed_rtu_line(baud, vec![meter.clone()]);
+            keep.push(server);
             pty_slave = Some(slave);
             config.push_str(&format!(
                 "[[bus]]\nname = \"rs485\"\ntype = \"modbus_rtu\"\npath = \"{path}\"\nbaud = {baud}\n\

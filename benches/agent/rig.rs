@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fieldlink::config::WordOrder;
 use fieldlink::poll::modbus::plan::plan_groups;
-use fieldlink::sim::{self, SimDevice};
+use fieldlink::sim::{self, SimDevice, WireTiming};
 use tokio::net::TcpListener;
 
 use crate::names::point_name;
@@ -118,6 +118,25 @@ pub fn points_per_request(config: &str) -> f64 {
     let dev = &cfg.devices[0];
     let reqs: usize = plan_groups(dev).iter().map(|g| g.requests.len()).sum();
     dev.modbus().map_or(0, |m| m.points.len()) as f64 / reqs as f64
+}
+
+/// An RS-485 line as the agent sees it: a pty that keeps the wire timing of `baud` 8E1 (11
+/// bits a character, 5 ms turnaround), `devices` answering on its other side. The agent opens
+/// the returned path; the returned port must stay open while it runs.
+pub fn timed_rtu_line(
+    baud: u32,
+    devices: Vec<Arc<SimDevice>>,
+) -> (String, WireTiming, tokio_serial::SerialStream, tokio::task::JoinHandle<()>) {
+    use tokio_serial::SerialPort;
+    let (master, slave) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let path = slave.name().expect("pty path");
+    let timing = WireTiming {
+        baud,
+        bits_per_char: 11,
+        turnaround: Duration::from_millis(5),
+    };
+    let server = sim::serve_rtu_timed(master, devices, timing);
+    (path, timing, slave, server)
 }
 
 pub async fn wait_for_requests(devices: &[Arc<SimDevice>], what: &str) {

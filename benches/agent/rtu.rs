@@ -5,13 +5,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fieldlink::poll::modbus::plan::plan_groups;
-use fieldlink::sim::{self, WireTiming};
-use tokio_serial::SerialPort;
 
 use crate::agent_proc::AgentProc;
 use crate::procfs::cpu_seconds;
 use crate::report::Report;
-use crate::rig::{drifting_meter, f32_points, head, mqtt_section, wait_for_requests};
+use crate::rig::{
+    drifting_meter, f32_points, head, mqtt_section, timed_rtu_line, wait_for_requests,
+};
 use crate::support::Broker;
 use crate::Args;
 
@@ -21,13 +21,9 @@ use crate::Args;
 pub async fn rtu(report: &mut Report, args: &Args, baud: u32, at_wire_minimum: bool) {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let (master, slave) = tokio_serial::SerialStream::pair().expect("pty pair");
-    let path = slave.name().expect("pty path");
-    let timing = WireTiming {
-        baud,
-        bits_per_char: 11,
-        turnaround: Duration::from_millis(5),
-    };
+    let meter = drifting_meter(1, 24);
+    meter.with_banks(|b| b.set_input(0, &[1, 2, 3, 4]));
+    let (path, timing, slave, _server) = timed_rtu_line(baud, vec![meter.clone()]);
     let (scenario, delay) = if at_wire_minimum {
         let micros = timing.frame_gap().as_nanos().div_ceil(1000);
         (
@@ -37,9 +33,6 @@ pub async fn rtu(report: &mut Report, args: &Args, baud: u32, at_wire_minimum: b
     } else {
         (format!("RTU {baud} 8E1, default"), String::new())
     };
-    let meter = drifting_meter(1, 24);
-    meter.with_banks(|b| b.set_input(0, &[1, 2, 3, 4]));
-    let _server = sim::serve_rtu_timed(master, vec![meter.clone()], timing);
     let mut config = head(dir.path(), &mqtt_section(broker.port, "bench/rtu", ""));
     config.push_str(&format!(
         "[[bus]]\nname = \"rs485\"\ntype = \"modbus_rtu\"\npath = \"{path}\"\nbaud = {baud}\nparity = \"even\"\nresponse_timeout = \"1s\"\n{delay}\n\

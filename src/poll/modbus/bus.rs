@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Bus, BusKind, Device, TcpConnection};
@@ -27,6 +28,7 @@ use crate::model::SampleSink;
 use crate::writes::inbox::Inbox;
 use crate::writes::router::Router;
 
+use super::link::ModbusLink;
 use super::rtu::RtuLink;
 use super::rtu_tcp::{self, RtuTcpLink};
 use super::scheduler::{run_loop, PolledDevice};
@@ -43,105 +45,81 @@ pub async fn run_modbus_bus(
     commands: Option<Arc<Router>>,
     cancel: CancellationToken,
 ) {
-    let inbox = |names: &[&Device]| {
-        commands.as_ref().map_or_else(Inbox::none, |router| {
-            router.inbox(names.iter().map(|d| d.name.as_str()))
-        })
+    let shared = Shared {
+        bus: bus.name.clone(),
+        start: Instant::now(),
+        sink,
+        health,
+        commands,
+        cancel,
     };
-    let start = tokio::time::Instant::now();
+    let name = format!("bus {}", bus.name);
     match bus.kind {
         BusKind::ModbusRtu(rtu) => {
             let per_request = rtu.response_timeout * 6 + rtu.inter_request_delay;
-            let polled: Vec<PolledDevice> = devices
-                .iter()
-                .filter_map(|d| PolledDevice::new(d, start))
-                .collect();
-            let beat =
-                health.register(format!("bus {}", bus.name), allowance(&polled, per_request));
             let link = RtuLink::new(&bus.name, rtu);
-            let mut inbox = inbox(&devices.iter().collect::<Vec<_>>());
-            run_loop(
-                &bus.name,
-                link,
-                polled,
-                &mut inbox,
-                sink.as_ref(),
-                &beat,
-                &cancel,
-            )
-            .await;
+            shared.serve(name, link, &devices, per_request).await;
         }
         BusKind::ModbusRtuTcp(settings) => {
-            let polled: Vec<PolledDevice> = devices
-                .iter()
-                .filter_map(|d| PolledDevice::new(d, start))
-                .collect();
-            let beat = health.register(
-                format!("bus {}", bus.name),
-                allowance(&polled, rtu_tcp::per_request(&settings)),
-            );
+            let per_request = rtu_tcp::per_request(&settings);
             let link = RtuTcpLink::new(settings);
-            let mut inbox = inbox(&devices.iter().collect::<Vec<_>>());
-            run_loop(
-                &bus.name,
-                link,
-                polled,
-                &mut inbox,
-                sink.as_ref(),
-                &beat,
-                &cancel,
-            )
-            .await;
+            shared.serve(name, link, &devices, per_request).await;
         }
+        // Connecting and the request each get the timeout.
         BusKind::ModbusTcp(tcp) if tcp.connection_for(devices.len()) == TcpConnection::Shared => {
-            let polled: Vec<PolledDevice> = devices
-                .iter()
-                .filter_map(|d| PolledDevice::new(d, start))
-                .collect();
-            // Connecting and the request each get the timeout.
-            let beat = health.register(
-                format!("bus {}", bus.name),
-                allowance(&polled, tcp.timeout * 2),
-            );
             let link = TcpLink::new(&tcp.address, tcp.timeout);
-            let mut inbox = inbox(&devices.iter().collect::<Vec<_>>());
-            run_loop(
-                &bus.name,
-                link,
-                polled,
-                &mut inbox,
-                sink.as_ref(),
-                &beat,
-                &cancel,
-            )
-            .await;
+            shared.serve(name, link, &devices, tcp.timeout * 2).await;
         }
         BusKind::ModbusTcp(tcp) => {
             let mut loops = JoinSet::new();
-            for device in devices {
-                let Some(polled) = PolledDevice::new(&device, start) else {
-                    continue;
-                };
-                let polled = vec![polled];
-                // Connecting and the request each get the timeout.
-                let beat = health.register(
-                    format!("bus {} device {}", bus.name, device.name),
-                    allowance(&polled, tcp.timeout * 2),
-                );
+            for device in devices.into_iter().filter(|d| d.modbus().is_some()) {
+                let name = format!("bus {} device {}", bus.name, device.name);
                 let link = TcpLink::new(&tcp.address, tcp.timeout);
-                let mut inbox = inbox(&[&device]);
-                let (bus_name, sink, cancel) = (bus.name.clone(), sink.clone(), cancel.clone());
+                let shared = shared.clone();
                 loops.spawn(async move {
-                    let sink = sink.as_ref();
-                    run_loop(&bus_name, link, polled, &mut inbox, sink, &beat, &cancel).await;
+                    shared.serve(name, link, &[device], tcp.timeout * 2).await;
                 });
             }
             while loops.join_next().await.is_some() {}
         }
         BusKind::SerialLine(_) => {
             tracing::warn!(bus = %bus.name, "run_modbus_bus was given a serial_line bus; it polls nothing");
-            cancel.cancelled().await;
+            shared.cancel.cancelled().await;
         }
+    }
+}
+
+/// What every loop of one bus shares.
+#[derive(Clone)]
+struct Shared {
+    bus: String,
+    start: Instant,
+    sink: Arc<dyn SampleSink>,
+    health: Arc<Health>,
+    commands: Option<Arc<Router>>,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    /// One loop serving `devices` over `link`: its health beat (`name`), sized by the
+    /// longest a request may take, and its command inbox.
+    async fn serve<L: ModbusLink>(
+        &self,
+        name: String,
+        link: L,
+        devices: &[Device],
+        per_request: Duration,
+    ) {
+        let polled: Vec<PolledDevice> = devices
+            .iter()
+            .filter_map(|d| PolledDevice::new(d, self.start))
+            .collect();
+        let beat = self.health.register(name, allowance(&polled, per_request));
+        let mut inbox = self.commands.as_ref().map_or_else(Inbox::none, |router| {
+            router.inbox(devices.iter().map(|d| d.name.as_str()))
+        });
+        let sink = self.sink.as_ref();
+        run_loop(&self.bus, link, polled, &mut inbox, sink, &beat, &self.cancel).await;
     }
 }
 

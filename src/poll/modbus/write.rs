@@ -180,9 +180,9 @@ pub(crate) async fn run_command<L: ModbusLink>(
         bus,
         device = %target.device,
         point = %target.point_name,
-        requested = %describe_value(&command.admitted.requested),
+        requested = %command.admitted.requested,
         written = %describe_write(&report.request),
-        read_back = %read_back.map_or_else(|| "none".to_string(), describe_value),
+        read_back = %read_back.map_or_else(|| "none".to_string(), ToString::to_string),
         write_ms = report.write_time.as_millis() as u64,
         "write {}{}",
         status.as_str(),
@@ -190,16 +190,6 @@ pub(crate) async fn run_command<L: ModbusLink>(
     );
     answer(sink, target, &outcome);
     read_back.map(|_| (target.device.clone(), target.point_name.clone()))
-}
-
-fn describe_value(value: &Value) -> String {
-    match value {
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Text(t) => format!("{t:?}"),
-    }
 }
 
 /// `fieldlink write`: one write and its read-back on a fresh link to the device's bus.

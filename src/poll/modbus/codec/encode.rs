@@ -57,7 +57,7 @@ pub fn encode_registers(point: &Point, value: &Value) -> Result<Vec<u16>, Encode
     let wrong_kind = |expected: &'static str| EncodeError::WrongKind {
         data_type,
         expected,
-        given: describe(value),
+        given: value.to_string(),
     };
     let neutral = point.scale == 1.0 && point.offset == 0.0;
     match data_type {
@@ -110,12 +110,12 @@ pub fn encode_bit(point: &Point, value: &Value) -> Result<bool, EncodeError> {
         DataType::Bool => bool_of(value).ok_or_else(|| EncodeError::WrongKind {
             data_type: point.data_type,
             expected: "true or false",
-            given: describe(value),
+            given: value.to_string(),
         }),
         other => Err(EncodeError::WrongKind {
             data_type: other,
             expected: "a register, not a coil",
-            given: describe(value),
+            given: value.to_string(),
         }),
     }
 }
@@ -135,16 +135,6 @@ fn number_of(value: &Value) -> Option<f64> {
         Value::UInt(u) => Some(*u as f64),
         Value::Float(f) => Some(*f),
         Value::Bool(_) | Value::Text(_) => None,
-    }
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Text(t) => format!("{t:?}"),
     }
 }
 
