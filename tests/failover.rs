@@ -129,3 +129,32 @@ async fn a_dead_server_first_in_the_list_costs_one_attempt_not_a_backoff() {
         "one connection, the first that worked"
     );
 }
+
+/// A cluster node that cleans up a dead node's sessions may publish the old connection's will
+/// after the new connection's birth (seen once on nats-server). The agent answers an
+/// `offline` on its status topic, while its link is up, with its birth again, so the retained
+/// status ends `online`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_published_after_the_birth_is_answered_with_online_again() {
+    let broker = Broker::start();
+    let prefix = unique("fl/late-will");
+    let status = format!("{prefix}/status");
+    let watch = Watch::start(broker.port, &format!("{prefix}/#")).await;
+    let _agent = Agent::start(mqtt(broker.port, &prefix, KA));
+    watch
+        .wait_for(&status, DEADLINE, |m| m.payload == "online")
+        .await;
+    // A late will, as a broker would publish it: retained `offline`.
+    watch.publish(&status, "offline", true).await;
+    let offline_at = watch.on(&status).len();
+    wait_until("online again after the late will", DEADLINE, || {
+        let all = watch.on(&status);
+        (all.len() > offline_at && all.last().unwrap().payload == "online").then_some(())
+    })
+    .await;
+    let retained = retained_on(broker.port, &status, DEADLINE).await;
+    assert_eq!(
+        retained.payload, "online",
+        "the retained status ends online"
+    );
+}

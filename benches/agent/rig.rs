@@ -126,7 +126,12 @@ pub fn points_per_request(config: &str) -> f64 {
 pub fn timed_rtu_line(
     baud: u32,
     devices: Vec<Arc<SimDevice>>,
-) -> (String, WireTiming, tokio_serial::SerialStream, tokio::task::JoinHandle<()>) {
+) -> (
+    String,
+    WireTiming,
+    tokio_serial::SerialStream,
+    tokio::task::JoinHandle<()>,
+) {
     use tokio_serial::SerialPort;
     let (master, slave) = tokio_serial::SerialStream::pair().expect("pty pair");
     let path = slave.name().expect("pty path");

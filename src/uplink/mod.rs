@@ -20,6 +20,7 @@
 mod broker_check;
 mod delivery;
 mod diagnose;
+mod event_loop;
 mod failover;
 mod give_up;
 mod homeassistant;

@@ -1,4 +1,5 @@
-//! The MQTT link: the only module that drives rumqttc (`diagnose` only reads its errors).
+//! The MQTT link: the only module that drives rumqttc (`event_loop` polls it for us;
+//! `diagnose` only reads its errors).
 //!
 //! Owns the connection to the broker and the I/O around it: connect with our own timeout
 //! and backoff, the check of what the broker kept and routes (`broker_check`) and the
@@ -35,16 +36,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeReasonCode,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::broker_check::{BrokerCheck, Retained, Routing, CHECK_WAIT};
-use super::delivery::{self, Acked, Counted, Delivery, Settles, Written};
+use super::delivery::{self, Acked, Counted, Delivery, Written};
 use super::diagnose::{self, Diagnosis, Severity};
+use super::event_loop::{drive, settles, AbortOnDrop};
 use super::failover::{AfterFailure, Failover};
 use super::give_up::{give_up, quarantine_after};
 use super::homeassistant;
@@ -70,6 +70,9 @@ const REQUEST_CHANNEL: usize = 128;
 const COMMANDS_BAR: Duration = Duration::from_secs(3600);
 /// How often the health report is looked at for a change worth an early message (sent at
 /// most once per `state::HEALTH_MIN_GAP`).
+/// At most one answer to a stale `offline` in this span, so two clients on one prefix cannot
+/// turn it into a storm.
+const STALE_WILL_GAP: Duration = Duration::from_secs(5);
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// On shutdown: time to publish what is queued, then to get the `offline` acknowledged, then
 /// to send DISCONNECT; together well inside systemd's 5 s budget.
@@ -231,15 +234,10 @@ struct Session<'a> {
     birth_sent: bool,
     birth_acked: bool,
     offline_acked: bool,
+    /// The orderly goodbye publishes our own `offline`: not a stale will.
+    goodbye_started: bool,
+    stale_will_answered: Option<Instant>,
     health_pacer: HealthPacer,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl<'a> Session<'a> {
@@ -333,6 +331,8 @@ impl<'a> Session<'a> {
             birth_sent: false,
             birth_acked: false,
             offline_acked: false,
+            goodbye_started: false,
+            stale_will_answered: None,
             health_pacer: HealthPacer::new(),
         };
         match session.serve(shutdown, beat).await {
@@ -547,6 +547,7 @@ impl<'a> Session<'a> {
     /// Shutdown with the link up: publish what is queued (bounded), then the retained
     /// `offline` (the broker sends no will on a clean DISCONNECT), then DISCONNECT.
     async fn goodbye(&mut self) {
+        self.goodbye_started = true;
         let drain_until = Instant::now() + DRAIN_BUDGET;
         while self.birth_sent && self.outbox.depth() > 0 && Instant::now() < drain_until {
             if self.fill_window().is_err() || !self.next_event_before(drain_until).await {
@@ -644,6 +645,9 @@ impl<'a> Session<'a> {
                     }
                     Packet::Publish(p) if p.topic == self.settings.status_topic => {
                         self.check.on_own_status(p.retain);
+                        if p.payload.as_ref() == topic::OFFLINE.as_bytes() {
+                            self.on_stale_will(now)?;
+                        }
                     }
                     Packet::Publish(p) => self.on_publish(&p),
                     _ => {}
@@ -664,6 +668,35 @@ impl<'a> Session<'a> {
             Event::Outgoing(_) => {}
         }
         Ok(())
+    }
+
+    /// `offline` on our status topic while this connection is up and its birth was
+    /// acknowledged: the last will of an earlier connection, published after this one's
+    /// birth (a cluster node cleaning up the session of a node that died) or by another
+    /// client. Left alone it would say `offline` about a working gateway until the next
+    /// reconnect, so the birth goes out again (at most once per `STALE_WILL_GAP`).
+    fn on_stale_will(&mut self, now: Instant) -> Result<(), Diagnosis> {
+        if !self.birth_acked || self.goodbye_started {
+            return Ok(());
+        }
+        if self
+            .stale_will_answered
+            .is_some_and(|at| now.saturating_duration_since(at) < STALE_WILL_GAP)
+        {
+            return Ok(());
+        }
+        self.stale_will_answered = Some(now);
+        tracing::info!(
+            "`offline` appeared on our status topic while the link is up (a will published \
+             late, or another client): saying `online` again"
+        );
+        let status = self.settings.status_topic.clone();
+        self.publish_own(
+            &status,
+            topic::ONLINE.as_bytes(),
+            QoS::AtLeastOnce,
+            SentKind::Other,
+        )
     }
 
     fn on_commands_suback(&mut self, granted: bool) {
@@ -862,26 +895,5 @@ impl<'a> Session<'a> {
         self.publish_own(&topic, &payload, QoS::AtMostOnce, SentKind::Other)?;
         self.health_pacer.published(facts, Instant::now());
         Ok(())
-    }
-}
-
-/// When a publish at `qos` is done.
-fn settles(qos: QoS) -> Settles {
-    match qos {
-        QoS::AtMostOnce => Settles::OnWrite,
-        QoS::AtLeastOnce | QoS::ExactlyOnce => Settles::OnPubAck,
-    }
-}
-
-/// Polls one connection's event loop until its first error, which ends the connection:
-/// `poll()` is never called again after an error (it would reconnect at once, without our
-/// backoff).
-async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<Result<Event, ConnectionError>>) {
-    loop {
-        let event = eventloop.poll().await;
-        let failed = event.is_err();
-        if events.send(event).await.is_err() || failed {
-            return;
-        }
     }
 }

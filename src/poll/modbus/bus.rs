@@ -119,7 +119,16 @@ impl Shared {
             router.inbox(devices.iter().map(|d| d.name.as_str()))
         });
         let sink = self.sink.as_ref();
-        run_loop(&self.bus, link, polled, &mut inbox, sink, &beat, &self.cancel).await;
+        run_loop(
+            &self.bus,
+            link,
+            polled,
+            &mut inbox,
+            sink,
+            &beat,
+            &self.cancel,
+        )
+        .await;
     }
 }
 
