@@ -11,6 +11,14 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn start(config: &str, dir: tempfile::TempDir) -> AgentProc {
+        let agent = AgentProc::spawn(config, dir, &[]);
+        println!("  (agent pid {})", agent.pid());
+        agent
+    }
+
+    /// [`AgentProc::start`] without a line on stdout (a fleet of them would flood it), with
+    /// `env` added to the agent's environment.
+    pub fn spawn(config: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> AgentProc {
         let path = dir.path().join("fieldlink.toml");
         std::fs::write(&path, config).unwrap();
         if let Err(e) = fieldlink::config::load(&path) {
@@ -28,12 +36,12 @@ impl AgentProc {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .env_remove("MALLOC_ARENA_MAX")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start the fieldlink binary");
-        println!("  (agent pid {})", child.id());
         AgentProc { child, dir }
     }
 

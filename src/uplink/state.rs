@@ -115,6 +115,9 @@ impl Backoff {
         let lo = self.floor().as_millis() as u64;
         let hi = (self.ceiling().as_millis() as u64).max(lo);
         self.failures = self.failures.saturating_add(1);
+        if jitter_disabled() {
+            return Duration::from_millis(hi);
+        }
         Duration::from_millis(self.rng.u64(lo..=hi))
     }
 
@@ -125,6 +128,17 @@ impl Backoff {
     pub fn failures(&self) -> u32 {
         self.failures
     }
+}
+
+/// For the reconnect-storm bench only (`benches/storm`), never for a gateway: with
+/// `FIELDLINK_BENCH_NO_JITTER=1` in the environment every wait is the ceiling itself, plain
+/// exponential backoff, so the bench can show what the jitter buys. Read once per process.
+#[doc(hidden)]
+pub fn jitter_disabled() -> bool {
+    static OFF: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var_os("FIELDLINK_BENCH_NO_JITTER").is_some_and(|v| v == "1")
+    });
+    *OFF
 }
 
 /// Connection bookkeeping across the life of the agent.

@@ -224,6 +224,11 @@ impl Broker {
         self.spawn();
     }
 
+    /// The running mosquitto's pid (None while it is down), to read its cost from /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
