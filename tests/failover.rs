@@ -15,6 +15,9 @@ use uplink_agent::{missing, mqtt, retained_on, seqs, Agent};
 
 const KA: Duration = Duration::from_secs(2);
 const DEADLINE: Duration = Duration::from_secs(30);
+/// A backoff no test waits out: reaching the next server within a deadline proves none was
+/// applied, without timing anything.
+const NO_COMEBACK: Duration = Duration::from_secs(3600);
 
 fn server(port: u16) -> Server {
     Server {
@@ -33,6 +36,10 @@ async fn a_killed_broker_fails_over_to_the_next_of_the_list_with_nothing_lost() 
     let on_second = Watch::start(second.port, &all).await;
     let mut cfg = mqtt(first.port, &prefix, KA);
     cfg.servers = vec![server(first.port), server(second.port)];
+    // A backoff would hold the agent back far beyond the deadlines below: the second
+    // broker is reached only if it is tried at once.
+    cfg.backoff_initial = NO_COMEBACK;
+    cfg.backoff_max = NO_COMEBACK;
     let status = format!("{prefix}/status");
     let mut agent = Agent::start(cfg);
     on_first
@@ -60,9 +67,6 @@ async fn a_killed_broker_fails_over_to_the_next_of_the_list_with_nothing_lost() 
         agent.link().server.as_deref(),
         Some(format!("127.0.0.1:{}", second.port).as_str())
     );
-    // A kill is seen at once (the socket closes): the second broker is tried without a
-    // backoff, well inside one keep-alive.
-    assert!(failover < KA, "took {failover:?}");
 
     wait_until("readings on the second broker", DEADLINE, || {
         (on_second.on(&topic).len() >= 10).then_some(())
@@ -109,20 +113,14 @@ async fn a_dead_server_first_in_the_list_costs_one_attempt_not_a_backoff() {
     let mut cfg = mqtt(broker.port, &prefix, KA);
     // Nothing listens on the first: refused at once.
     cfg.servers = vec![server(support::free_port()), server(broker.port)];
-    cfg.backoff_initial = Duration::from_secs(10);
-    cfg.backoff_max = Duration::from_secs(10);
-    let started = Instant::now();
+    cfg.backoff_initial = NO_COMEBACK;
+    cfg.backoff_max = NO_COMEBACK;
     let agent = Agent::start(cfg);
     watch
         .wait_for(&format!("{prefix}/status"), DEADLINE, |m| {
             m.payload == "online"
         })
         .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the second server waited for a backoff: {:?}",
-        started.elapsed()
-    );
     assert_eq!(
         agent.link().reconnects,
         0,

@@ -96,7 +96,21 @@ pub type WriteResult = Result<Result<(), ExceptionCode>, LinkError>;
 /// One Modbus wire. Implementations wrap every call in a timeout and reset themselves after
 /// an outer error, so the next call starts clean.
 pub trait ModbusLink: Send {
-    fn read(&mut self, unit: u8, request: &ReadRequest) -> impl Future<Output = ReadResult> + Send;
+    /// One request and its checked answer, under the transport's own rules for timeouts and
+    /// for asking once more (each transport's module doc says which): the one method a
+    /// transport writes; [`read`](Self::read) and [`write`](Self::write) are built on it.
+    fn transact<T: Send>(
+        &mut self,
+        unit: u8,
+        request: Request<'static>,
+        check: impl Fn(Response) -> Result<T, LinkError> + Send + Sync,
+    ) -> impl Future<Output = Result<Result<T, ExceptionCode>, LinkError>> + Send;
+
+    fn read(&mut self, unit: u8, request: &ReadRequest) -> impl Future<Output = ReadResult> + Send {
+        self.transact(unit, to_request(request), move |r| {
+            check_response(request, r)
+        })
+    }
 
     /// A write, under the same rules as a read (timeout, reset after an outer error). A
     /// write sets registers or coils to values, so sending it again after the connection
@@ -105,7 +119,11 @@ pub trait ModbusLink: Send {
         &mut self,
         unit: u8,
         request: &WriteRequest,
-    ) -> impl Future<Output = WriteResult> + Send;
+    ) -> impl Future<Output = WriteResult> + Send {
+        self.transact(unit, to_write_request(request), move |r| {
+            check_write_response(request, r)
+        })
+    }
 
     /// When the link cannot even try (e.g. the serial port is missing and its reopen is
     /// backed off), the instant it will try again; the poller waits instead of failing

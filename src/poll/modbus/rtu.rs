@@ -43,11 +43,7 @@ use tokio_serial::SerialStream;
 use crate::config::ModbusRtu;
 use crate::poll::serial_port::{self, describe_open_error, hung_up, PortWatch, WATCH_PERIOD};
 
-use super::link::{
-    check_response, check_write_response, to_request, to_write_request, ExceptionCode, LinkError,
-    ModbusLink, ReadResult, WriteRequest, WriteResult,
-};
-use super::plan::ReadRequest;
+use super::link::{ExceptionCode, LinkError, ModbusLink};
 use super::rtu_exchange::{exchange, wait_out, SharedStream};
 
 /// A reopened port counts as working after an answer from any device, or this long
@@ -198,14 +194,16 @@ impl RtuLink {
     }
 }
 
-impl RtuLink {
+impl RtuLink {}
+
+impl ModbusLink for RtuLink {
     /// An exchange, asked once more after a garbled reply (RS-485 noise), once the line
     /// settled. Silence is never asked again (see the module doc).
-    async fn transact<T>(
+    async fn transact<T: Send>(
         &mut self,
         unit: u8,
         request: Request<'static>,
-        check: impl Fn(Response) -> Result<T, LinkError> + Sync,
+        check: impl Fn(Response) -> Result<T, LinkError> + Send + Sync,
     ) -> Result<Result<T, ExceptionCode>, LinkError> {
         let first = self.exchange(unit, request.clone(), &check).await;
         match first {
@@ -215,20 +213,6 @@ impl RtuLink {
             }
             other => other,
         }
-    }
-}
-
-impl ModbusLink for RtuLink {
-    async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
-        self.transact(unit, to_request(request), |r| check_response(request, r))
-            .await
-    }
-
-    async fn write(&mut self, unit: u8, request: &WriteRequest) -> WriteResult {
-        self.transact(unit, to_write_request(request), |r| {
-            check_write_response(request, r)
-        })
-        .await
     }
 
     fn not_before(&self) -> Option<Instant> {

@@ -22,11 +22,7 @@ use tokio_modbus::{Request, Response};
 
 use crate::config::ModbusRtuTcp;
 
-use super::link::{
-    check_response, check_write_response, to_request, to_write_request, ExceptionCode, LinkError,
-    ModbusLink, ReadResult, WriteRequest, WriteResult,
-};
-use super::plan::ReadRequest;
+use super::link::{ExceptionCode, LinkError, ModbusLink};
 use super::rtu_exchange::{exchange, received, wait_out, SharedStream};
 use super::tcp::open_socket;
 
@@ -105,14 +101,16 @@ impl RtuTcpLink {
         }
         Try::Done(outcome)
     }
+}
 
+impl ModbusLink for RtuTcpLink {
     /// A request, asked again once after a close before any reply (on a fresh connection)
     /// or after a garbled reply (RS-485 noise, once the line settled).
-    async fn transact<T>(
+    async fn transact<T: Send>(
         &mut self,
         unit: u8,
         request: Request<'static>,
-        check: impl Fn(Response) -> Result<T, LinkError> + Sync,
+        check: impl Fn(Response) -> Result<T, LinkError> + Send + Sync,
     ) -> Result<Result<T, ExceptionCode>, LinkError> {
         match self.attempt(unit, request.clone(), &check).await {
             Try::Done(Err(LinkError::Protocol(why))) => {
@@ -132,20 +130,6 @@ impl RtuTcpLink {
                 self.settings.address
             ))),
         }
-    }
-}
-
-impl ModbusLink for RtuTcpLink {
-    async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
-        self.transact(unit, to_request(request), |r| check_response(request, r))
-            .await
-    }
-
-    async fn write(&mut self, unit: u8, request: &WriteRequest) -> WriteResult {
-        self.transact(unit, to_write_request(request), |r| {
-            check_write_response(request, r)
-        })
-        .await
     }
 }
 

@@ -34,11 +34,7 @@ use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{Request, Response, Slave};
 
-use super::link::{
-    check_response, check_write_response, classify, io_words, to_request, to_write_request,
-    ExceptionCode, LinkError, ModbusLink, ReadResult, WriteRequest, WriteResult,
-};
-use super::plan::ReadRequest;
+use super::link::{classify, io_words, ExceptionCode, LinkError, ModbusLink};
 
 pub struct TcpLink {
     address: String,
@@ -143,23 +139,9 @@ enum CallEnd {
 }
 
 impl ModbusLink for TcpLink {
-    async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
-        self.transact(unit, to_request(request), |r| check_response(request, r))
-            .await
-    }
-
-    async fn write(&mut self, unit: u8, request: &WriteRequest) -> WriteResult {
-        self.transact(unit, to_write_request(request), |r| {
-            check_write_response(request, r)
-        })
-        .await
-    }
-}
-
-impl TcpLink {
     /// One request and its checked answer, asked again once on a fresh connection when the
     /// device had closed the old one before any byte of the reply.
-    async fn transact<T>(
+    async fn transact<T: Send>(
         &mut self,
         unit: u8,
         request: Request<'static>,
@@ -191,6 +173,8 @@ impl TcpLink {
         }
     }
 }
+
+impl TcpLink {}
 
 /// One call on `wire`; gives the wire back when it is still usable.
 async fn call<T>(
@@ -382,6 +366,7 @@ fn with_default_port(address: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::Table;
+    use crate::poll::modbus::plan::ReadRequest;
     use crate::poll::modbus::RawData;
     use crate::sim::{serve_tcp, Behaviour, SimDevice};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
