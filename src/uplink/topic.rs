@@ -90,11 +90,15 @@ pub fn command_result_topic(prefix: &str, device: &str, point: &str) -> String {
 /// everything but command results (four levels below the prefix, where readings, statuses and
 /// meta have one or two, so a device named `set` with a point named `result` stays retained).
 pub fn retained_when_newest(prefix: &str, topic: &str) -> bool {
-    let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+    // Called for every record sent: the common case answers without splitting anything.
+    let Some(head) = topic.strip_suffix("/set/result") else {
         return true;
     };
-    let levels: Vec<&str> = rest.split('/').collect();
-    !matches!(levels.as_slice(), [_, _, "set", "result"])
+    let Some(target) = head.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+        return true;
+    };
+    // `<device>/<point>`: exactly two levels.
+    target.split('/').count() != 2
 }
 
 /// `<prefix>/health`: retained JSON about the link and the outbox.
