@@ -246,7 +246,7 @@ pub fn keep_alive(allowance: Duration) -> Diagnosis {
     )
 }
 
-pub fn client_refused(e: &rumqttc::ClientError) -> Diagnosis {
+pub fn client_refused(e: &super::event_loop::DriverGone) -> Diagnosis {
     Diagnosis::new(
         Cause::ClientRefused,
         format!("cannot hand a message to the MQTT client: {e}"),

@@ -4,9 +4,10 @@
 //! publishes itself: configs go into the republish set (retained, PUBACKed, resent after a
 //! lost connection, ahead of any backlog), clears into the outbox.
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 
-use super::diagnose::{self, Diagnosis};
+use super::diagnose::Diagnosis;
+use super::event_loop::Client;
 use super::republish::RepublishSet;
 use super::subscriptions::{Purpose, Subscriptions};
 use crate::buffer::Outbox;
@@ -16,14 +17,12 @@ use crate::homeassistant::{Discovery, Incoming};
 /// gateway's discovery topics. Called when the birth goes out, after the broker check's own
 /// SUBACK (so the check never takes one of these for its own).
 pub fn subscribe(
-    client: &AsyncClient,
+    client: &mut Client,
     discovery: &mut Discovery,
     subscriptions: &mut Subscriptions,
 ) -> Result<(), Diagnosis> {
     for topic in discovery.subscriptions() {
-        client
-            .try_subscribe(topic, QoS::AtMostOnce)
-            .map_err(|e| diagnose::client_refused(&e))?;
+        client.subscribe(&topic, QoS::AtMostOnce);
         subscriptions.asked(Purpose::Discovery);
     }
     Ok(())
@@ -45,16 +44,14 @@ pub fn on_suback(granted: bool) {
 /// The broker check is over (`routed`: our echo came back): the sweep's subscription goes,
 /// and the first time in a run the configs the broker does not hold as they are go out.
 pub fn check_done(
-    client: &AsyncClient,
+    client: &mut Client,
     discovery: &mut Discovery,
     republish: &mut RepublishSet,
     routed: bool,
 ) -> Result<(), Diagnosis> {
     let after = discovery.check_done(routed);
     if let Some(filter) = after.unsubscribe {
-        client
-            .try_unsubscribe(filter)
-            .map_err(|e| diagnose::client_refused(&e))?;
+        client.unsubscribe(&filter);
     }
     for config in &after.on_broker {
         republish.remember(&config.topic, &config.payload);

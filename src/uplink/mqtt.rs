@@ -36,7 +36,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use super::broker_check::{BrokerCheck, Retained, Routing, CHECK_WAIT};
 use super::delivery::{self, Acked, Counted, Delivery, Written};
 use super::diagnose::{self, Diagnosis, Severity};
-use super::event_loop::{drive, settles, AbortOnDrop};
+use super::event_loop::{self, settles, AbortOnDrop, Client};
 use super::failover::{AfterFailure, Failover};
 use super::give_up::{give_up, quarantine_after};
 use super::homeassistant;
@@ -63,8 +63,9 @@ use crate::model::CommandSink;
 
 /// Records and republishes handed to rumqttc and not yet settled (see `delivery`).
 const RECORD_WINDOW: usize = 64;
-/// Request channel between our client handle and the event loop.
-const REQUEST_CHANNEL: usize = 128;
+/// rumqttc's own request channel, which nothing uses: requests go through ours
+/// (`event_loop::Client`) once connected.
+const UNUSED_REQUEST_CHANNEL: usize = 1;
 /// How long the agent goes without commands after a broker closed the connection over that
 /// subscription: asking again at every connection would cost one connection in two.
 const COMMANDS_BAR: Duration = Duration::from_secs(3600);
@@ -214,7 +215,7 @@ struct Session<'a> {
     outbox: &'a Outbox,
     health: &'a Health,
     memory: &'a mut Memory,
-    client: AsyncClient,
+    client: Client,
     events: mpsc::Receiver<Result<Event, ConnectionError>>,
     /// Dropping it drops the event loop with its socket and whatever rumqttc still held;
     /// our outbox has every unacknowledged record.
@@ -258,14 +259,17 @@ impl<'a> Session<'a> {
             Ok(o) => o,
             Err(e) => return failed(diagnose::password_file(&e)),
         };
-        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
-        // rumqttc uses one timeout (whole seconds) for connecting and for each flush: ours
-        // while connecting, then 1.5 x KA so a write blocked on a dead link fails instead of
-        // hanging.
+        let mut eventloop = EventLoop::new(options, UNUSED_REQUEST_CHANNEL);
+        // rumqttc's timeout (whole seconds) for connecting; each flush later gets 1.5 x KA
+        // from our driver, so a write blocked on a dead link fails instead of hanging.
         let connect_secs = settings.cfg.connect_timeout.as_secs_f64().ceil() as u64;
         eventloop
             .network_options
             .set_connection_timeout(connect_secs.max(1));
+        // Our driver gathers each turn's publishes into one write: Nagle's algorithm would
+        // only hold that write back for the broker's delayed ACK (40 ms on Linux), which is
+        // what a command's result waited for.
+        eventloop.network_options.set_tcp_nodelay(true);
 
         let sockets_before = user_timeout::snapshot();
         let connack = tokio::select! {
@@ -285,10 +289,6 @@ impl<'a> Session<'a> {
         }
         let now = Instant::now();
         let user_timeout = settings.keep_alive.mul_f64(1.5);
-        let flush_secs = user_timeout.as_secs_f64().ceil() as u64;
-        eventloop
-            .network_options
-            .set_connection_timeout(flush_secs.max(1));
         let port = settings.servers[server].port;
         if user_timeout::apply_since(&sockets_before, port, user_timeout) == 0 {
             tracing::debug!("could not find the broker socket to set TCP_USER_TIMEOUT on");
@@ -310,7 +310,8 @@ impl<'a> Session<'a> {
             BrokerCheck::subscribed(now)
         };
         let (tx, rx) = mpsc::channel(64);
-        let poller = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
+        let (client, driver) = event_loop::start(eventloop, settings.keep_alive, user_timeout, tx);
+        let poller = AbortOnDrop(tokio::spawn(driver));
         let mut session = Session {
             settings,
             server,
@@ -386,8 +387,7 @@ impl<'a> Session<'a> {
         // takeover mosquitto has just published our previous connection's will.
         if self.check.subscribing() {
             self.client
-                .try_subscribe(&self.settings.status_topic, QoS::AtMostOnce)
-                .map_err(|e| diagnose::client_refused(&e))?;
+                .subscribe(&self.settings.status_topic, QoS::AtMostOnce);
             self.subscriptions.asked(Purpose::BrokerCheck);
         }
         let every = self.settings.cfg.health_interval;
@@ -398,6 +398,9 @@ impl<'a> Session<'a> {
         loop {
             self.follow_check()?;
             self.fill_window()?;
+            self.client
+                .submit()
+                .map_err(|e| diagnose::client_refused(&e))?;
             beat.tick();
             let check_due = self.check.deadline();
             let ha_birth_due = self
@@ -445,7 +448,7 @@ impl<'a> Session<'a> {
         if self.check.take_birth_due() {
             self.subscribe_commands()?;
             if let Some(discovery) = &mut self.memory.discovery {
-                homeassistant::subscribe(&self.client, discovery, &mut self.subscriptions)?;
+                homeassistant::subscribe(&mut self.client, discovery, &mut self.subscriptions)?;
             }
             let status = self.settings.status_topic.clone();
             self.publish_own(
@@ -464,7 +467,7 @@ impl<'a> Session<'a> {
             self.on_routing_verdict(routing);
             if let Some(discovery) = &mut self.memory.discovery {
                 homeassistant::check_done(
-                    &self.client,
+                    &mut self.client,
                     discovery,
                     &mut self.memory.republish,
                     routing == Routing::Delivered,
@@ -491,8 +494,7 @@ impl<'a> Session<'a> {
             self.memory.commands_barred_until = None;
         }
         self.client
-            .try_subscribe(&self.settings.command_filter, QoS::AtLeastOnce)
-            .map_err(|e| diagnose::client_refused(&e))?;
+            .subscribe(&self.settings.command_filter, QoS::AtLeastOnce);
         self.subscriptions.asked(Purpose::Commands);
         self.commands_pending = true;
         Ok(())
@@ -579,7 +581,8 @@ impl<'a> Session<'a> {
                 return;
             }
         }
-        if self.client.try_disconnect().is_err() {
+        self.client.disconnect();
+        if self.client.submit().is_err() {
             return;
         }
         let disconnect_until = Instant::now() + DISCONNECT_BUDGET;
@@ -597,6 +600,9 @@ impl<'a> Session<'a> {
 
     /// Handles one event if it comes before `until`; false when the link failed or time ran out.
     async fn next_event_before(&mut self, until: Instant) -> bool {
+        if self.client.submit().is_err() {
+            return false;
+        }
         let deadline = until.min(self.watch.deadline());
         match tokio::time::timeout_at(deadline, self.events.recv()).await {
             Ok(ev) => self.on_event(ev).is_ok(),
@@ -772,8 +778,7 @@ impl<'a> Session<'a> {
                 break;
             };
             self.client
-                .try_publish(&topic, self.settings.qos, true, payload)
-                .map_err(|e| diagnose::client_refused(&e))?;
+                .publish(&topic, self.settings.qos, true, payload);
             self.delivery.requested(
                 SentKind::Republish(topic),
                 settles(self.settings.qos),
@@ -836,14 +841,12 @@ impl<'a> Session<'a> {
         // record never overwrites a newer retained value.
         let retain = self.outbox.is_newest(&record)
             && topic::retained_when_newest(&self.settings.cfg.prefix, &record.topic);
-        self.client
-            .try_publish(
-                &record.topic,
-                self.settings.qos,
-                retain,
-                record.payload.clone(),
-            )
-            .map_err(|e| diagnose::client_refused(&e))?;
+        self.client.publish(
+            &record.topic,
+            self.settings.qos,
+            retain,
+            record.payload.clone(),
+        );
         if retain {
             self.memory.republish.superseded(&record.topic);
         }
@@ -866,9 +869,7 @@ impl<'a> Session<'a> {
         qos: QoS,
         what: SentKind,
     ) -> Result<(), Diagnosis> {
-        self.client
-            .try_publish(topic, qos, true, payload.to_vec())
-            .map_err(|e| diagnose::client_refused(&e))?;
+        self.client.publish(topic, qos, true, payload.to_vec());
         self.delivery.requested(what, settles(qos), Counted::Beside);
         Ok(())
     }
