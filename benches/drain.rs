@@ -214,13 +214,13 @@ impl Drop for Counter {
 }
 
 /// A bare rumqttc QoS 1 publisher sending `n` readings as fast as its in-flight window
-/// (100, as the agent's client) allows; returns the time from the first publish to the
+/// (512, the agent's send window) allows; returns the time from the first publish to the
 /// last PUBACK.
 async fn bare_publisher(port: u16, prefix: &str, n: u64) -> Duration {
     let mut opts = MqttOptions::new(unique("bare"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(60));
-    opts.set_inflight(100);
-    let (client, mut eventloop) = AsyncClient::new(opts, 128);
+    opts.set_inflight(512);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let prefix = prefix.to_string();
     let start = Instant::now();
     let publisher = tokio::spawn(async move {

@@ -76,6 +76,7 @@ pub async fn run(
     // Ready means configured and polling: the broker may be unreachable for hours and the
     // service is still doing its job (buffering), so readiness must not wait for it.
     notifier.ready();
+    crate::footprint::trim_after_startup();
     tracing::info!(gateway = %gateway, buses, devices, broker = %broker, "fieldlink started");
 
     let uplink_ended = loop {

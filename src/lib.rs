@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod footprint;
 pub mod health;
 pub mod homeassistant;
 pub mod logging;

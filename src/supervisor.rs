@@ -144,6 +144,8 @@ impl Supervisor {
         };
         self.reload_status.set(attempt);
         notifier.ready();
+        // Parsing the file again peaked the heap as at start.
+        crate::footprint::trim_after_startup();
     }
 
     async fn apply(&mut self, mut new: Config, plan: &Plan) {

@@ -24,7 +24,7 @@ use support::{wait_until, Broker};
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The uplink's window of records handed to the client and not yet acknowledged: the most
 /// one link loss can duplicate.
-const RECORD_WINDOW: usize = 64;
+const RECORD_WINDOW: usize = 512;
 
 fn now_ms() -> u64 {
     fieldlink::model::unix_ms_now()

@@ -15,8 +15,9 @@ use crate::rig::{
 use crate::support::{self, proxy::Proxy, Broker};
 use crate::Args;
 
-/// The agent's own in-flight window (src/uplink/mqtt.rs), given to the bare publisher too.
-const INFLIGHT: u16 = 100;
+/// The agent's own send window (RECORD_WINDOW in src/uplink/mqtt.rs), given to the bare
+/// publisher too.
+const INFLIGHT: u16 = 512;
 
 /// `variant`: a label and `[buffer]` keys (the default spills to disk past 1000 queued).
 pub async fn throughput(report: &mut Report, args: &Args, variant: Option<(&str, &str)>) {

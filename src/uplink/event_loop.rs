@@ -23,10 +23,9 @@ use tokio::time::Instant;
 
 use super::delivery::Settles;
 
-/// Batches of requests between the session and the driver. The session's send window keeps
-/// the publishes in flight below rumqttc's in-flight limit, so the driver never holds a batch
-/// back for long and this never fills.
-const BATCHES: usize = 256;
+/// Batches of requests between the session and the driver. When it is full (the driver is
+/// busy handing events over) the session keeps gathering and hands the lot over later.
+const BATCHES: usize = 64;
 
 pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
 
@@ -78,13 +77,23 @@ impl Client {
         self.gathered.push(Request::Disconnect(Disconnect));
     }
 
-    /// Hands what this turn gathered to the driver; call before waiting on anything.
+    /// Hands what was gathered to the driver; call before waiting on anything. With the
+    /// channel full the requests stay gathered, in order, for the next call: the driver is
+    /// then busy with earlier batches, and each one it writes brings the session an event,
+    /// hence another call.
     pub(super) fn submit(&mut self) -> Result<(), DriverGone> {
         if self.gathered.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.gathered);
-        self.requests.try_send(batch).map_err(|_| DriverGone)
+        match self.requests.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                self.gathered = batch;
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DriverGone),
+        }
     }
 }
 
@@ -169,7 +178,12 @@ impl Driver {
                     flushed(network.flush(), self.flush_timeout).await?;
                 }
                 batch = self.requests.recv(), if self.backlog.is_empty() => match batch {
-                    Some(batch) => self.backlog.extend(batch),
+                    Some(batch) => {
+                        self.backlog.extend(batch);
+                        while let Ok(more) = self.requests.try_recv() {
+                            self.backlog.extend(more);
+                        }
+                    }
                     None => return Ok(()),
                 },
                 _ = ping.tick(), if !self.keep_alive.is_zero() => {

@@ -61,8 +61,14 @@ use crate::health::{Health, HealthReport, LinkState, ROUTING_OK, ROUTING_UNCHECK
 use crate::homeassistant::Discovery;
 use crate::model::CommandSink;
 
-/// Records and republishes handed to rumqttc and not yet settled (see `delivery`).
-const RECORD_WINDOW: usize = 64;
+/// Records and republishes handed to the connection and not yet settled (see `delivery`).
+/// What bounds a backlog's drain on a long link: at 300 ms round trip (cellular) 512
+/// readings of ~100 bytes in flight drain 1 700 readings/s; 64 drained 210, not twice what
+/// 5 meters of 24 points produce.
+const RECORD_WINDOW: usize = 512;
+/// Events handled in one turn of the session at most, so the keep-alive deadline, shutdown
+/// and the timers are looked at between bursts.
+const EVENTS_PER_TURN: usize = 256;
 /// rumqttc's own request channel, which nothing uses: requests go through ours
 /// (`event_loop::Client`) once connected.
 const UNUSED_REQUEST_CHANNEL: usize = 1;
@@ -415,7 +421,17 @@ impl<'a> Session<'a> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                ev = self.events.recv() => self.on_event(ev)?,
+                ev = self.events.recv() => {
+                    self.on_event(ev)?;
+                    // What else already came is handled in the same turn: one fill of the
+                    // window and one batch for the driver for all of it.
+                    for _ in 0..EVENTS_PER_TURN {
+                        let Ok(ev) = self.events.try_recv() else {
+                            break;
+                        };
+                        self.on_event(Some(ev))?;
+                    }
+                }
                 _ = tokio::time::sleep_until(self.watch.deadline()) => {
                     return Err(diagnose::keep_alive(self.watch.allowance()));
                 }
@@ -748,7 +764,7 @@ impl<'a> Session<'a> {
                 if retained {
                     self.memory
                         .republish
-                        .remember(&record.topic, &record.payload);
+                        .record_acknowledged(&record.topic, &record.payload);
                 }
             }
             SentKind::Republish(topic) => self.memory.republish.acknowledged(&topic),
@@ -848,7 +864,7 @@ impl<'a> Session<'a> {
             record.payload.clone(),
         );
         if retain {
-            self.memory.republish.superseded(&record.topic);
+            self.memory.republish.record_sent(&record.topic);
         }
         self.delivery.requested(
             SentKind::Record {

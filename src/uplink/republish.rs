@@ -17,7 +17,11 @@
 //!   topic whose republish was lost with a connection goes out again with whatever is newest
 //!   by then.
 //! - A newer retained record of a topic handed to the broker makes its pending republish
-//!   redundant ([`RepublishSet::superseded`]): the outbox delivers that record, retained.
+//!   redundant ([`RepublishSet::record_sent`]): the outbox delivers that record, retained.
+//!   Until its PUBACK the topic is not put on the pending list either: the payload held is
+//!   older than that record, and republishing it behind the record would leave the older
+//!   value retained (a broker found to have lost everything while a window of records was
+//!   on the wire did exactly that).
 //! - Records and republishes leave on one connection in the order they were handed over, and
 //!   the broker applies them in that order, so the last retained value is the newest.
 //!
@@ -38,6 +42,9 @@ pub struct RepublishSet {
     queued: HashSet<String>,
     /// Topics republished on the current connection and not yet acknowledged.
     in_flight: HashSet<String>,
+    /// Retained records handed over on the current connection and not yet acknowledged,
+    /// per topic.
+    records_in_flight: HashMap<String, usize>,
 }
 
 impl RepublishSet {
@@ -67,10 +74,23 @@ impl RepublishSet {
 
     /// A newer retained record of `topic` was handed to the broker: republishing the held
     /// value is no longer needed (the record itself will be delivered).
-    pub fn superseded(&mut self, topic: &str) {
+    pub fn record_sent(&mut self, topic: &str) {
         if self.queued.remove(topic) {
             self.pending.retain(|t| t != topic);
         }
+        *self.records_in_flight.entry(topic.to_owned()).or_default() += 1;
+    }
+
+    /// The broker acknowledged a retained record handed over with [`record_sent`]: its
+    /// payload is the newest retained value of the topic.
+    pub fn record_acknowledged(&mut self, topic: &str, payload: &[u8]) {
+        if let Some(n) = self.records_in_flight.get_mut(topic) {
+            *n -= 1;
+            if *n == 0 {
+                self.records_in_flight.remove(topic);
+            }
+        }
+        self.remember(topic, payload);
     }
 
     /// A record of `topic` was given up (quarantined): if an older value is held, put it
@@ -87,7 +107,11 @@ impl RepublishSet {
         let topics: Vec<String> = self
             .payloads
             .keys()
-            .filter(|t| !self.queued.contains(*t) && !self.in_flight.contains(*t))
+            .filter(|t| {
+                !self.queued.contains(*t)
+                    && !self.in_flight.contains(*t)
+                    && !self.records_in_flight.contains_key(*t)
+            })
             .cloned()
             .collect();
         for topic in topics {
@@ -149,6 +173,9 @@ impl RepublishSet {
 
     /// The connection ended: republishes not acknowledged are pending again, first in line.
     pub fn connection_lost(&mut self) {
+        // Unacknowledged records go back to the outbox, which sends them again after any
+        // republish of their topics.
+        self.records_in_flight.clear();
         let lost: Vec<String> = self.in_flight.drain().collect();
         for topic in lost {
             if self.queued.insert(topic.clone()) {
@@ -222,11 +249,29 @@ mod tests {
         set.remember("a", b"1");
         set.remember("b", b"1");
         set.broker_lost_all();
-        set.superseded("a");
+        set.record_sent("a");
         assert_eq!(drain(&mut set), [("b".into(), "1".into())]);
         // That record was then given up: the held value must still come back.
         set.record_given_up("a");
         assert_eq!(drain(&mut set), [("a".into(), "1".into())]);
+    }
+
+    #[test]
+    fn a_broker_found_empty_while_a_newer_record_is_on_the_wire_is_not_sent_the_older_value() {
+        let mut set = RepublishSet::new();
+        set.remember("a", b"9");
+        set.remember("b", b"1");
+        // The newest reading of `a` goes out before the broker check's answer comes back.
+        set.record_sent("a");
+        assert_eq!(set.broker_lost_all(), 1);
+        assert_eq!(drain(&mut set), [("b".into(), "1".into())]);
+        set.record_acknowledged("a", b"229");
+        set.acknowledged("b");
+        // Once acknowledged the topic is held at its newest and put back like any other.
+        assert_eq!(set.broker_lost_all(), 2);
+        let mut sent = drain(&mut set);
+        sent.sort();
+        assert_eq!(sent, [("a".into(), "229".into()), ("b".into(), "1".into())]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::homeassistant::Discovery;
 use crate::model::CommandSink;
 
 /// rumqttc's own in-flight limit: above our window plus the birth, health and `offline`.
-const RUMQTT_INFLIGHT: u16 = 100;
+const RUMQTT_INFLIGHT: u16 = 600;
 
 /// Everything a connection attempt needs that does not change between attempts.
 pub(super) struct Settings {
