@@ -210,7 +210,7 @@ async fn compact_messages_read_with_the_meta_are_exactly_what_json_mode_publishe
     let decoded = decode(&meta, &message.json());
     // Every later message carries the meta's version and the same values.
     let names: Vec<&str> = decoded.keys().map(String::as_str).collect();
-    for (name, _) in &decoded {
+    for name in decoded.keys() {
         wait_until("json mode's reading of every point", DEADLINE, || {
             watch.last_on(&format!("{json_prefix}/m1/{name}"))
         })
