@@ -202,9 +202,7 @@ impl Publisher {
                 )
             });
     }
-}
 
-impl Publisher {
     /// Publishes the whole state of one device in compact mode: the readings of its poll in
     /// progress (when one passed the deadband) or `written`, and its meta first when the
     /// layout is one the outbox has not carried yet.
