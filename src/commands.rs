@@ -65,7 +65,7 @@ pub fn describe(config: &Config) -> String {
     let m = &config.mqtt;
     let _ = writeln!(
         out,
-        "gateway {}: {} {}{} as {:?}, prefix {:?}, keep-alive {:?}, qos {}",
+        "gateway {}: {} {}{} as {:?}, prefix {:?}, keep-alive {:?}, qos {}, payload {}",
         config.gateway.id,
         if m.servers.len() > 1 {
             "brokers (failover, in order)"
@@ -81,7 +81,8 @@ pub fn describe(config: &Config) -> String {
         m.client_id,
         m.prefix,
         m.keep_alive,
-        m.qos
+        m.qos,
+        m.payload.word()
     );
     let writable: Vec<String> = config
         .devices

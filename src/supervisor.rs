@@ -78,10 +78,9 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts a task for every bus that has devices, and the uplink.
     pub fn start(config: Config, outbox: Arc<Outbox>, health: Arc<Health>) -> Supervisor {
-        let publishers = Arc::new(Publishers::new(Publisher::new(
-            &config.mqtt,
-            outbox.clone(),
-        )));
+        let publishers = Arc::new(Publishers::new(
+            Publisher::new(&config.mqtt, outbox.clone()).with_devices(&config.devices),
+        ));
         let sink: Arc<dyn SampleSink> = publishers.clone();
         // Only with a writable point does the agent subscribe to commands at all.
         let commands = Router::new(&config, sink).map(Arc::new);
@@ -194,7 +193,7 @@ impl Supervisor {
         }
         if plan.publisher {
             self.publishers
-                .replace(Publisher::new(&new.mqtt, self.outbox.clone()));
+                .replace(Publisher::new(&new.mqtt, self.outbox.clone()).with_devices(&new.devices));
         }
         self.config = new;
         if self.uplink.is_none() {

@@ -59,7 +59,7 @@ fn golden_cases() -> Vec<(String, config::Config)> {
     }
     let every = repo().join("tests/golden/homeassistant/every-entity.toml");
     let text = std::fs::read_to_string(&every).unwrap();
-    for mode in ["json", "plain", "device"] {
+    for mode in ["json", "plain", "device", "compact"] {
         let text = text.replace(
             "prefix = \"site/gw-7\"",
             &format!("prefix = \"site/gw-7\"\npayload = \"{mode}\""),

@@ -168,7 +168,9 @@ async fn a_broker_that_forgot_everything_gets_it_all_back(name: &str, payload: P
     rig.feed();
     let before = rig.delivered().await;
     let expected_topics: Vec<&str> = match payload {
-        PayloadMode::Device => vec!["meter", "meter/meta", "meter/status", "pump/status"],
+        PayloadMode::Device | PayloadMode::Compact => {
+            vec!["meter", "meter/meta", "meter/status", "pump/status"]
+        }
         _ => vec![
             "meter/count",
             "meter/current",
@@ -223,6 +225,13 @@ async fn after_a_broker_restart_without_persistence_a_late_subscriber_gets_every
 async fn after_a_broker_restart_without_persistence_a_late_subscriber_gets_every_retained_topic_back_in_device_mode(
 ) {
     a_broker_that_forgot_everything_gets_it_all_back("fl/rp-dev", PayloadMode::Device).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_without_persistence_a_late_subscriber_gets_every_retained_topic_back_in_compact_mode(
+) {
+    // The meta above all: without it the compact array cannot be read.
+    a_broker_that_forgot_everything_gets_it_all_back("fl/rp-compact", PayloadMode::Compact).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,28 @@ pub enum PayloadMode {
     /// `{"ts":<unix ms>,"seq":<n>,"values":{"voltage":230.1,…}}`; units go once to the
     /// retained `<prefix>/<device>/meta` (see `uplink::topic`).
     Device,
+    /// One message per device and poll on `<prefix>/<device>` holding every point's value
+    /// in the order of the retained `<prefix>/<device>/meta`:
+    /// `{"ts":…,"seq":…,"boot":…,"m":"<meta version>","v":[230.1,…]}` (see
+    /// `uplink::compact`).
+    Compact,
+}
+
+impl PayloadMode {
+    /// The word `payload =` takes, as `check` prints it.
+    pub fn word(self) -> &'static str {
+        match self {
+            PayloadMode::Json => "json",
+            PayloadMode::Plain => "plain",
+            PayloadMode::Device => "device",
+            PayloadMode::Compact => "compact",
+        }
+    }
+
+    /// One retained message per device and poll on `<prefix>/<device>`.
+    pub fn batches_devices(self) -> bool {
+        matches!(self, PayloadMode::Device | PayloadMode::Compact)
+    }
 }
 
 /// `[homeassistant]`, and the facts discovery needs that the checked device types do not

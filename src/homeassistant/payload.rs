@@ -26,6 +26,12 @@
 //! that poll (intervals differ, and a deadband leaves unchanged ones out); for a missing
 //! point the templates render nothing, which Home Assistant ignores for numbers, bools and
 //! availability (a text sensor keeps its state with `this.state`).
+//!
+//! In compact mode a point is `value_json.v[<index>]`, the index of its place in the
+//! device's configured point list (`uplink::compact`); the templates read it only from a
+//! message whose meta version `m` is the one of the configs, so a message retained before a
+//! reload changed the list is not read with the new indices. A `null` renders nothing; the
+//! availability template says `offline` while `q` names the index.
 
 use serde_json::{json, Map, Value as Json};
 
@@ -33,6 +39,7 @@ use crate::config::ha_classes::{self, ha_unit};
 use crate::config::{
     Config, DataType, Device, DeviceKind, HaEntity, HaPoint, HomeAssistant, PayloadMode,
 };
+use crate::uplink::compact;
 use crate::uplink::topic;
 
 /// One retained discovery message.
@@ -372,6 +379,31 @@ fn point_config(
             let quality = format!(
                 "{{% if {present} %}}{{{{ 'offline' if value_json.quality is defined and '{}' in value_json.quality else 'online' }}}}{{% endif %}}",
                 p.name
+            );
+            (
+                topic::device_topic(prefix, &device.name),
+                Some(value),
+                Some(quality),
+            )
+        }
+        PayloadMode::Compact => {
+            let layout = compact::Layout::of_device(device);
+            let i = layout.index_of(p.name).unwrap_or_default();
+            let v = format!("value_json.v[{i}]");
+            // A message of another layout (one retained before a reload) is not decoded.
+            let ours = format!("value_json.m == '{}'", layout.version());
+            let present = format!("{ours} and {v} is not none");
+            let value = match p.entity {
+                HaEntity::BinarySensor | HaEntity::Switch => {
+                    format!("{{% if {present} %}}{{{{ 'ON' if {v} else 'OFF' }}}}{{% endif %}}")
+                }
+                HaEntity::TextSensor => format!("{{{{ {v} if {present} else this.state }}}}"),
+                HaEntity::Sensor | HaEntity::Number => {
+                    format!("{{% if {present} %}}{{{{ {v} }}}}{{% endif %}}")
+                }
+            };
+            let quality = format!(
+                "{{% if {ours} %}}{{{{ 'offline' if value_json.q is defined and '{i}' in value_json.q else 'online' }}}}{{% endif %}}"
             );
             (
                 topic::device_topic(prefix, &device.name),

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::{Config, Mqtt};
+use crate::config::{Config, Mqtt, PayloadMode};
 use crate::homeassistant::discovery_configs;
 
 /// Why the uplink restarts.
@@ -114,7 +114,11 @@ impl Plan {
         }
         plan.publisher = old.mqtt.prefix != new.mqtt.prefix
             || old.mqtt.payload != new.mqtt.payload
-            || old.mqtt.report != new.mqtt.report;
+            || old.mqtt.report != new.mqtt.report
+            // Compact messages follow the configured point order: a new order is a new meta.
+            || (new.mqtt.payload == PayloadMode::Compact
+                && crate::uplink::compact::layouts(&old.devices)
+                    != crate::uplink::compact::layouts(&new.devices));
         plan.commands = old.mqtt.command_max_age != new.mqtt.command_max_age
             || writable_points(old) != writable_points(new);
 

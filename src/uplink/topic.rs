@@ -30,6 +30,10 @@
 //! device's first batch and again when a batch brings a point it did not list yet. With a
 //! deadband, `values` holds only the points that passed it, so a consumer keeps the last
 //! value per point; the retained message is the last batch, not the full state.
+//!
+//! With `payload = "compact"` the same topic carries every point of the device in the order
+//! of its configuration, `{"ts":…,"seq":…,"boot":…,"m":"<meta version>","v":[230.1,…]}`,
+//! the names, types and units once in the retained meta: see `uplink::compact`.
 
 use serde_json::{Map, Value as Json};
 
@@ -45,12 +49,14 @@ pub fn reading_topic(prefix: &str, device: &str, point: &str) -> String {
     format!("{prefix}/{device}/{point}")
 }
 
-/// `<prefix>/<device>`: the device-batched readings (`payload = "device"`), retained.
+/// `<prefix>/<device>`: the device-batched readings (`payload = "device"` or `"compact"`),
+/// retained.
 pub fn device_topic(prefix: &str, device: &str) -> String {
     format!("{prefix}/{device}")
 }
 
-/// `<prefix>/<device>/meta`: the units of a device's points (`payload = "device"`), retained.
+/// `<prefix>/<device>/meta`: the units of a device's points (`payload = "device"`), or the
+/// order, types and units of the compact array (`payload = "compact"`); retained.
 pub fn device_meta_topic(prefix: &str, device: &str) -> String {
     format!("{prefix}/{device}/meta")
 }
@@ -129,8 +135,9 @@ pub fn publishes(mode: PayloadMode, reading: &Reading) -> bool {
 pub fn reading_payload(mode: PayloadMode, reading: &Reading, number: ReadingNumber) -> Vec<u8> {
     match mode {
         PayloadMode::Plain => plain_value(&reading.value).unwrap_or_default().into_bytes(),
-        // A lone reading in device mode (the publisher batches; this is for completeness).
-        PayloadMode::Device => device_payload(
+        // A lone reading in device or compact mode (the publisher batches both; this is for
+        // completeness, in the form that needs no meta to read).
+        PayloadMode::Device | PayloadMode::Compact => device_payload(
             reading.ts_ms,
             number,
             std::iter::once((reading.point.as_ref(), &reading.value)),

@@ -200,6 +200,7 @@ impl Checker {
                     ("json", PayloadMode::Json),
                     ("plain", PayloadMode::Plain),
                     ("device", PayloadMode::Device),
+                    ("compact", PayloadMode::Compact),
                 ],
             ),
         };
