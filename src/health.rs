@@ -80,7 +80,7 @@ pub struct Section {
     /// What the health topic carries under the source's key.
     pub value: serde_json::Value,
     /// A condition the operator must hear about early (e.g. the buffer's disk error): when
-    /// it appears, changes or clears, the health topic goes out before its next minute.
+    /// it appears, changes or clears, the health topic goes out before its next heartbeat.
     pub trouble: Option<String>,
 }
 

@@ -235,6 +235,15 @@ impl MapStore {
     /// One I/O round at `now`, as `buffer::io::round` runs it.
     fn round(&mut self, st: &mut State, now: Instant, final_flush: bool) {
         let plan = st.plan(now, final_flush, 0);
+        // A write takes every due delete into its transaction, deleted first.
+        let acked = if plan.write {
+            st.deletes_due(now, true)
+        } else {
+            Vec::new()
+        };
+        for seq in &acked {
+            self.rows.remove(seq);
+        }
         let mut appended = Appended::default();
         for r in &plan.batch {
             self.rows.entry(r.seq).or_insert_with(|| r.clone());
@@ -249,7 +258,8 @@ impl MapStore {
                 stored_bytes: 0,
             },
         );
-        let doomed = st.deletes_due(now, plan.force_deletes);
+        st.deleted(acked, true);
+        let doomed = st.deletes_due(now, false);
         for seq in &doomed {
             self.rows.remove(seq);
         }
@@ -525,6 +535,40 @@ fn in_always_mode_a_commit_is_planned_once_per_commit_interval() {
     );
 }
 
+#[test]
+fn in_always_mode_acknowledged_rows_wait_for_the_next_commit_and_go_in_its_transaction() {
+    let t0 = Instant::now();
+    let mut st = State::new(disk_rules(Durability::Always, None), 1, 0, t0);
+    let mut disk = MapStore::default();
+    disk.attach(&mut st);
+    let n = DELETE_BATCH + 10;
+    for _ in 0..n {
+        push(&mut st, "t/a", true);
+    }
+    let t1 = t0 + Duration::from_secs(1);
+    disk.round(&mut st, t1, false);
+    assert_eq!(disk.rows.len(), n, "committed");
+    let taken = st.take(t1, n).0;
+    assert_eq!(taken.len(), n);
+    let wakes = taken.iter().filter(|r| st.ack(r.seq).unwrap()).count();
+    assert_eq!(
+        wakes, 0,
+        "a full batch of acks does not wake the I/O: the commit takes it"
+    );
+    let late = t1 + DELETE_EVERY;
+    assert!(
+        st.deletes_due(late, false).is_empty(),
+        "nor is it due between commits"
+    );
+    let plan = st.plan(late, false, 0);
+    assert!(plan.write);
+    assert_eq!(
+        st.deletes_due(late, true).len(),
+        n,
+        "the commit's round takes them all"
+    );
+}
+
 /// The spill race that withdrew this split once (tests/buffer_accounting.rs failed 1 run in
 /// 15), one interleaving at a time. The I/O thread holds no lock between its plan and the
 /// write, so the uplink's PUBACK for a record of the planned batch can land in between; if
@@ -550,15 +594,15 @@ fn full_round_with_an_ack_after_the_plan(
         "the test needs a write that overflows"
     );
     assert!(plan.batch.iter().any(|r| r.seq == acked));
+    // The write takes the due deletes with its plan (under the same lock), as
+    // `buffer::io::round` does: they make its room.
+    let make_room = st.deletes_due(now, true);
     // The PUBACK arrives while the I/O thread works on the plan.
     assert_eq!(st.ack(acked), Some(false));
-    // 0. Make room, as `buffer::io::round` does.
-    let doomed = st.deletes_due(now, true);
-    for seq in &doomed {
+    // 1. The write: its deletes first, then the bound asks about what does not fit.
+    for seq in &make_room {
         disk.rows.remove(seq);
     }
-    st.deleted(doomed, true);
-    // 1. The write; the bound asks about what does not fit.
     let mut appended = Appended::default();
     let mut dropped = 0;
     for r in &plan.batch {
@@ -588,8 +632,9 @@ fn full_round_with_an_ack_after_the_plan(
             stored_bytes: FULL,
         },
     );
-    // 2. The deletes of acknowledged rows.
-    let doomed = st.deletes_due(now, plan.force_deletes);
+    st.deleted(make_room, true);
+    // 2. The deletes of acknowledged rows between writes.
+    let doomed = st.deletes_due(now, false);
     for seq in &doomed {
         disk.rows.remove(seq);
     }
@@ -663,9 +708,10 @@ fn an_ack_between_the_plan_and_a_make_room_delete_is_never_counted_dropped() {
 }
 
 /// A disk round of `buffer::io::round` cut where the I/O thread lets go of the lock, so the
-/// uplink's calls can land between any two steps: the plan, the make-room delete and its
-/// report, the write (its bound asking verdicts) and its report, the deletes and their
-/// report, the replay read and its report. The store is a map with a byte bound that
+/// uplink's calls can land between any two steps: the plan (with the deletes a write takes
+/// into its transaction), the write (those deletes first, then its bound asking verdicts)
+/// and its report, the deletes between writes and their report, the replay read and its
+/// report. The store is a map with a byte bound that
 /// drops as `buffer::store` does (`drop_newest`: what does not fit is asked about;
 /// `drop_oldest`: the oldest rows are asked about, one at a time, until the excess is gone).
 #[derive(Debug, Default)]
@@ -680,10 +726,8 @@ struct BoundedStore {
 #[derive(Debug)]
 enum Stage {
     Plan,
-    MakeRoom(Plan),
-    MakeRoomDone(Plan, Vec<u64>),
-    Write(Plan),
-    Written(Plan, Appended),
+    Write(Plan, Vec<u64>),
+    Written(Plan, Appended, Vec<u64>),
     Deletes(bool),
     Deleted(Vec<u64>),
     Read,
@@ -766,35 +810,29 @@ impl BoundedStore {
         let next = match stage {
             Stage::Plan => {
                 let plan = st.plan(now, flush, self.bytes);
-                if plan.write && plan.make_room {
-                    Stage::MakeRoom(plan)
+                let acked = if plan.write {
+                    st.deletes_due(now, true)
                 } else {
-                    Stage::Write(plan)
-                }
+                    Vec::new()
+                };
+                Stage::Write(plan, acked)
             }
-            Stage::MakeRoom(plan) => {
-                let doomed = st.deletes_due(now, true);
-                for &seq in &doomed {
+            Stage::Write(plan, acked) => {
+                for &seq in &acked {
                     self.remove(seq);
                 }
-                Stage::MakeRoomDone(plan, doomed)
-            }
-            Stage::MakeRoomDone(plan, doomed) => {
-                st.deleted(doomed, true);
-                Stage::Write(plan)
-            }
-            Stage::Write(plan) => {
                 let appended = self.append(st, &plan);
-                Stage::Written(plan, appended)
+                Stage::Written(plan, appended, acked)
             }
-            Stage::Written(plan, appended) => {
+            Stage::Written(plan, appended, acked) => {
                 let after = StoreAfter {
                     depth: self.rows.len() as u64,
                     dropped: self.dropped,
                     stored_bytes: self.bytes,
                 };
                 st.written(&plan, &appended, after);
-                Stage::Deletes(plan.force_deletes)
+                st.deleted(acked, true);
+                Stage::Deletes(false)
             }
             Stage::Deletes(force) => {
                 let doomed = st.deletes_due(now, force);

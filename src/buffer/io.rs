@@ -16,7 +16,7 @@ use super::clock::{describe_step, Clock, StepWatch};
 use super::error::{BufferError, Result};
 use super::state::{Opened, State, StoreAfter, SEQ_RESERVE_BLOCK};
 use super::stats::Stats;
-use super::store::{Now, Store};
+use super::store::{Now, Store, Write};
 use crate::config::Durability;
 
 /// Housekeeping period in `outage` mode.
@@ -209,38 +209,54 @@ fn delete(shared: &Shared, store: &mut Store, now: Instant, force: bool) -> Resu
 }
 
 fn round(shared: &Shared, store: &mut Store, now: Instant, final_flush: bool) -> Result<()> {
-    let plan = lock(&shared.state).plan(now, final_flush, store.stored_bytes());
-
-    // 0. Make room for a write that overflows `max_size` (see `Plan::make_room`).
-    if plan.write && plan.make_room {
-        delete(shared, store, now, true)?;
-    }
+    // A write takes every acknowledged record's delete into its own transaction (deleted
+    // first, which also makes room for it under `max_size`, see `Plan::make_room`): one
+    // commit per `commit_interval` in `always` mode instead of one per batch of acks.
+    let (plan, acked) = {
+        let mut st = lock(&shared.state);
+        let plan = st.plan(now, final_flush, store.stored_bytes());
+        let acked = if plan.write {
+            st.deletes_due(now, true)
+        } else {
+            Vec::new()
+        };
+        (plan, acked)
+    };
 
     // 1. The write. The bound asks the memory state about every record it wants gone,
     // under the state lock, inside the store's transaction.
     let mut decide = |seqs: &[u64]| lock(&shared.state).verdicts(seqs);
-    let appended = store
-        .append(&plan.batch, &plan.sent, &mut decide)
-        .and_then(|a| store.note_newest(&plan.newest).map(|()| a));
-    match appended {
-        Ok(appended) => lock(&shared.state).written(
-            &plan,
-            &appended,
-            StoreAfter {
-                depth: store.depth(),
-                dropped: store.dropped_total(),
-                stored_bytes: store.stored_bytes(),
-            },
-        ),
+    let write = Write {
+        records: &plan.batch,
+        sent: &plan.sent,
+        newest: &plan.newest,
+        acked: &acked,
+    };
+    match store.write(write, &mut decide) {
+        Ok(appended) => {
+            let mut st = lock(&shared.state);
+            st.written(
+                &plan,
+                &appended,
+                StoreAfter {
+                    depth: store.depth(),
+                    dropped: store.dropped_total(),
+                    stored_bytes: store.stored_bytes(),
+                },
+            );
+            st.deleted(acked, true);
+        }
         Err(e) => {
-            lock(&shared.state).write_failed(plan);
+            let mut st = lock(&shared.state);
+            st.write_failed(plan);
+            st.deleted(acked, false);
             return Err(e);
         }
     }
     shared.notify.notify_one();
 
-    // 2. Deletes of acknowledged records.
-    delete(shared, store, now, plan.force_deletes)?;
+    // 2. Deletes of acknowledged records between writes (a replay draining the backlog).
+    delete(shared, store, now, false)?;
 
     // 3. Age bound, on the boot-time clock (see `super::age`).
     let at = Now {

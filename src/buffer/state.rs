@@ -41,8 +41,9 @@ pub const PREFETCH_BATCH: usize = 512;
 const PREFETCH_LOW: usize = 128;
 /// Acknowledged on-disk records are deleted once this many are pending or every
 /// [`DELETE_EVERY`]: deletes rewrite the same leaf pages the commits just wrote, so
-/// batching them is most of the SD-card saving in `always` mode. A crash in between
-/// replays those records again (duplicates, at most this many).
+/// batching them saves SD-card wear. A crash in between replays those records again
+/// (duplicates, at most this many). In `always` mode they wait for the next commit instead
+/// and go in its transaction (see `io`): one commit per `commit_interval` in all.
 pub const DELETE_BATCH: usize = 256;
 pub const DELETE_EVERY: Duration = Duration::from_secs(10);
 /// Age checks, on the boot-time clock (so a test's clock drives them too).
@@ -388,7 +389,7 @@ impl State {
         if on_disk {
             self.resident.remove(&seq);
             self.to_delete.insert(seq);
-            wake = self.to_delete.len() >= DELETE_BATCH;
+            wake = self.to_delete.len() >= DELETE_BATCH && !self.deletes_wait_for_commits();
         }
         Some(wake)
     }
@@ -766,8 +767,9 @@ impl State {
     /// would stay on disk for good, or be counted dropped when the bound asks about it.
     pub fn deletes_due(&mut self, now: Instant, force: bool) -> Vec<u64> {
         let due = force
-            || self.to_delete.len() >= DELETE_BATCH
-            || now.saturating_duration_since(self.last_delete) >= DELETE_EVERY;
+            || (!self.deletes_wait_for_commits()
+                && (self.to_delete.len() >= DELETE_BATCH
+                    || now.saturating_duration_since(self.last_delete) >= DELETE_EVERY));
         if !due {
             return Vec::new();
         }
@@ -778,6 +780,12 @@ impl State {
         self.to_delete.extend(unwritten);
         self.deleting.extend(doomed.iter().copied());
         doomed
+    }
+
+    /// In `always` mode a commit is at most `commit_interval` away and takes the deletes
+    /// into its transaction ([`DELETE_BATCH`]).
+    fn deletes_wait_for_commits(&self) -> bool {
+        self.rules.durability == Durability::Always
     }
 
     /// The deletes of [`State::deletes_due`] are done (or failed: they wait for the next).

@@ -150,7 +150,7 @@ pub const HEALTH_INTERVAL: DurationRange = DurationRange {
     min: seconds(10),
     max: seconds(DAY),
     what: "the interval of the health message",
-    example: "60s",
+    example: "5m",
 };
 
 #[cfg(test)]

@@ -14,7 +14,8 @@
 //!   then dead at once) keeps backing off instead of hammering the broker, while a path that
 //!   works but is cut now and then (a NAT or carrier that resets connections every 30 s, seen
 //!   in the chaos soak) reconnects after a short wait every time, not after the ceiling.
-//! - Health pacing ([`HealthPacer`]): besides its minute, the health topic goes out when
+//! - Health pacing ([`HealthPacer`]): besides its heartbeat (every `health_interval`, 5 min
+//!   by default), the health topic goes out when
 //!   something an operator must hear about changed (link state, a trouble such as the
 //!   buffer's disk error appearing, changing or clearing, the dropped count starting to
 //!   grow), at most once per [`HEALTH_MIN_GAP`]; never for ordinary readings.
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::health::LinkState;
 
-/// At most one extra health message per this gap (the minute's message is not held back).
+/// At most one extra health message per this gap (the heartbeat is not held back).
 pub const HEALTH_MIN_GAP: Duration = Duration::from_secs(5);
 
 /// A complaint that goes on is logged again this often.
@@ -236,8 +237,8 @@ impl HealthPacer {
     }
 
     /// True when `facts` differ materially from the last message and the gap allows one.
-    /// Drops that keep growing are reported once when they start; the minute's message
-    /// shows how far they went.
+    /// Drops that keep growing are reported once when they start; the heartbeat shows how
+    /// far they went.
     pub fn due(&self, facts: &HealthFacts, now: Instant) -> bool {
         let Some(last) = &self.last else {
             return true;
@@ -250,7 +251,7 @@ impl HealthPacer {
             || (facts.dropped > last.facts.dropped && !last.dropping)
     }
 
-    /// A health message with `facts` went out at `now` (early or on its minute).
+    /// A health message with `facts` went out at `now` (early or as the heartbeat).
     pub fn published(&mut self, facts: HealthFacts, now: Instant) {
         let dropping = self
             .last

@@ -277,25 +277,35 @@ pub struct OutboxFacts {
     pub dropped: u64,
 }
 
-/// `{"link":"up","last_error":null,"reconnects":0,"routing":"ok","quarantined":0,
-/// "last_quarantined":null,"outbox_depth":0,"dropped":0,"ts":…}`, then one key per report
-/// section, e.g.
-/// `"buffer":{"disk_error":null,"memory_depth":0,"disk_depth":0,"dropped":0,"recovery":null}`
-/// and `"serial_line":{"<bus>":{"garbage":0,"overlong":0,"bad_checksum":0,…}}`. A section
+/// `{"link":"up","server":"b1:8883","routing":"ok","outbox_depth":0,"dropped":0,"ts":…}`,
+/// with `last_error`, `reconnects`, `quarantined` and `last_quarantined` only when they are
+/// set or non-zero, then one key per report section, e.g. `"buffer":{"boot":7}` and
+/// `"serial_line":{"<bus>":{"garbage":0,"overlong":0,"bad_checksum":0,…}}`. A section
 /// never replaces one of the fixed keys.
+///
+/// Null and zero fields are left out (absent means null or 0, as the README documents) so
+/// that the heartbeat of an idle gateway stays small on a metered link; `outbox_depth` and
+/// `dropped` are always there, Home Assistant's gateway sensors read them.
 pub fn health_payload(report: &HealthReport, outbox: OutboxFacts, ts_ms: u64) -> Vec<u8> {
     let link = &report.link;
     let mut body = Map::new();
     body.insert("link".into(), serde_json::json!(link.state));
-    body.insert("last_error".into(), Json::from(link.last_error.clone()));
-    body.insert("reconnects".into(), Json::from(link.reconnects));
-    body.insert("server".into(), Json::from(link.server.clone()));
+    if let Some(error) = &link.last_error {
+        body.insert("last_error".into(), Json::from(error.as_str()));
+    }
+    if link.reconnects > 0 {
+        body.insert("reconnects".into(), Json::from(link.reconnects));
+    }
+    if let Some(server) = &link.server {
+        body.insert("server".into(), Json::from(server.as_str()));
+    }
     body.insert("routing".into(), Json::from(link.routing.clone()));
-    body.insert("quarantined".into(), Json::from(link.quarantined));
-    body.insert(
-        "last_quarantined".into(),
-        Json::from(link.last_quarantined.clone()),
-    );
+    if link.quarantined > 0 {
+        body.insert("quarantined".into(), Json::from(link.quarantined));
+    }
+    if let Some(last) = &link.last_quarantined {
+        body.insert("last_quarantined".into(), Json::from(last.as_str()));
+    }
     body.insert("outbox_depth".into(), Json::from(outbox.depth));
     body.insert("dropped".into(), Json::from(outbox.dropped));
     body.insert("ts".into(), Json::from(ts_ms));
@@ -584,5 +594,31 @@ mod tests {
         assert_eq!(v["ts"], 42);
         assert_eq!(v["buffer"]["disk_error"], "read-only file system");
         assert_eq!(v["link"], "down", "a section never replaces a fixed key");
+    }
+
+    #[test]
+    fn an_idle_healthy_health_payload_leaves_out_null_and_zero_fields() {
+        let report = HealthReport {
+            link: LinkReport {
+                state: LinkState::Up,
+                last_error: None,
+                reconnects: 0,
+                routing: "ok".into(),
+                quarantined: 0,
+                last_quarantined: None,
+                server: Some("b1.example:8883".into()),
+            },
+            sections: vec![],
+        };
+        let facts = OutboxFacts {
+            depth: 0,
+            dropped: 0,
+        };
+        let payload = health_payload(&report, facts, 1_764_160_000_000);
+        assert_eq!(
+            json(payload),
+            serde_json::json!({"link": "up", "server": "b1.example:8883", "routing": "ok",
+                               "outbox_depth": 0, "dropped": 0, "ts": 1_764_160_000_000u64})
+        );
     }
 }

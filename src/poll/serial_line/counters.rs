@@ -77,7 +77,7 @@ pub fn all_counters() -> Vec<(String, SerialLineCounts)> {
 
 /// The `serial_line` section of the health topic: every serial_line bus's counters by bus
 /// name, or `None` when there is no serial_line bus. Counters are facts, not troubles: they
-/// go out with the health topic's minute.
+/// go out with the health topic's heartbeat.
 pub fn health_section() -> Option<crate::health::Section> {
     let all = all_counters();
     if all.is_empty() {
