@@ -107,14 +107,15 @@ pub async fn run(
         fastrand::Rng::new(),
     );
     let mut memory = Memory::new(discovery);
-    // The loop ticks on every broker event (at least one per keep-alive while up), and
-    // between connection attempts, which may be a backoff plus a connect timeout apart.
+    // The loop ticks on every broker event (at least one per keep-alive while up) and every
+    // second for the health check, and between connection attempts, which may be a backoff
+    // plus a connect timeout apart. Not the health heartbeat (5 min): a stuck uplink would
+    // go unnoticed for that long.
     let beat = health.register(
         "uplink",
         settings.cfg.backoff_max
             + settings.cfg.connect_timeout
             + settings.keep_alive * 3
-            + settings.cfg.health_interval
             + CHECK_WAIT,
     );
     loop {
