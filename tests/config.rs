@@ -223,6 +223,33 @@ fn the_demo_config_has_the_points_the_demo_serves() {
 }
 
 #[test]
+fn the_default_spill_threshold_holds_two_rounds_of_a_large_map_in_memory() {
+    let map = |devices: usize, points: usize, extra: &str| {
+        let mut text = format!(
+            "[gateway]\nid = \"gw\"\n[mqtt]\nhost = \"b\"\n{extra}\
+             [[bus]]\nname = \"t\"\ntype = \"modbus_tcp\"\naddress = \"10.0.0.2:502\"\n"
+        );
+        for d in 0..devices {
+            text.push_str(&format!(
+                "[[device]]\nname = \"m{d}\"\nbus = \"t\"\nunit = 1\n"
+            ));
+            for p in 0..points {
+                text.push_str(&format!(
+                    "[[device.point]]\nname = \"p{p}\"\naddress = \"{}\"\ntype = \"u16\"\n",
+                    40001 + p
+                ));
+            }
+        }
+        config::load_str(Path::new("/nowhere/map.toml"), &text).unwrap()
+    };
+    assert_eq!(map(5, 24, "").buffer.spill_threshold, 1000);
+    // 50 x 40 polled in one second: 2 000 readings queued at once must not go to disk.
+    assert_eq!(map(50, 40, "").buffer.spill_threshold, 4000);
+    let set = map(50, 40, "[buffer]\nspill_threshold = 500\n");
+    assert_eq!(set.buffer.spill_threshold, 500, "the file wins");
+}
+
+#[test]
 fn defaults_fill_every_optional_key() {
     let config = config::load_str(
         Path::new("/nowhere/min.toml"),

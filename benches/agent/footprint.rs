@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::agent_proc::AgentProc;
-use crate::procfs::{cpu_seconds, cpu_ticks_seconds, status_kb, threads, voluntary_switches};
+use crate::procfs::{
+    cpu_seconds, cpu_ticks_seconds, disk_write_bytes, status_kb, threads, voluntary_switches,
+};
 use crate::report::Report;
 use crate::rig::{
     head_with, mqtt_section, points_per_request, requests, tcp_fleet, wait_for_requests,
@@ -38,11 +40,12 @@ pub async fn footprint(
     tokio::time::sleep(Duration::from_secs(if args.quick { 3 } else { 10 })).await;
 
     let window = args.footprint_window();
-    let (r0, c0, k0, w0, t0) = (
+    let (r0, c0, k0, w0, d0, t0) = (
         requests(&sims),
         cpu_seconds(pid),
         cpu_ticks_seconds(pid),
         voluntary_switches(pid),
+        disk_write_bytes(pid),
         Instant::now(),
     );
     let (mut rss_max, mut anon_max) = (0, 0);
@@ -56,6 +59,7 @@ pub async fn footprint(
     let cpu = cpu_seconds(pid) - c0;
     let cpu_ticks = cpu_ticks_seconds(pid) - k0;
     let wakeups = (voluntary_switches(pid) - w0) as f64 / elapsed;
+    let disk_bytes = disk_write_bytes(pid).saturating_sub(d0);
     let hwm = status_kb(pid, "VmHWM");
     let n_threads = threads(pid);
     let tail = agent.log_tail();
@@ -106,6 +110,14 @@ pub async fn footprint(
         "1/s",
     );
     row.note = format!("{n_threads} threads");
+    let row = report.add(
+        &scenario,
+        "disk writes per reading (link up)",
+        disk_bytes as f64 / readings.max(1.0),
+        "B",
+    );
+    row.note =
+        "write_bytes of /proc/PID/io; outage mode writes nothing while the link keeps up".into();
     let row = report.add(&scenario, "threads", n_threads as f64, "");
     row.note = format!("window {:.0}s; agent log tail: {tail}", elapsed);
 }

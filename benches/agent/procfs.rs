@@ -73,3 +73,14 @@ pub fn voluntary_switches(pid: u32) -> u64 {
 pub fn threads(pid: u32) -> u64 {
     status_kb(pid, "Threads")
 }
+
+/// Bytes the process caused to be written to storage (`write_bytes` of /proc/PID/io; 0 on a
+/// tmpfs, which the bench's temporary directories are not on by default).
+pub fn disk_write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}

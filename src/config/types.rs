@@ -783,8 +783,12 @@ pub struct Buffer {
     /// Live readings are never rate limited.
     pub replay_rate: Option<u32>,
     /// `spill_threshold`: readings held in memory (queued + in flight) beyond which they
-    /// spill to disk even while the link is up (`durability = "outage"`). Default 1000.
+    /// spill to disk even while the link is up (`durability = "outage"`). Default 1000, or
+    /// two rounds of every device's points when the map is larger.
     pub spill_threshold: usize,
+    /// `spill_threshold` was left out: it follows the map (a reload that grows the map does
+    /// not call for a restart over it).
+    pub spill_threshold_follows_map: bool,
 }
 
 /// `durability = "outage" | "always"`: SD-card wear against what a power cut can lose.
@@ -848,6 +852,7 @@ impl Default for Buffer {
             replay: Replay::All,
             replay_rate: None,
             spill_threshold: Buffer::DEFAULT_SPILL_THRESHOLD,
+            spill_threshold_follows_map: true,
         }
     }
 }

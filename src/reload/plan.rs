@@ -122,7 +122,7 @@ impl Plan {
         plan.commands = old.mqtt.command_max_age != new.mqtt.command_max_age
             || writable_points(old) != writable_points(new);
 
-        if old.buffer != new.buffer {
+        if !same_buffer(&old.buffer, &new.buffer) {
             plan.needs_restart.push(NEEDS_RESTART_BUFFER);
         }
         if old.mqtt.queue_capacity != new.mqtt.queue_capacity {
@@ -147,6 +147,17 @@ impl Plan {
 
 fn same_devices(old: &Config, new: &Config, bus: &str) -> bool {
     old.devices_on(bus).eq(new.devices_on(bus))
+}
+
+/// Whether a restart would open the buffer as it runs: a `spill_threshold` that follows the
+/// map on both sides is not the user's change.
+fn same_buffer(old: &crate::config::Buffer, new: &crate::config::Buffer) -> bool {
+    if old.spill_threshold_follows_map && new.spill_threshold_follows_map {
+        let mut new = new.clone();
+        new.spill_threshold = old.spill_threshold;
+        return *old == new;
+    }
+    old == new
 }
 
 /// `[mqtt]` as the uplink uses it: `queue_capacity` sizes the buffer (restart only) and
@@ -334,6 +345,20 @@ type = "u16"
         let plan = Plan::between(&config(&base()), &config(&other));
         assert_eq!(plan.uplink, [UplinkChange::Mqtt]);
         assert!(plan.publisher);
+    }
+
+    #[test]
+    fn a_spill_threshold_that_follows_the_map_calls_for_no_restart_when_the_map_grows() {
+        let mut old = crate::config::Buffer::default();
+        let mut new = old.clone();
+        old.spill_threshold = 1000;
+        new.spill_threshold = 4000;
+        assert!(same_buffer(&old, &new), "both follow the map");
+        new.spill_threshold_follows_map = false;
+        assert!(
+            !same_buffer(&old, &new),
+            "set in the file: a restart applies it"
+        );
     }
 
     #[test]

@@ -143,7 +143,10 @@ impl Checker {
                 1..=10_000_000,
                 "give a number of readings, {range}",
             ) {
-                Some(n) => buffer.spill_threshold = n as usize,
+                Some(n) => {
+                    buffer.spill_threshold = n as usize;
+                    buffer.spill_threshold_follows_map = false;
+                }
                 None => ok = false,
             }
         }

@@ -40,7 +40,7 @@ use register_map::Profiles;
 use shared::{BusFamily, KnownBus, Seen};
 
 use super::raw::RawRootScalars;
-use super::types::{Buffer, Bus, Config, Device, HomeAssistant, Log};
+use super::types::{Buffer, Bus, Config, Device, DeviceKind, HomeAssistant, Log};
 
 pub use engine::{ConfigError, ConfigErrors};
 pub use register_map::SYSTEM_PROFILE_DIRS;
@@ -160,12 +160,19 @@ impl Checker {
         }
         discovery?;
 
+        let mut buffer = buffer?;
+        if buffer.spill_threshold_follows_map {
+            if let Some(list) = devices.as_ref() {
+                buffer.spill_threshold = default_spill_threshold(list);
+            }
+        }
+
         Some(Config {
             source: self.files[file].path.clone(),
             gateway: gateway?,
             mqtt: mqtt?,
             log: log?,
-            buffer: buffer?,
+            buffer,
             buses: buses?,
             devices: devices?,
             homeassistant,
@@ -279,4 +286,20 @@ impl Checker {
         }
         self.modbus_device(seen, profiles, file, item, &what, name_hint.as_deref())
     }
+}
+
+/// `spill_threshold` when the file leaves it out: 1000 readings, or two rounds of every
+/// device's points when the map is larger. With all devices polled in the same second, one
+/// round of 50 devices x 40 points is 2 000 readings queued at once: over a fixed 1000 the
+/// burst went to disk and back (335 bytes written per reading with the link up, in outage
+/// mode, which promises none) although the link took it in milliseconds.
+fn default_spill_threshold(devices: &[Device]) -> usize {
+    let round: usize = devices
+        .iter()
+        .map(|d| match &d.kind {
+            DeviceKind::Modbus(m) => m.points.len(),
+            DeviceKind::SerialLine(s) => s.points.len(),
+        })
+        .sum();
+    Buffer::DEFAULT_SPILL_THRESHOLD.max(2 * round)
 }
