@@ -78,7 +78,13 @@ impl RepublishSet {
         if self.queued.remove(topic) {
             self.pending.retain(|t| t != topic);
         }
-        *self.records_in_flight.entry(topic.to_owned()).or_default() += 1;
+        // Runs once per retained record sent: allocate the key only for a topic not in flight.
+        match self.records_in_flight.get_mut(topic) {
+            Some(n) => *n += 1,
+            None => {
+                self.records_in_flight.insert(topic.to_owned(), 1);
+            }
+        }
     }
 
     /// The broker acknowledged a retained record handed over with [`record_sent`]: its
