@@ -37,6 +37,7 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    crate::footprint::one_arena();
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return Ok(code),

@@ -86,7 +86,7 @@ pub async fn throughput(report: &mut Report, args: &Args, variant: Option<(&str,
             agent_rate / bare_rate.max(1.0),
             "",
         )
-        .goal = Some((">=", 0.8));
+        .goal = Some((">=", 1.0));
 }
 
 async fn bare_publisher(proxy: &Proxy, window: Duration) -> f64 {
