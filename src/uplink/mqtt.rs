@@ -15,18 +15,19 @@
 //! (QoS 0).
 //!
 //! Design (see docs/design.md#rumqttc-025):
-//! - One fresh `EventLoop` per connection. `poll()` runs in its own task and forwards events
-//!   over a bounded channel, so the driver can `select!` on events, the keep-alive deadline,
-//!   the outbox, the health timer and shutdown without ever cancelling a `poll()` halfway
-//!   through a write. On any failure the event loop is dropped with everything rumqttc still
-//!   held (`pending`, in-flight state), and our outbox puts unacknowledged records back at its
-//!   head: rumqttc never resends behind our back and never silently drops a record.
+//! - One fresh `EventLoop` per connection, polled up to its CONNACK; then `event_loop` drives
+//!   its state and codec on a task of its own (one write per turn's batch of requests) and
+//!   forwards events over a bounded channel, so the session can `select!` on events, the
+//!   keep-alive deadline, the outbox, the health timer and shutdown without ever cancelling a
+//!   write halfway. On any failure the event loop is dropped with everything rumqttc still
+//!   held (in-flight state), and our outbox puts unacknowledged records back at its head:
+//!   rumqttc never resends behind our back and never silently drops a record.
 //! - Clean session: our outbox is the store either way (rumqttc clears `pending` on a
 //!   `session_present = false` CONNACK), and a clean session avoids rumqttc's packet-id
 //!   collision livelock after a lost session.
-//! - Publishes go through `try_publish` from the driver; the window of unacknowledged records
-//!   stays below `set_inflight`, so packet ids never collide and the request channel never
-//!   fills.
+//! - Publishes are gathered on `event_loop::Client` and submitted before the session waits;
+//!   the window of unacknowledged records stays below `set_inflight`, so packet ids never
+//!   collide.
 //! - Republished retained messages are PUBACKed like records and resent after a lost
 //!   connection, but they are not outbox records: the republish set is rebuilt from what the
 //!   broker acknowledges, takes no sequence number, is never spilled to disk, and jumps the
