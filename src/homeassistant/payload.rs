@@ -367,15 +367,7 @@ fn point_config(
         PayloadMode::Device => {
             let v = format!("value_json['values']['{}']", p.name);
             let present = format!("'{}' in value_json['values']", p.name);
-            let value = match p.entity {
-                HaEntity::BinarySensor | HaEntity::Switch => {
-                    format!("{{% if {present} %}}{{{{ 'ON' if {v} else 'OFF' }}}}{{% endif %}}")
-                }
-                HaEntity::TextSensor => format!("{{{{ {v} if {present} else this.state }}}}"),
-                HaEntity::Sensor | HaEntity::Number => {
-                    format!("{{% if {present} %}}{{{{ {v} }}}}{{% endif %}}")
-                }
-            };
+            let value = value_when_present(p.entity, &v, &present);
             let quality = format!(
                 "{{% if {present} %}}{{{{ 'offline' if value_json.quality is defined and '{}' in value_json.quality else 'online' }}}}{{% endif %}}",
                 p.name
@@ -393,15 +385,7 @@ fn point_config(
             // A message of another layout (one retained before a reload) is not decoded.
             let ours = format!("value_json.m == '{}'", layout.version());
             let present = format!("{ours} and {v} is not none");
-            let value = match p.entity {
-                HaEntity::BinarySensor | HaEntity::Switch => {
-                    format!("{{% if {present} %}}{{{{ 'ON' if {v} else 'OFF' }}}}{{% endif %}}")
-                }
-                HaEntity::TextSensor => format!("{{{{ {v} if {present} else this.state }}}}"),
-                HaEntity::Sensor | HaEntity::Number => {
-                    format!("{{% if {present} %}}{{{{ {v} }}}}{{% endif %}}")
-                }
-            };
+            let value = value_when_present(p.entity, &v, &present);
             let quality = format!(
                 "{{% if {ours} %}}{{{{ 'offline' if value_json.q is defined and '{i}' in value_json.q else 'online' }}}}{{% endif %}}"
             );
@@ -480,6 +464,21 @@ fn point_config(
         m.insert("state_class".into(), json!(c));
     }
     m
+}
+
+/// The template of a point carried in a message with other points (device and compact
+/// modes): its value when `present` holds of this message, else nothing (a text sensor keeps
+/// its state).
+fn value_when_present(entity: HaEntity, v: &str, present: &str) -> String {
+    match entity {
+        HaEntity::BinarySensor | HaEntity::Switch => {
+            format!("{{% if {present} %}}{{{{ 'ON' if {v} else 'OFF' }}}}{{% endif %}}")
+        }
+        HaEntity::TextSensor => format!("{{{{ {v} if {present} else this.state }}}}"),
+        HaEntity::Sensor | HaEntity::Number => {
+            format!("{{% if {present} %}}{{{{ {v} }}}}{{% endif %}}")
+        }
+    }
 }
 
 #[cfg(test)]

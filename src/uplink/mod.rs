@@ -438,6 +438,15 @@ mod tests {
             .collect()
     }
 
+    /// The `v` arrays of the compact messages queued on `topic`.
+    fn compact_arrays(outbox: &Outbox, topic: &str) -> Vec<serde_json::Value> {
+        payloads(outbox)
+            .into_iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p["v"].clone())
+            .collect()
+    }
+
     #[test]
     fn compact_sends_the_meta_once_then_every_point_in_config_order_each_poll() {
         let outbox = Arc::new(Outbox::new(100, 1));
@@ -494,17 +503,12 @@ mod tests {
         poll(&publisher, "m1", &[("a", 1.4), ("b", 10.6)], 3000);
         // `a` is compared with the 1.4 just sent, not with the 1.0 before.
         poll(&publisher, "m1", &[("a", 1.8), ("b", 10.6)], 4000);
-        let got = payloads(&outbox);
-        let arrays: Vec<&serde_json::Value> = got
-            .iter()
-            .filter(|(t, _)| t == "fl/gw1/m1")
-            .map(|(_, p)| &p["v"])
-            .collect();
+        let arrays = compact_arrays(&outbox, "fl/gw1/m1");
         assert_eq!(
             arrays,
             [
-                &serde_json::json!([1.0, 10.0]),
-                &serde_json::json!([1.4, 10.6])
+                serde_json::json!([1.0, 10.0]),
+                serde_json::json!([1.4, 10.6])
             ]
         );
     }
@@ -550,18 +554,13 @@ mod tests {
         publisher.send(Sample::PollDone {
             device: Arc::from("m1"),
         });
-        let got = payloads(&outbox);
-        let arrays: Vec<&serde_json::Value> = got
-            .iter()
-            .filter(|(t, _)| t == "fl/gw1/m1")
-            .map(|(_, p)| &p["v"])
-            .collect();
+        let arrays = compact_arrays(&outbox, "fl/gw1/m1");
         assert_eq!(
             arrays,
             [
-                &serde_json::json!([1.0, 2.0]),
-                &serde_json::json!([5.0, 2.0]),
-                &serde_json::json!([5.0, 2.2]),
+                serde_json::json!([1.0, 2.0]),
+                serde_json::json!([5.0, 2.0]),
+                serde_json::json!([5.0, 2.2]),
             ]
         );
     }
