@@ -130,36 +130,33 @@ mod tests {
         };
         let maps = [
             mapping(
-                "55d0c0000000-55d0c0100000 r--p 00000000 fd:01 123 /usr/bin/fieldlink",
+                "00400000-00500000 r--p 00000000 fd:01 123 /usr/bin/fieldlink",
                 0,
             ),
             mapping(
-                "55d0c0100000-55d0c0500000 r-xp 00100000 fd:01 123 /usr/bin/fieldlink",
+                "00500000-00900000 r-xp 00100000 fd:01 123 /usr/bin/fieldlink",
                 0,
             ),
             mapping(
-                "55d0c0500000-55d0c0600000 r--p 00500000 fd:01 123 /usr/bin/fieldlink",
+                "00900000-00a00000 r--p 00500000 fd:01 123 /usr/bin/fieldlink",
                 0,
             ),
             // RELRO: read-only now, but the loader wrote relocations into it.
             mapping(
-                "55d0c0600000-55d0c0608000 r--p 00600000 fd:01 123 /usr/bin/fieldlink",
+                "00a00000-00a08000 r--p 00600000 fd:01 123 /usr/bin/fieldlink",
                 32,
             ),
             mapping(
-                "55d0c0608000-55d0c0610000 rw-p 00608000 fd:01 123 /usr/bin/fieldlink",
+                "00a08000-00a10000 rw-p 00608000 fd:01 123 /usr/bin/fieldlink",
+                0,
+            ),
+            mapping("00a10000-00b00000 rw-p 00000000 00:00 0 [heap]", 900),
+            mapping(
+                "b0000000-b0100000 r-xp 00000000 fd:01 456 /usr/lib/libc.so.6",
                 0,
             ),
             mapping(
-                "55d0c0610000-55d0c0700000 rw-p 00000000 00:00 0 [heap]",
-                900,
-            ),
-            mapping(
-                "7f0000000000-7f0000100000 r-xp 00000000 fd:01 456 /usr/lib/libc.so.6",
-                0,
-            ),
-            mapping(
-                "7f0000200000-7f0000300000 r-xp 00000000 fd:01 789 /usr/bin/fieldlink-x",
+                "b0200000-b0300000 r-xp 00000000 fd:01 789 /usr/bin/fieldlink-x",
                 0,
             ),
         ]
@@ -167,9 +164,9 @@ mod tests {
         assert_eq!(
             read_only_ranges(&maps, "/usr/bin/fieldlink"),
             vec![
-                (0x55d0c0000000, 0x55d0c0100000),
-                (0x55d0c0100000, 0x55d0c0500000),
-                (0x55d0c0500000, 0x55d0c0600000),
+                (0x00400000, 0x00500000),
+                (0x00500000, 0x00900000),
+                (0x00900000, 0x00a00000),
             ]
         );
     }
