@@ -20,19 +20,6 @@ const HEALTH_INTERVAL_S: f64 = 300.0;
 /// Issue 15's goal for an idle gateway at keep-alive 15 s.
 const GOAL_BYTES_PER_HOUR: f64 = 3000.0;
 
-/// Bytes of a QoS 0 PUBLISH of `payload` on `topic`: fixed header (type byte and the
-/// remaining length's varint), the topic with its length, the payload.
-fn publish_bytes(topic: &str, payload: usize) -> usize {
-    let remaining = 2 + topic.len() + payload;
-    let varint = match remaining {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    };
-    1 + varint + remaining
-}
-
 pub async fn idle(report: &mut Report, args: &Args) {
     let scenario = "idle (no devices)";
     let broker = Broker::start();
@@ -55,7 +42,13 @@ pub async fn idle(report: &mut Report, args: &Args) {
     let heartbeat = watch
         .wait_for(health_topic, Duration::from_secs(30), |_| true)
         .await;
-    let heartbeat_bytes = publish_bytes(health_topic, heartbeat.payload.len()) as f64;
+    // The heartbeat goes at QoS 0: rumqttc's own size of that packet.
+    let heartbeat_bytes = rumqttc::Publish::new(
+        health_topic,
+        rumqttc::QoS::AtMostOnce,
+        heartbeat.payload.clone(),
+    )
+    .size() as f64;
     let seen_before = watch.on(health_topic).len();
     let window = args.window(30, 120);
     let (b0, w0, c0, t0) = (
