@@ -215,9 +215,11 @@ fn resident_kib() -> u64 {
         .unwrap_or(0)
 }
 
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+#[cfg(test)]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod tests {
-    use super::code_pages::{read_only_ranges, whole_pages};
+    use super::*;
+    use code_pages::{read_only_ranges, whole_pages};
 
     #[test]
     fn only_read_only_load_segments_outside_relro_are_taken() {
@@ -255,7 +257,7 @@ mod tests {
     #[test]
     fn releasing_the_running_code_keeps_it_running() {
         // This test binary's own code and constants go, then come back on use.
-        assert!(super::code_pages::release() > 0);
+        assert!(code_pages::release() > 0);
         let text = format!("{:?}", (1..4).map(|i| i * 2).collect::<Vec<_>>());
         assert_eq!(text, "[2, 4, 6]");
     }
