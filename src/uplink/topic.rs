@@ -143,22 +143,37 @@ pub fn reading_payload(mode: PayloadMode, reading: &Reading, number: ReadingNumb
             std::iter::once((reading.point.as_ref(), &reading.value)),
         ),
         PayloadMode::Json => {
-            let mut obj = Map::new();
+            // Written field by field, in the order the README shows: this runs once per
+            // reading, and a `serde_json::Map` would cost an allocation per key.
             let (value, quality) = json_value(&reading.value);
-            obj.insert("value".into(), value);
-            if let Some(unit) = &reading.unit {
-                obj.insert("unit".into(), Json::from(unit.as_ref()));
-            }
-            obj.insert("ts".into(), Json::from(reading.ts_ms));
-            obj.insert("seq".into(), Json::from(number.seq));
-            obj.insert("boot".into(), Json::from(number.boot));
+            let mut out = Vec::with_capacity(96);
+            out.extend_from_slice(b"{\"value\":");
+            // Writing a plain JSON value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, &value);
             if let Some(q) = quality {
-                obj.insert("quality".into(), Json::from(q.into_owned()));
+                out.extend_from_slice(b",\"quality\":");
+                write_json_str(&mut out, &q);
             }
-            // Serializing a map of plain JSON values cannot fail.
-            serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()
+            if let Some(unit) = &reading.unit {
+                out.extend_from_slice(b",\"unit\":");
+                write_json_str(&mut out, unit);
+            }
+            write_number_field(&mut out, "ts", reading.ts_ms);
+            write_number_field(&mut out, "seq", number.seq);
+            write_number_field(&mut out, "boot", number.boot);
+            out.push(b'}');
+            out
         }
     }
+}
+
+/// `,"<key>":<n>`; keys are ours and need no escaping.
+fn write_number_field(out: &mut Vec<u8>, key: &str, n: u64) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    // Writing into a Vec cannot fail.
+    let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
 }
 
 /// `{"ts":…,"seq":…,"boot":…,"values":{…}}` for one device poll; points keep the order given.
@@ -389,6 +404,31 @@ mod tests {
         assert_eq!(
             json(p),
             serde_json::json!({"value":230.5,"unit":"V","ts":1_700_000_000_123u64,"seq":7,"boot":3})
+        );
+    }
+
+    #[test]
+    fn json_reading_keys_come_in_the_documented_order() {
+        let good = reading_payload(
+            PayloadMode::Json,
+            &reading(Value::Float(230.5), Some("V")),
+            n(7),
+        );
+        assert_eq!(
+            String::from_utf8(good).unwrap(),
+            r#"{"value":230.5,"unit":"V","ts":1700000000123,"seq":7,"boot":3}"#
+        );
+        let bad = reading_payload(
+            PayloadMode::Json,
+            &Reading {
+                value: Err(Quality::Timeout),
+                ..reading(Value::Int(0), None)
+            },
+            n(8),
+        );
+        assert_eq!(
+            String::from_utf8(bad).unwrap(),
+            r#"{"value":null,"quality":"timeout","ts":1700000000123,"seq":8,"boot":3}"#
         );
     }
 
