@@ -19,13 +19,13 @@ use fieldlink::config::{Durability, Replay, WhenFull};
 fn reading(seq: u64) -> Record {
     Record {
         seq,
-        topic: format!("fieldlink/gw-0001/meter{}/voltage", seq % 10),
+        topic: format!("fieldlink/gw-0001/meter{}/voltage", seq % 10).into(),
         payload: format!(
             "{{\"value\":{}.{},\"unit\":\"V\",\"ts\":1764000000000,\"seq\":{seq}}}",
             220 + seq % 20,
             seq % 10
         )
-        .into_bytes(),
+        .into(),
         ts_ms: fieldlink::model::unix_ms_now(),
         queued_at: fieldlink::buffer::clock::Queued::UNKNOWN,
     }
@@ -113,7 +113,7 @@ fn bytes_per_reading(base: &Path, name: &str, durability: Durability, link_up: b
     let t = Instant::now();
     for i in 0..n {
         let r = reading(i);
-        d.push(r.topic, r.ts_ms, r.payload);
+        d.push(r.topic, r.ts_ms, r.payload.to_vec());
         if link_up {
             for r in d.take(64) {
                 d.ack(r.seq);

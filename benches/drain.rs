@@ -255,8 +255,8 @@ fn fill_buffer(dir: &Path, prefix: &str, n: u64) {
         let batch: Vec<Record> = (seq..(seq + 5000).min(n + 1))
             .map(|i| Record {
                 seq: i,
-                topic: topic(prefix, i),
-                payload: payload(i, ts),
+                topic: topic(prefix, i).into(),
+                payload: payload(i, ts).into(),
                 ts_ms: ts,
                 queued_at: fieldlink::buffer::clock::Queued::UNKNOWN,
             })

@@ -150,7 +150,7 @@ fn a_record_given_up_leaves_the_disk_buffer_too_and_stays_counted_as_dropped_aft
     let dir = tempfile::tempdir().unwrap();
     let durable = Outbox::open(durable_settings(dir.path()), 1, IoDriver::Manual);
     for topic in ["a", "b", "c"] {
-        durable.push(topic.into(), 0, topic.as_bytes().to_vec());
+        durable.push(topic, 0, topic.as_bytes().to_vec());
     }
     durable.io_step().unwrap();
     let taken = durable.take(10);

@@ -42,7 +42,7 @@ fn system() -> Arc<dyn Clock> {
 
 fn push(d: &Outbox, n: usize) -> Vec<u64> {
     (0..n)
-        .map(|_| d.push("t/a".into(), 0, b"12345".to_vec()))
+        .map(|_| d.push("t/a", 0, b"12345".to_vec()))
         .collect()
 }
 
@@ -224,7 +224,7 @@ fn race(when_full: WhenFull) {
     };
     let mut pushed = Vec::new();
     for i in 0..20_000 {
-        pushed.push(d.push("t/a".into(), 0, b"12345".to_vec()));
+        pushed.push(d.push("t/a", 0, b"12345".to_vec()));
         if i % 64 == 0 {
             std::thread::yield_now();
         }

@@ -165,7 +165,7 @@ fn a_read_only_state_directory_gives_a_typed_error_and_memory_keeps_working() {
     let d = Outbox::open(settings(&at, Durability::Always), 1, IoDriver::Manual);
     let status = d.status().unwrap();
     assert!(status.disk_error.is_some(), "{status:?}");
-    let seq = d.push("t/x".into(), 0, b"1".to_vec());
+    let seq = d.push("t/x", 0, b"1".to_vec());
     let _ = d.io_step();
     let got = d.take(10);
     assert!(
@@ -230,7 +230,7 @@ async fn the_outbox_with_a_buffer_spills_on_link_death_and_a_new_run_replays_aft
         }
     }
     assert_eq!(replayed, seqs[30..].to_vec());
-    let next = outbox.push("t/0".into(), 0, Vec::new());
+    let next = outbox.push("t/0", 0, Vec::new());
     assert!(next > seqs[99], "numbering continues after the crash");
     outbox.shutdown().unwrap();
 }
@@ -243,7 +243,7 @@ async fn in_always_mode_a_reading_is_on_disk_before_it_is_handed_out() {
         1,
         IoDriver::Thread,
     );
-    let seq = d.push("t/a".into(), 0, b"42".to_vec());
+    let seq = d.push("t/a", 0, b"42".to_vec());
     let _ = d.take(1); // the link is up, but nothing is committed yet
     tokio::time::timeout(Duration::from_secs(5), d.wait_queued())
         .await

@@ -176,9 +176,9 @@ proptest! {
                     prop_assert_eq!(&seqs, &model.take(n));
                     for r in &got {
                         let expected = model.inflight.iter().find(|m| m.0 == r.seq).unwrap();
-                        prop_assert_eq!(&r.topic, &expected.1);
-                        prop_assert_eq!(&r.payload, &expected.2);
-                        prop_assert_eq!(st.is_newest(r), model.newest[&r.topic] == r.seq);
+                        prop_assert_eq!(&*r.topic, expected.1.as_str());
+                        prop_assert_eq!(&r.payload[..], &expected.2[..]);
+                        prop_assert_eq!(st.is_newest(r), model.newest[&*r.topic] == r.seq);
                     }
                     inflight.extend(seqs);
                 }
@@ -355,7 +355,7 @@ proptest! {
                         if always {
                             prop_assert!(disk.rows.contains_key(&r.seq), "{} published before commit", r.seq);
                         }
-                        prop_assert_eq!(st.is_newest(&r), newest[&r.topic] == r.seq);
+                        prop_assert_eq!(st.is_newest(&r), newest[&*r.topic] == r.seq);
                         inflight.push(r.seq);
                     }
                 }
@@ -410,8 +410,8 @@ fn stored_backlog(n: u64, rate: Option<u32>, now: Instant) -> (State, MapStore) 
             seq,
             Record {
                 seq,
-                topic: format!("t/{}", seq % 3),
-                payload: Vec::new(),
+                topic: format!("t/{}", seq % 3).into(),
+                payload: Default::default(),
                 ts_ms: 0,
                 queued_at: Queued::UNKNOWN,
             },
@@ -460,7 +460,7 @@ fn live_readings_are_never_held_back_by_the_replay_rate() {
     assert_eq!(st.ready(t0).0, Ready::Now);
     let live = st.take(t0, 10).0;
     assert_eq!(live.len(), 5);
-    assert!(live.iter().all(|r| r.topic == "t/live"));
+    assert!(live.iter().all(|r| &*r.topic == "t/live"));
 }
 
 #[test]

@@ -14,8 +14,8 @@ use proptest::test_runner::FileFailurePersistence;
 fn record(seq: u64, topic: &str, len: usize) -> Record {
     Record {
         seq,
-        topic: topic.to_string(),
-        payload: vec![(seq % 251) as u8; len],
+        topic: topic.into(),
+        payload: vec![(seq % 251) as u8; len].into(),
         ts_ms: 1_000 + seq,
         queued_at: Queued::UNKNOWN,
     }
@@ -243,7 +243,7 @@ fn latest_per_topic_returns_the_newest_record_of_each_topic() {
         .latest_per_topic()
         .unwrap()
         .into_iter()
-        .map(|r| (r.seq, r.topic))
+        .map(|r| (r.seq, r.topic.to_string()))
         .collect();
     assert_eq!(latest, [(7, "b".into()), (8, "c".into()), (9, "a".into())]);
     assert_eq!(store.prune_superseded(&HashSet::from([1])).unwrap(), 5);

@@ -43,7 +43,7 @@ fn open(dir: &Path, clock: &ManualClock) -> Outbox {
 /// Pushes `n` readings stamped with the wall clock, `every_ms` apart.
 fn push_readings(d: &Outbox, clock: &ManualClock, n: usize, every_ms: u64) {
     for _ in 0..n {
-        d.push_reading("t/a".into(), clock.wall_ms(), |n| {
+        d.push_reading("t/a", clock.wall_ms(), |n| {
             format!("{}/{}", n.boot, n.seq).into_bytes()
         });
         clock.advance(every_ms);
@@ -175,12 +175,12 @@ fn each_start_is_a_new_boot_whose_readings_count_from_1_and_status_records_take_
     let payloads = |d: &Outbox| -> Vec<String> {
         drain(d)
             .into_iter()
-            .map(|r| String::from_utf8(r.payload).unwrap())
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
             .collect()
     };
     let d = open(dir.path(), &clock);
     push_readings(&d, &clock, 2, 10);
-    d.push("t/status".into(), 0, b"online".to_vec());
+    d.push("t/status", 0, b"online".to_vec());
     push_readings(&d, &clock, 1, 10);
     assert_eq!(payloads(&d), ["1/1", "1/2", "online", "1/3"]);
     assert_eq!(d.status().unwrap().boot, 1);
@@ -218,7 +218,7 @@ fn without_a_usable_store_at_start_the_boot_is_made_up_from_the_clock_and_kept_o
     );
     let replayed: Vec<String> = drain(&d)
         .into_iter()
-        .map(|r| String::from_utf8(r.payload).unwrap())
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
         .collect();
     assert_eq!(replayed, [format!("{made_up}/1")]);
 }
@@ -294,7 +294,7 @@ fn a_schema_1_buffer_is_migrated_in_place_and_its_backlog_is_delivered() {
         "{\"seq\":2}"
     );
     assert_eq!(d.dropped(), 3 + 1, "the drop counters carry over");
-    let next = d.push("t/a".into(), 0, Vec::new());
+    let next = d.push("t/a", 0, Vec::new());
     assert!(next >= 70_000, "record numbers continue above the old ones");
     d.shutdown().unwrap();
     drop(d);

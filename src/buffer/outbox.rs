@@ -221,24 +221,24 @@ impl Outbox {
     /// Queues a record that carries no reading number (status, meta). Never blocks and
     /// never touches the disk: when memory is full, the oldest queued record not on disk
     /// is dropped and counted.
-    pub fn push(&self, topic: String, ts_ms: u64, payload: Vec<u8>) -> u64 {
-        self.push_numbered(topic, ts_ms, false, |_| payload)
+    pub fn push(&self, topic: impl Into<Arc<str>>, ts_ms: u64, payload: Vec<u8>) -> u64 {
+        self.push_numbered(topic.into(), ts_ms, false, |_| payload)
     }
 
     /// Queues a reading; `payload` is built with its [`ReadingNumber`] (this start's boot
     /// epoch, and 1, 2, 3… over the readings of this start). Returns the record's `seq`.
     pub fn push_reading(
         &self,
-        topic: String,
+        topic: impl Into<Arc<str>>,
         ts_ms: u64,
         payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
     ) -> u64 {
-        self.push_numbered(topic, ts_ms, true, payload)
+        self.push_numbered(topic.into(), ts_ms, true, payload)
     }
 
     fn push_numbered(
         &self,
-        topic: String,
+        topic: Arc<str>,
         ts_ms: u64,
         reading: bool,
         payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
@@ -403,7 +403,7 @@ mod tests {
     use super::*;
 
     fn push(o: &Outbox, topic: &str) -> u64 {
-        o.push_reading(topic.into(), 0, |n| n.seq.to_string().into_bytes())
+        o.push_reading(topic, 0, |n| n.seq.to_string().into_bytes())
     }
 
     #[test]
@@ -457,9 +457,9 @@ mod tests {
     fn readings_are_numbered_densely_and_status_records_take_no_number() {
         let o = Outbox::new(100, 7);
         push(&o, "a");
-        o.push("a/status".into(), 0, b"online".to_vec());
+        o.push("a/status", 0, b"online".to_vec());
         push(&o, "a");
-        let payloads: Vec<Vec<u8>> = o.take(10).into_iter().map(|r| r.payload).collect();
+        let payloads: Vec<Vec<u8>> = o.take(10).into_iter().map(|r| r.payload.to_vec()).collect();
         assert_eq!(payloads, [b"1".to_vec(), b"online".to_vec(), b"2".to_vec()]);
         assert_eq!(o.last_reading(), ReadingNumber { boot: 7, seq: 2 });
     }

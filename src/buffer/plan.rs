@@ -3,6 +3,7 @@
 //! opened or written reports, and when `take` will have something.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::record::Record;
@@ -29,7 +30,7 @@ pub struct Plan {
     /// Maybe-delivered records whose `sent` flag is not on disk yet.
     pub sent: HashSet<u64>,
     /// Topics whose newest seq changed since it was last written.
-    pub newest: Vec<(String, u64)>,
+    pub newest: Vec<(Arc<str>, u64)>,
     /// A spill: queued copies leave memory once written (they come back through replay).
     pub spill: bool,
     /// Whether a write (spill or commit) is due at all.

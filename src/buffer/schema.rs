@@ -128,8 +128,8 @@ pub(crate) fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     let boot_ms: Option<i64> = r.get(6)?;
     let record = Record {
         seq: to_u64(r.get(0)?),
-        topic: r.get(1)?,
-        payload: r.get(2)?,
+        topic: r.get::<_, String>(1)?.into(),
+        payload: r.get::<_, Vec<u8>>(2)?.into(),
         ts_ms: to_u64(r.get(3)?),
         queued_at: match (os_boot, boot_ms) {
             (Some(id), Some(ms)) => Queued {
@@ -165,8 +165,8 @@ pub(crate) fn insert_row(
 ) -> rusqlite::Result<bool> {
     let added = insert.execute(params![
         to_i64(r.seq),
-        r.topic,
-        r.payload,
+        &*r.topic,
+        &r.payload[..],
         to_i64(r.ts_ms),
         row_sum(r),
         os_boot,

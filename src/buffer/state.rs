@@ -20,6 +20,7 @@
 //! took. The memory-overflow path skips maybe-delivered records too.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::clock::Queued;
@@ -72,9 +73,9 @@ pub struct State {
     maybe_delivered: HashSet<u64>,
     /// Of those, the ones whose `sent` flag is not on disk yet.
     sent_unsaved: HashSet<u64>,
-    newest_seq_by_topic: HashMap<String, u64>,
+    newest_seq_by_topic: HashMap<Arc<str>, u64>,
     /// Topics whose newest seq changed since it was last written to the store.
-    newest_dirty: HashSet<String>,
+    newest_dirty: HashSet<Arc<str>>,
     resident: HashSet<u64>,
     persisting: HashSet<u64>,
     to_delete: HashSet<u64>,
@@ -205,7 +206,7 @@ impl State {
     /// consume). Returns the record's `seq` and whether the I/O round should run now.
     pub fn push(
         &mut self,
-        topic: String,
+        topic: Arc<str>,
         ts_ms: u64,
         reading: bool,
         queued_at: Queued,
@@ -220,14 +221,21 @@ impl State {
         if reading {
             self.next_reading += 1;
         }
-        self.newest_seq_by_topic.insert(topic.clone(), seq);
+        // A gateway publishes the same few hundred topics over and over: update in place
+        // rather than allocating a key copy per reading.
+        match self.newest_seq_by_topic.get_mut(&topic) {
+            Some(newest) => *newest = seq,
+            None => {
+                self.newest_seq_by_topic.insert(topic.clone(), seq);
+            }
+        }
         if self.rules.disk && !self.newest_dirty.contains(&topic) {
             self.newest_dirty.insert(topic.clone());
         }
         self.queued.push_back(Entry {
             record: Record {
                 seq,
-                payload: payload(number),
+                payload: payload(number).into(),
                 topic,
                 ts_ms,
                 queued_at,
@@ -311,7 +319,8 @@ impl State {
         };
         let history_ready = !self.history.is_empty() && history_allowed > 0;
         let live_ready = self.queued.front().is_some_and(|e| self.takeable(e));
-        let mut batch = Vec::new();
+        let available = self.history.len().max(self.queued.len());
+        let mut batch = Vec::with_capacity(max.min(available));
         if history_ready && (self.history_turn || !live_ready) {
             let n = max.min(self.history.len()).min(history_allowed);
             for _ in 0..n {
@@ -517,7 +526,7 @@ impl State {
         self.boot = opened.boot;
         self.maybe_delivered.extend(opened.maybe_delivered);
         for (topic, seq) in opened.latest {
-            let newest = self.newest_seq_by_topic.entry(topic).or_insert(seq);
+            let newest = self.newest_seq_by_topic.entry(topic.into()).or_insert(seq);
             *newest = (*newest).max(seq);
         }
         // After a reopen (recovery of a damaged file) nothing in memory is known to be

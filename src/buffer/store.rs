@@ -94,6 +94,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -181,7 +182,7 @@ pub fn protecting(protect: &HashSet<u64>) -> impl FnMut(&[u64]) -> Vec<Verdict> 
 pub struct Write<'a> {
     pub records: &'a [Record],
     pub sent: &'a HashSet<u64>,
-    pub newest: &'a [(String, u64)],
+    pub newest: &'a [(Arc<str>, u64)],
     pub acked: &'a [u64],
 }
 
@@ -716,7 +717,7 @@ impl Store {
     }
 
     /// Raises the newest known seq of each topic (see `newest` in the module doc).
-    pub fn note_newest(&mut self, newest: &[(String, u64)]) -> Result<()> {
+    pub fn note_newest(&mut self, newest: &[(Arc<str>, u64)]) -> Result<()> {
         if newest.is_empty() {
             return Ok(());
         }
@@ -923,7 +924,10 @@ impl Store {
     }
 }
 
-fn upsert_newest(tx: &rusqlite::Transaction<'_>, newest: &[(String, u64)]) -> rusqlite::Result<()> {
+fn upsert_newest(
+    tx: &rusqlite::Transaction<'_>,
+    newest: &[(Arc<str>, u64)],
+) -> rusqlite::Result<()> {
     if newest.is_empty() {
         return Ok(());
     }
@@ -932,7 +936,7 @@ fn upsert_newest(tx: &rusqlite::Transaction<'_>, newest: &[(String, u64)]) -> ru
          ON CONFLICT(topic) DO UPDATE SET seq = max(seq, excluded.seq)",
     )?;
     for (topic, seq) in newest {
-        upsert.execute(params![topic, to_i64(*seq)])?;
+        upsert.execute(params![&**topic, to_i64(*seq)])?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::{
     ConnectionError, Disconnect, Event, EventLoop, MqttState, PingReq, Publish, QoS, Request,
     Subscribe, Unsubscribe,
@@ -59,6 +60,13 @@ pub(super) struct Client {
 impl Client {
     pub(super) fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) {
         let mut publish = Publish::new(topic, qos, payload);
+        publish.retain = retain;
+        self.gathered.push(Request::Publish(publish));
+    }
+
+    /// As [`Client::publish`], for a payload the outbox still holds: shared, not copied.
+    pub(super) fn publish_shared(&mut self, topic: &str, qos: QoS, retain: bool, payload: Bytes) {
+        let mut publish = Publish::from_bytes(topic, qos, payload);
         publish.retain = retain;
         self.gathered.push(Request::Publish(publish));
     }

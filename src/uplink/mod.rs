@@ -434,7 +434,12 @@ mod tests {
         outbox
             .take(100)
             .into_iter()
-            .map(|r| (r.topic.clone(), serde_json::from_slice(&r.payload).unwrap()))
+            .map(|r| {
+                (
+                    r.topic.to_string(),
+                    serde_json::from_slice(&r.payload).unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -581,11 +586,11 @@ mod tests {
             online: false,
         });
         let records = outbox.take(10);
-        assert_eq!(records[0].topic, "fl/gw1/m1/v");
+        assert_eq!(&*records[0].topic, "fl/gw1/m1/v");
         let json: serde_json::Value = serde_json::from_slice(&records[0].payload).unwrap();
         assert_eq!((&json["boot"], &json["seq"]), (&41.into(), &1.into()));
-        assert_eq!(records[1].topic, "fl/gw1/m1/status");
-        assert_eq!(records[1].payload, b"offline");
+        assert_eq!(&*records[1].topic, "fl/gw1/m1/status");
+        assert_eq!(&records[1].payload[..], b"offline");
         publisher.send(Sample::Reading(Reading {
             device: Arc::from("m1"),
             point: Arc::from("v"),

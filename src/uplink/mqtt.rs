@@ -360,7 +360,7 @@ impl<'a> Session<'a> {
             .filter_map(|(sent, written_at)| match sent {
                 SentKind::Record { record, .. } => Some(UnackedRecord {
                     id: record.seq,
-                    topic: record.topic.clone(),
+                    topic: record.topic.to_string(),
                     bytes: record.payload.len(),
                     written_at,
                 }),
@@ -859,7 +859,7 @@ impl<'a> Session<'a> {
         // record never overwrites a newer retained value.
         let retain = self.outbox.is_newest(&record)
             && topic::retained_when_newest(&self.settings.cfg.prefix, &record.topic);
-        self.client.publish(
+        self.client.publish_shared(
             &record.topic,
             self.settings.qos,
             retain,
