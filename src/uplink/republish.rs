@@ -43,7 +43,7 @@ pub struct RepublishSet {
     /// Topics republished on the current connection and not yet acknowledged.
     in_flight: HashSet<String>,
     /// Retained records handed over on the current connection and not yet acknowledged,
-    /// per topic.
+    /// per topic (zero once all were: the key is kept).
     records_in_flight: HashMap<String, usize>,
 }
 
@@ -90,11 +90,10 @@ impl RepublishSet {
     /// The broker acknowledged a retained record handed over with [`record_sent`]: its
     /// payload is the newest retained value of the topic.
     pub fn record_acknowledged(&mut self, topic: &str, payload: &[u8]) {
+        // The count stays at zero rather than the key going: the topic's next record would
+        // allocate it again, once per reading.
         if let Some(n) = self.records_in_flight.get_mut(topic) {
-            *n -= 1;
-            if *n == 0 {
-                self.records_in_flight.remove(topic);
-            }
+            *n = n.saturating_sub(1);
         }
         self.remember(topic, payload);
     }
@@ -116,7 +115,7 @@ impl RepublishSet {
             .filter(|t| {
                 !self.queued.contains(*t)
                     && !self.in_flight.contains(*t)
-                    && !self.records_in_flight.contains_key(*t)
+                    && self.records_in_flight.get(*t).is_none_or(|&n| n == 0)
             })
             .cloned()
             .collect();
