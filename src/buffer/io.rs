@@ -253,7 +253,12 @@ fn round(shared: &Shared, store: &mut Store, now: Instant, final_flush: bool) ->
             return Err(e);
         }
     }
-    shared.notify.notify_one();
+    // Only records the write made takeable (in `always` mode, records go out once on disk)
+    // are news for the uplink; a notify each round would wake the runtime every second
+    // from this thread for nothing.
+    if !plan.batch.is_empty() {
+        shared.notify.notify_one();
+    }
 
     // 2. Deletes of acknowledged records between writes (a replay draining the backlog).
     delete(shared, store, now, false)?;
