@@ -20,5 +20,6 @@ pub mod signals;
 pub mod sim;
 pub mod supervisor;
 pub mod systemd;
+pub mod ticks;
 pub mod uplink;
 pub mod writes;

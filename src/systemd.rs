@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
@@ -148,8 +148,7 @@ pub async fn watchdog(
 ) {
     let ping_every = notifier.watchdog_timeout().map(|t| t / 2);
     let check_every = ping_every.map_or(STATUS_PERIOD, |p| p.min(STATUS_PERIOD));
-    let mut ticker = tokio::time::interval(check_every);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticker = crate::ticks::aligned_interval(check_every);
     let mut next_ping = Instant::now();
     let mut stalled_before: Vec<String> = Vec::new();
     let mut last_status: Option<String> = None;

@@ -400,9 +400,7 @@ impl<'a> Session<'a> {
         }
         let every = self.settings.cfg.health_interval;
         let mut health_timer = tokio::time::interval_at(Instant::now() + every, every);
-        let mut health_check =
-            tokio::time::interval_at(Instant::now() + HEALTH_CHECK_EVERY, HEALTH_CHECK_EVERY);
-        health_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health_check = crate::ticks::aligned_interval(HEALTH_CHECK_EVERY);
         loop {
             self.follow_check()?;
             self.fill_window()?;

@@ -552,8 +552,17 @@ fn after_poll(
 ) {
     let now = Instant::now();
     let group = &mut dev.groups[g];
-    // Keep the cadence; after a stall, resume from now rather than bursting.
-    group.next_due = (group.next_due + group.interval).max(now);
+    // Keep the cadence, on whole multiples of the interval on the wall clock (after the
+    // first poll, or a retry, the next one snaps to that grid): every device of a gateway
+    // polled at one interval then shares its timer with the others and with the agent's
+    // one-second housekeeping, one wake-up for all (`crate::ticks`). After a stall, resume
+    // from now rather than bursting.
+    let next = group.next_due + group.interval;
+    group.next_due = if next > now {
+        crate::ticks::next_on_grid(next, group.interval, now)
+    } else {
+        now
+    };
     if end.answered {
         dev.failed_polls = 0;
         dev.probe_failures = 0;
