@@ -38,6 +38,8 @@ pub async fn run(
             None
         }
     };
+    // Before any timer starts: polls and housekeeping go on this gateway's own phase.
+    crate::ticks::set_gateway(&config.gateway.id);
     let health = Health::new();
     // Opened once per run: a reload never reopens it (see README, "Reload").
     let outbox = Arc::new(Outbox::open(

@@ -7,31 +7,68 @@
 //! of the same period expire in the same millisecond and one wake-up serves them all.
 //! Missed ticks are skipped, not delayed, so a late tick does not shift the phase. Device
 //! polls keep their cadence on the same grid ([`next_on_grid`]).
+//!
+//! The grid is shifted by a phase of the gateway's own ([`set_gateway`]): gateways whose
+//! clocks NTP keeps within milliseconds would otherwise all poll and publish in the same
+//! instant of every second, and a broker serving a fleet would take each second's readings
+//! in one burst. The shift of a period `P` is the gateway's hash modulo `P`, so a grid whose
+//! period divides another's still holds all of the other's points (`(h mod 5 s) mod 1 s =
+//! h mod 1 s`) and one wake-up still serves a 1 s and a 5 s timer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-/// An interval whose ticks fall on whole multiples of `period` since the Unix epoch; the
-/// first one is the next such instant (never now).
-pub fn aligned_interval(period: Duration) -> Interval {
+/// The gateway's hash, read as nanoseconds; 0 (the bare epoch grid) until [`set_gateway`].
+static GATEWAY_PHASE: AtomicU64 = AtomicU64::new(0);
+
+/// Shifts every grid by this gateway's own phase (see the module doc). Called once at start
+/// with the gateway id, which is unique in a fleet (it is the MQTT client id).
+pub fn set_gateway(id: &str) {
+    GATEWAY_PHASE.store(fnv1a64(id.as_bytes()), Ordering::Relaxed);
+}
+
+/// 64-bit FNV-1a: spreads ids that differ in one character over the whole range.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The wall clock as seen from the gateway's grid: time since the epoch minus the gateway's
+/// phase for `period`, so that the grid's points are its whole multiples of `period`.
+fn on_gateway_clock(period: Duration) -> u128 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .as_nanos();
+    let period = period.as_nanos().max(1);
+    // Adding a whole period less the phase keeps the result positive and its residue right.
+    since_epoch + period - phase_ns(GATEWAY_PHASE.load(Ordering::Relaxed), period)
+}
+
+/// Where a gateway's grid of a period (in ns) starts within that period.
+fn phase_ns(gateway_hash: u64, period_ns: u128) -> u128 {
+    u128::from(gateway_hash) % period_ns
+}
+
+/// An interval whose ticks fall on the gateway's grid of `period` (whole multiples of it
+/// since the Unix epoch, shifted by the gateway's phase); the first one is the next such
+/// instant (never now).
+pub fn aligned_interval(period: Duration) -> Interval {
+    let since_epoch = nanos(on_gateway_clock(period));
     let start = Instant::now() + until_next_multiple(since_epoch, period);
     let mut interval = tokio::time::interval_at(start, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
     interval
 }
 
-/// The whole multiple of `period` on the wall clock nearest to `t`, or the one after it
-/// when that is not after `now`: a cadence that is already on the grid stays as it is, one
-/// that is not moves by at most half a period, and never to a moment already past.
+/// The point of the gateway's grid of `period` nearest to `t`, or the one after it when
+/// that is not after `now`: a cadence that is already on the grid stays as it is, one that
+/// is not moves by at most half a period, and never to a moment already past.
 pub fn next_on_grid(t: Instant, period: Duration, now: Instant) -> Instant {
-    let wall_now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let (wall_now, instant_now) = (wall_now.as_nanos(), Instant::now());
+    let (wall_now, instant_now) = (on_gateway_clock(period), Instant::now());
     let wall_t = if t >= instant_now {
         wall_now + (t - instant_now).as_nanos()
     } else {
@@ -83,10 +120,7 @@ mod tests {
 
     /// Where `t` falls within `period` on the wall clock, in ms (0 = on the grid).
     fn phase_ms(t: Instant, period: Duration) -> u128 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
+        let wall = on_gateway_clock(period);
         let now = Instant::now();
         let at = if t >= now {
             wall + (t - now).as_nanos()
@@ -95,6 +129,28 @@ mod tests {
         };
         let into = at % period.as_nanos();
         into.min(period.as_nanos() - into) / 1_000_000
+    }
+
+    #[test]
+    fn gateways_get_phases_spread_over_the_period_that_nest_across_periods() {
+        let second = Duration::from_secs(1).as_nanos();
+        let phases: Vec<u128> = (0..100)
+            .map(|i| phase_ns(fnv1a64(format!("gw-{i}").as_bytes()), second))
+            .collect();
+        // A fleet is spread over the second, not bunched in one part of it.
+        for tenth in 0..10 {
+            let in_tenth = phases.iter().filter(|&&p| p * 10 / second == tenth).count();
+            assert!((2..=25).contains(&in_tenth), "tenth {tenth}: {in_tenth}");
+        }
+        // A gateway's 5 s grid lies on its 1 s grid (one wake-up serves both), and its
+        // 250 ms grid holds the 1 s grid's points.
+        for i in 0..100 {
+            let hash = fnv1a64(format!("gw-{i}").as_bytes());
+            let five = Duration::from_secs(5).as_nanos();
+            assert_eq!(phase_ns(hash, five) % second, phase_ns(hash, second));
+            let quarter = Duration::from_millis(250).as_nanos();
+            assert_eq!(phase_ns(hash, second) % quarter, phase_ns(hash, quarter));
+        }
     }
 
     #[tokio::test]
