@@ -18,7 +18,7 @@ use support::broker::Options;
 use support::modbus::{serve_tcp, Bank, SimDevice};
 use support::watch::Watch;
 use support::{unique, wait_until, Broker};
-use uplink_agent::{buffer_settings, missing, mqtt, seqs, Agent};
+use uplink_agent::{all_arrived, buffer_settings, missing, mqtt, seqs, Agent};
 
 const KA: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -128,15 +128,7 @@ async fn resets_right_after_sending_on_a_flaky_link_quarantine_nothing() {
     agent.stop_producing();
     let last = agent.last_seq();
     agent.drained(DEADLINE).await;
-    // Acknowledged is not yet forwarded: the subscriber reads on its own connection, and
-    // the last PUBACKed readings can still be on their way to it (13 were, once, on a
-    // loaded machine).
-    wait_until("every reading at the subscriber", DEADLINE, || {
-        missing(&seqs(&watch.snapshot()), last)
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_arrived(last, DEADLINE, || seqs(&watch.snapshot())).await;
     assert_eq!(agent.link().quarantined, 0);
     assert_eq!(agent.outbox.dropped(), 0);
 }

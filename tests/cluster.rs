@@ -10,7 +10,7 @@ use fieldlink::config::Server;
 use support::nats::Cluster;
 use support::watch::Watch;
 use support::{unique, wait_until};
-use uplink_agent::{missing, mqtt, seqs, Agent};
+use uplink_agent::{all_arrived, mqtt, seqs, Agent};
 
 const KA: Duration = Duration::from_secs(2);
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -88,12 +88,7 @@ async fn killing_the_cluster_node_in_use_fails_over_to_another_with_nothing_lost
     agent.stop_producing();
     agent.drained(DEADLINE).await;
     let last = agent.last_seq();
-    wait_until("every reading across the cluster", DEADLINE, || {
-        missing(&seqs(&watch.snapshot()), last)
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_arrived(last, DEADLINE, || seqs(&watch.snapshot())).await;
 
     // Retained values are readable from both surviving nodes, at their newest. A node that
     // lost a peer may take a moment to serve a new subscriber its retained messages, or serve

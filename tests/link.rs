@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use support::proxy::{Mode, Proxy};
 use support::watch::Watch;
 use support::{unique, wait_until, Broker};
-use uplink_agent::{missing, mqtt, newest_per_topic, seqs, Agent};
+use uplink_agent::{all_arrived, mqtt, newest_per_topic, seqs, Agent};
 
 const KA: Duration = Duration::from_secs(2);
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -77,8 +77,7 @@ impl Rig {
         let last = self.agent.last_seq();
         assert!(last > 0);
         self.agent.drained(DEADLINE).await;
-        let seen = seqs(&self.watch.snapshot());
-        assert_eq!(missing(&seen, last), Vec::<u64>::new(), "lost readings");
+        all_arrived(last, DEADLINE, || seqs(&self.watch.snapshot())).await;
         self.assert_retained_newest(&self.watch.snapshot()).await;
     }
 
@@ -220,13 +219,12 @@ async fn a_broker_killed_and_restarted_ten_seconds_later_loses_nothing() {
     rig.agent.stop_producing();
     let last = rig.agent.last_seq();
     rig.agent.drained(DEADLINE).await;
-    let mut all = rig.watch.snapshot();
-    all.extend(second.snapshot());
-    assert_eq!(
-        missing(&seqs(&all), last),
-        Vec::<u64>::new(),
-        "lost readings"
-    );
+    all_arrived(last, DEADLINE, || {
+        let mut all = seqs(&rig.watch.snapshot());
+        all.extend(seqs(&second.snapshot()));
+        all
+    })
+    .await;
     rig.assert_retained_newest(&second.snapshot()).await;
 }
 

@@ -14,7 +14,9 @@ use fieldlink::config::{Durability, Mqtt, PayloadMode};
 use fieldlink::poll::serial_line;
 use support::watch::Watch;
 use support::{unique, wait_until, Broker};
-use uplink_agent::{buffered_outbox, missing, mqtt, newest_per_topic, retained_on, seqs, Agent};
+use uplink_agent::{
+    all_arrived, buffered_outbox, missing, mqtt, newest_per_topic, retained_on, seqs, Agent,
+};
 
 const KA: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -91,12 +93,7 @@ async fn readings_arrive_with_their_seq_and_a_late_subscriber_gets_the_newest_re
     }
     let last = rig.agent.last_seq();
     assert_eq!(last, 30);
-    wait_until("all 30 readings upstream", DEADLINE, || {
-        missing(&seqs(&rig.watch.snapshot()), last)
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_arrived(last, DEADLINE, || seqs(&rig.watch.snapshot())).await;
     let m = rig.watch.last_on(&rig.topic("dev/p0")).unwrap();
     let json = m.json();
     assert_eq!(json["unit"], "V");
@@ -145,12 +142,7 @@ async fn qos0_readings_leave_the_outbox_once_written() {
     for i in 0..20 {
         rig.agent.reading("v", i as f64);
     }
-    wait_until("20 QoS 0 readings upstream", DEADLINE, || {
-        missing(&seqs(&rig.watch.snapshot()), 20)
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_arrived(20, DEADLINE, || seqs(&rig.watch.snapshot())).await;
     rig.agent.drained(DEADLINE).await;
 }
 

@@ -201,6 +201,26 @@ pub fn missing(seen: &BTreeSet<u64>, upto: u64) -> Vec<u64> {
     (1..=upto).filter(|s| !seen.contains(s)).collect()
 }
 
+/// Waits until every seq from 1 to `last` is among what `seen` returns, or panics after
+/// `deadline` naming the seqs that never came. Needed after [`Agent::drained`] too: a PUBACK
+/// says the broker took a reading, not that it already forwarded it on the subscriber's own
+/// connection, and the last acknowledged readings can still be on their way (13 were, once,
+/// with the whole suite running beside the test).
+pub async fn all_arrived(last: u64, deadline: Duration, seen: impl Fn() -> BTreeSet<u64>) {
+    let start = std::time::Instant::now();
+    loop {
+        let lost = missing(&seen(), last);
+        if lost.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() <= deadline,
+            "of {last} readings these never reached the subscriber within {deadline:?}: {lost:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a subscriber arriving now gets retained on `topic` (waits for it until `deadline`).
 pub async fn retained_on(port: u16, topic: &str, deadline: Duration) -> Message {
     Watch::start(port, topic)
