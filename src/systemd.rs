@@ -140,15 +140,38 @@ pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) ->
 ///
 /// Loops should register with a `max_silence` well below half of `WatchdogSec`, so a stall
 /// is noticed (and logged by name) before systemd gives up on us.
+///
+/// The checks run on the gateway's wall-clock grid ([`crate::ticks`]), with the agent's
+/// other one-second timers.
 pub async fn watchdog(
     health: Arc<Health>,
     status: impl Fn() -> String,
     notifier: Notifier,
     cancel: CancellationToken,
 ) {
+    watchdog_on(
+        health,
+        status,
+        notifier,
+        cancel,
+        crate::ticks::aligned_interval,
+    )
+    .await
+}
+
+/// [`watchdog`] with its checks on `ticker(period)`: a test on tokio's paused clock passes
+/// `tokio::time::interval`, whose ticks it can place exactly, where the wall-clock grid's
+/// phase would depend on the moment the test started.
+pub async fn watchdog_on(
+    health: Arc<Health>,
+    status: impl Fn() -> String,
+    notifier: Notifier,
+    cancel: CancellationToken,
+    ticker: impl FnOnce(Duration) -> tokio::time::Interval,
+) {
     let ping_every = notifier.watchdog_timeout().map(|t| t / 2);
     let check_every = ping_every.map_or(STATUS_PERIOD, |p| p.min(STATUS_PERIOD));
-    let mut ticker = crate::ticks::aligned_interval(check_every);
+    let mut ticker = ticker(check_every);
     let mut next_ping = Instant::now();
     let mut stalled_before: Vec<String> = Vec::new();
     let mut last_status: Option<String> = None;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fieldlink::health::Health;
-use fieldlink::systemd::{watchdog, Notifier};
+use fieldlink::systemd::{watchdog_on, Notifier};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -96,8 +96,9 @@ fn statuses(lines: &[String]) -> Vec<&str> {
 
 // The clock is paused: every sleep below advances tokio's clock to a chosen instant, after
 // all timers due before it have fired. The test's instants (x.6 s) sit between the watchdog's
-// checks (whole seconds) and the loop's ticks (every 0.25 s), so what has been sent by each
-// instant is exact, not a matter of timing.
+// checks (whole seconds from the start: a plain interval, not the agent's wall-clock grid,
+// whose phase would depend on when the test started) and the loop's ticks (every 0.25 s), so
+// what has been sent by each instant is exact, not a matter of timing.
 #[tokio::test(start_paused = true)]
 async fn watchdog_pings_stop_while_a_loop_is_stalled_and_resume_when_it_ticks_again() {
     let systemd = FakeSystemd::bind();
@@ -127,7 +128,7 @@ async fn watchdog_pings_stop_while_a_loop_is_stalled_and_resume_when_it_ticks_ag
     };
     let link = Arc::new(Mutex::new("link connecting, 0 queued".to_string()));
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(watchdog(
+    let task = tokio::spawn(watchdog_on(
         health.clone(),
         {
             let link = link.clone();
@@ -135,6 +136,7 @@ async fn watchdog_pings_stop_while_a_loop_is_stalled_and_resume_when_it_ticks_ag
         },
         notifier,
         cancel.clone(),
+        tokio::time::interval,
     ));
 
     // Healthy: a ping at 0, 1, 2, 3 s and one status line.
