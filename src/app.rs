@@ -78,8 +78,10 @@ pub async fn run(
     // Ready means configured and polling: the broker may be unreachable for hours and the
     // service is still doing its job (buffering), so readiness must not wait for it.
     notifier.ready();
-    crate::footprint::trim_after_startup();
     tracing::info!(gateway = %gateway, buses, devices, broker = %broker, "fieldlink started");
+    // After the first log line, so a start that never gets this far is told apart from
+    // anything the release could do (it logs its own line at debug).
+    crate::footprint::trim_after_startup();
 
     let uplink_ended = loop {
         let asked = async {
