@@ -17,7 +17,8 @@
 //! wrote into it; such an object is skipped) or the range lies in `PT_GNU_RELRO` (written
 //! by the loader before it was made read-only; excluded). An earlier version chose the
 //! ranges from /proc/self/smaps; under qemu-user that file does not tell written pages
-//! apart, RELRO was dropped and the agent crashed. Nothing here reads /proc.
+//! apart, RELRO was dropped and the agent crashed. No range is chosen from /proc (the
+//! resident set read from /proc/self/status is only logged).
 //!
 //! Called after READY and after each reload (which parses the file again). Linux with glibc
 //! only; elsewhere it does nothing.

@@ -58,15 +58,16 @@ pub(super) struct Client {
 }
 
 impl Client {
-    pub(super) fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) {
-        let mut publish = Publish::new(topic, qos, payload);
-        publish.retain = retain;
-        self.gathered.push(Request::Publish(publish));
-    }
-
-    /// As [`Client::publish`], for a payload the outbox still holds: shared, not copied.
-    pub(super) fn publish_shared(&mut self, topic: &str, qos: QoS, retain: bool, payload: Bytes) {
-        let mut publish = Publish::from_bytes(topic, qos, payload);
+    /// Queues a publish. A record's payload comes as the outbox's `Bytes`, shared rather
+    /// than copied; our own messages as a `Vec`.
+    pub(super) fn publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: impl Into<Bytes>,
+    ) {
+        let mut publish = Publish::from_bytes(topic, qos, payload.into());
         publish.retain = retain;
         self.gathered.push(Request::Publish(publish));
     }

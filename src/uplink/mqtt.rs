@@ -857,7 +857,7 @@ impl<'a> Session<'a> {
         // record never overwrites a newer retained value.
         let retain = self.outbox.is_newest(&record)
             && topic::retained_when_newest(&self.settings.cfg.prefix, &record.topic);
-        self.client.publish_shared(
+        self.client.publish(
             &record.topic,
             self.settings.qos,
             retain,
