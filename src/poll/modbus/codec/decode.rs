@@ -64,10 +64,40 @@ pub fn raw_from_registers(
 /// The f64 whose shortest decimal form is the f32's own: a meter's 230.1f32 is published as
 /// 230.1, not as 230.10000610351562 (plain widening), and narrows back to the same f32.
 pub fn widen_f32(v: f32) -> f64 {
-    if v.is_finite() {
-        v.to_string().parse().unwrap_or(f64::from(v))
-    } else {
-        f64::from(v)
+    if !v.is_finite() {
+        return f64::from(v);
+    }
+    // Through a buffer on the stack: this runs for every f32 reading. `{:e}` prints the same
+    // shortest digits as `{}`, in at most 15 bytes (`-1.1754944e-38`) where `{}` of a tiny
+    // or huge f32 takes up to 47.
+    let mut text = StackText::default();
+    match std::fmt::Write::write_fmt(&mut text, format_args!("{v:e}")) {
+        Ok(()) => text.as_str().parse().unwrap_or(f64::from(v)),
+        Err(_) => f64::from(v),
+    }
+}
+
+/// A short text formatted without allocating; a write past its end fails.
+#[derive(Default)]
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -470,3 +470,32 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn widening_an_f32_keeps_its_shortest_decimal_form_at_every_magnitude() {
+    let extremes = [
+        0.0f32,
+        -0.0,
+        230.1,
+        -273.15,
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        -f32::from_bits(1),
+        1e30,
+        1e-30,
+    ];
+    // Every exponent, with a spread of mantissas.
+    let sweep = (0..=0xffu32).flat_map(|exp| {
+        [0u32, 1, 0x40_0000, 0x7f_ffff, 0x12_3457].map(|m| f32::from_bits(exp << 23 | m))
+    });
+    for v in extremes.into_iter().chain(sweep).filter(|v| v.is_finite()) {
+        let by_text: f64 = v.to_string().parse().unwrap();
+        let widened = widen_f32(v);
+        assert_eq!(widened.to_bits(), by_text.to_bits(), "{v:e}");
+        assert_eq!(widened as f32, v, "{v:e} narrows back");
+    }
+    assert!(widen_f32(f32::NAN).is_nan());
+    assert_eq!(widen_f32(f32::INFINITY), f64::INFINITY);
+}
