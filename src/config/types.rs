@@ -490,6 +490,14 @@ impl Device {
             DeviceKind::Modbus(_) => None,
         }
     }
+
+    /// The names of the device's points, in the order of its configuration.
+    pub fn point_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.kind {
+            DeviceKind::Modbus(m) => Box::new(m.points.iter().map(|p| p.name.as_str())),
+            DeviceKind::SerialLine(l) => Box::new(l.points.iter().map(|p| p.name.as_str())),
+        }
+    }
 }
 
 /// How a device is read: decided by the type of its bus.

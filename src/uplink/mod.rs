@@ -62,7 +62,13 @@ pub struct Publisher {
     payload: PayloadMode,
     /// `None` when every reading goes straight to the outbox (json/plain, no deadband).
     shaping: Option<Mutex<Shaping>>,
+    /// The topic of every configured point, built once: the outbox's records share these
+    /// instead of each formatting (and allocating) its own.
+    point_topics: PointTopics,
 }
+
+/// `<prefix>/<device>/<point>` by device and point name.
+type PointTopics = HashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>;
 
 /// What the publisher remembers between samples when it batches or filters.
 #[derive(Debug, Default)]
@@ -125,12 +131,28 @@ impl Publisher {
             prefix: mqtt.prefix.clone(),
             payload: mqtt.payload,
             shaping,
+            point_topics: PointTopics::new(),
         }
     }
 
     /// The configured devices, whose point lists fix the order of compact messages (a
     /// device missing here gets its points in the order they are first read).
-    pub fn with_devices(self, devices: &[Device]) -> Self {
+    pub fn with_devices(mut self, devices: &[Device]) -> Self {
+        if matches!(self.payload, PayloadMode::Json | PayloadMode::Plain) {
+            self.point_topics = devices
+                .iter()
+                .map(|d| {
+                    let topics = d
+                        .point_names()
+                        .map(|point| {
+                            let topic = topic::reading_topic(&self.prefix, &d.name, point);
+                            (Arc::from(point), Arc::from(topic))
+                        })
+                        .collect();
+                    (Arc::from(d.name.as_str()), topics)
+                })
+                .collect();
+        }
         if self.payload == PayloadMode::Compact {
             if let Some(shaping) = &self.shaping {
                 let mut shaping = shaping.lock().unwrap_or_else(|e| e.into_inner());
@@ -151,7 +173,14 @@ impl Publisher {
         if !topic::publishes(self.payload, reading) {
             return;
         }
-        let topic = topic::reading_topic(&self.prefix, &reading.device, &reading.point);
+        let topic = match self
+            .point_topics
+            .get(&reading.device)
+            .and_then(|points| points.get(&reading.point))
+        {
+            Some(topic) => topic.clone(),
+            None => topic::reading_topic(&self.prefix, &reading.device, &reading.point).into(),
+        };
         let mode = self.payload;
         self.outbox.push_reading(topic, reading.ts_ms, |number| {
             topic::reading_payload(mode, reading, number)
