@@ -95,6 +95,7 @@ impl Rig {
             }
             self.send(Sample::PollDone {
                 device: device("meter"),
+                more_due: false,
             });
         }
         self.send(Sample::DeviceAvailability {

@@ -199,6 +199,7 @@ impl BusTask {
                 }
                 self.sink.send(Sample::PollDone {
                     device: self.sensors[index].name.clone(),
+                    more_due: false,
                 });
             }
         }
@@ -400,6 +401,7 @@ impl BusTask {
         }
         self.sink.send(Sample::PollDone {
             device: self.sensors[index].name.clone(),
+            more_due: false,
         });
     }
 }
