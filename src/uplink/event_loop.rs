@@ -22,6 +22,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::ack_pacing::AckPacing;
 use super::delivery::Settles;
 
 /// Batches of requests between the session and the driver. When it is full (the driver is
@@ -112,6 +113,7 @@ pub(super) fn start(
     eventloop: EventLoop,
     keep_alive: Duration,
     flush_timeout: Duration,
+    acks: AckPacing,
     events: mpsc::Sender<Result<Event, ConnectionError>>,
 ) -> (Client, impl std::future::Future<Output = ()>) {
     let (tx, rx) = mpsc::channel(BATCHES);
@@ -126,6 +128,7 @@ pub(super) fn start(
         events,
         keep_alive,
         flush_timeout,
+        acks,
     };
     (client, driver.run())
 }
@@ -139,6 +142,7 @@ struct Driver {
     keep_alive: Duration,
     /// A write that cannot finish in this long is a dead link (1.5 x keep-alive).
     flush_timeout: Duration,
+    acks: AckPacing,
 }
 
 impl Driver {
@@ -173,6 +177,7 @@ impl Driver {
                 }
             }
             if wrote {
+                self.acks.before_burst();
                 flushed(network.flush(), self.flush_timeout).await?;
             }
             while let Some(event) = state.events.pop_front() {

@@ -1,7 +1,7 @@
 //! Uplink: everything MQTT. `topic` builds topics and payloads, `state` is the link state
 //! machine (no I/O, time passed in), `mqtt` drives rumqttc and is the only module that does,
 //! `tls` reads the certificates, `password` the password, `user_timeout` bounds blocked
-//! writes on the broker socket. Sans-IO decisions `mqtt` acts on: `delivery` (delivered means
+//! writes on the broker socket, `ack_pacing` keeps its ACKs delayed while PUBACKs stream back. Sans-IO decisions `mqtt` acts on: `delivery` (delivered means
 //! PUBACKed: requested, written with a packet id, acknowledged, settled; the send window),
 //! `session_end` (how a connection ended and what to say about it), `diagnose` (connection
 //! failures as typed causes and in words), `broker_check` (after each connect: did the broker
@@ -17,6 +17,7 @@
 //! Owns the path from a [`Sample`] to the broker. Must not touch the buses, the config file or
 //! systemd: it reports link state through [`Health`] and nothing else.
 
+mod ack_pacing;
 mod broker_check;
 pub mod compact;
 mod delivery;

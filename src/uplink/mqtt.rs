@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::ack_pacing::AckPacing;
 use super::broker_check::{BrokerCheck, Retained, Routing, CHECK_WAIT};
 use super::delivery::{self, Acked, Counted, Delivery, Written};
 use super::diagnose::{self, Diagnosis, Severity};
@@ -298,7 +299,8 @@ impl<'a> Session<'a> {
         let now = Instant::now();
         let user_timeout = settings.keep_alive.mul_f64(1.5);
         let port = settings.servers[server].port;
-        if user_timeout::apply_since(&sockets_before, port, user_timeout) == 0 {
+        let broker_sockets = user_timeout::apply_since(&sockets_before, port, user_timeout);
+        if broker_sockets.is_empty() {
             tracing::debug!("could not find the broker socket to set TCP_USER_TIMEOUT on");
         }
         link.on_connected(now);
@@ -318,7 +320,13 @@ impl<'a> Session<'a> {
             BrokerCheck::subscribed(now)
         };
         let (tx, rx) = mpsc::channel(64);
-        let (client, driver) = event_loop::start(eventloop, settings.keep_alive, user_timeout, tx);
+        let (client, driver) = event_loop::start(
+            eventloop,
+            settings.keep_alive,
+            user_timeout,
+            AckPacing::new(&broker_sockets),
+            tx,
+        );
         let poller = AbortOnDrop(tokio::spawn(driver));
         let mut session = Session {
             settings,

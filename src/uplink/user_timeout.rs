@@ -75,14 +75,15 @@ fn set_user_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
 }
 
 /// Sets TCP_USER_TIMEOUT on the sockets opened since `before` that lead to `broker_port`.
-/// Returns how many were set.
-pub fn apply_since(before: &SocketSnapshot, broker_port: u16, timeout: Duration) -> usize {
+/// Returns the descriptors of those it was set on.
+pub fn apply_since(before: &SocketSnapshot, broker_port: u16, timeout: Duration) -> Vec<RawFd> {
     sockets()
         .into_iter()
         .filter(|s| !before.0.contains(s))
         .filter(|(fd, _)| peer_port(*fd) == Some(broker_port))
         .filter(|(fd, _)| set_user_timeout(*fd, timeout).is_ok())
-        .count()
+        .map(|(fd, _)| fd)
+        .collect()
 }
 
 #[cfg(test)]
@@ -103,7 +104,11 @@ mod tests {
         let new = std::net::TcpStream::connect(broker.local_addr().unwrap()).unwrap();
         let unrelated = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
 
-        assert_eq!(apply_since(&before, port, Duration::from_millis(4500)), 1);
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            apply_since(&before, port, Duration::from_millis(4500)),
+            [new.as_raw_fd()]
+        );
         assert_eq!(user_timeout_of(&new), Some(Duration::from_millis(4500)));
         assert_eq!(user_timeout_of(&old), None);
         assert_eq!(user_timeout_of(&unrelated), None);

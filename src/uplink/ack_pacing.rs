@@ -1,0 +1,100 @@
+//! Delayed ACKs on the broker socket while a burst of publishes is being acknowledged.
+//!
+//! After a second of silence Linux answers the first segments it receives with an ACK each
+//! ("quick ACK" mode, up to 16 segments). A broker that writes each PUBACK on its own (as
+//! mosquitto does) then sees every one of them acknowledged at once, so Nagle never holds
+//! the next one back: a poll round's 120 PUBACKs came back as ~60 segments of 4 bytes, each
+//! waking the agent and answered with an ACK of ours (measured on a broker on the same host,
+//! the common setup of a gateway bridging a local mosquitto upstream). With our ACKs
+//! delayed, the broker sends the first PUBACK alone and the rest in one segment when our
+//! delayed ACK comes (≤ 40 ms later): 2 wake-ups and 2 ACKs instead of ~60 of each.
+//!
+//! `TCP_QUICKACK = 0` is not sticky (the kernel goes back to quick ACKs after its delayed
+//! ACK timer fires), so it is set before every burst of writes. It delays only our ACKs: what
+//! we send is not held back (TCP_NODELAY stays on). What the broker sends us after a PUBACK
+//! (a command) may wait for our delayed ACK behind the broker's own Nagle, at most the 40 ms
+//! of Linux's delayed ACK, once per burst.
+
+use std::os::fd::RawFd;
+
+/// The broker socket, while the connection that owns it lives; `None` when it could not be
+/// told apart (then nothing is set and ACKs keep the kernel's defaults).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AckPacing(Option<RawFd>);
+
+impl AckPacing {
+    /// `candidates`: the new sockets leading to the broker's port; only a single one is
+    /// taken to be ours.
+    pub(super) fn new(candidates: &[RawFd]) -> AckPacing {
+        match candidates {
+            [fd] => AckPacing(Some(*fd)),
+            _ => AckPacing(None),
+        }
+    }
+
+    /// Call right before writing a burst whose acknowledgements will come back.
+    pub(super) fn before_burst(&self) {
+        let Some(fd) = self.0 else {
+            return;
+        };
+        let off: libc::c_int = 0;
+        // SAFETY: passes a pointer to a live c_int and its exact size. The descriptor is the
+        // socket of the connection whose driver calls this, open as long as it runs; a failure
+        // only leaves the kernel's ACK timing as it was.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&off as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn quickack(stream: &std::net::TcpStream) -> libc::c_int {
+        let mut value: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the live c_int.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value
+    }
+
+    #[test]
+    fn a_burst_on_the_one_broker_socket_delays_its_acks() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(
+            quickack(&stream),
+            1,
+            "a new connection starts in quick ACK mode"
+        );
+        AckPacing::new(&[stream.as_raw_fd()]).before_burst();
+        assert_eq!(quickack(&stream), 0);
+    }
+
+    #[test]
+    fn sockets_that_cannot_be_told_apart_are_left_alone() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let b = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        AckPacing::new(&[a.as_raw_fd(), b.as_raw_fd()]).before_burst();
+        AckPacing::new(&[]).before_burst();
+        assert_eq!((quickack(&a), quickack(&b)), (1, 1));
+    }
+}
