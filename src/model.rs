@@ -112,9 +112,6 @@ pub enum Sample {
     /// also one that failed part-way.
     PollDone {
         device: Arc<str>,
-        /// Another poll of the same bus is due at once: the round goes on, and the uplink
-        /// may wait (a bounded while) for its end to send the round's readings together.
-        more_due: bool,
     },
     /// A point's value read back right after a write: published at once, past any deadband,
     /// and it replaces the point's value in a poll batch that was read before the write.

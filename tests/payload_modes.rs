@@ -43,7 +43,6 @@ fn bad_or_good(
 fn poll_done(device: &str) -> Sample {
     Sample::PollDone {
         device: Arc::from(device),
-        more_due: false,
     }
 }
 

@@ -95,7 +95,6 @@ impl Rig {
             }
             self.send(Sample::PollDone {
                 device: device("meter"),
-                more_due: false,
             });
         }
         self.send(Sample::DeviceAvailability {

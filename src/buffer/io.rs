@@ -7,7 +7,6 @@
 //! bound's verdicts inside its transaction (see `state`, "Drops are exact").
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,9 +31,6 @@ pub(super) struct Shared {
     pub disk: Mutex<Disk>,
     /// Wakes `wait_queued`: something may be takeable.
     pub notify: Notify,
-    /// When the oldest push whose wake-up waits for its round's end was made
-    /// (`Clock::boot_ms` + 1; 0: none waits). See `Outbox::release`.
-    pub held_since: AtomicU64,
     pub wake: (Mutex<WakeFlags>, Condvar),
 }
 

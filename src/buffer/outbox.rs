@@ -60,7 +60,6 @@
 //! (oldest dropped and counted), and the store is retried every [`RETRY_AFTER`].
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -137,13 +136,6 @@ pub enum IoDriver {
     Manual,
 }
 
-/// When a push wakes the uplink.
-#[derive(Debug, Clone, Copy)]
-enum Wake {
-    Now,
-    AtRoundEnd,
-}
-
 /// The outbox. Cheap to share (`Arc`); the I/O thread stops on `shutdown` or drop.
 #[derive(Debug)]
 pub struct Outbox {
@@ -203,7 +195,6 @@ impl Outbox {
             state: Mutex::new(state),
             disk: Mutex::new(disk),
             notify: Notify::new(),
-            held_since: AtomicU64::new(0),
             wake: (Mutex::new(WakeFlags::default()), Condvar::new()),
         });
         let io_thread = match driver {
@@ -231,7 +222,7 @@ impl Outbox {
     /// never touches the disk: when memory is full, the oldest queued record not on disk
     /// is dropped and counted.
     pub fn push(&self, topic: impl Into<Arc<str>>, ts_ms: u64, payload: Vec<u8>) -> u64 {
-        self.push_numbered(topic.into(), ts_ms, false, Wake::Now, |_| payload)
+        self.push_numbered(topic.into(), ts_ms, false, |_| payload)
     }
 
     /// Queues a reading; `payload` is built with its [`ReadingNumber`] (this start's boot
@@ -242,39 +233,7 @@ impl Outbox {
         ts_ms: u64,
         payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
     ) -> u64 {
-        self.push_numbered(topic.into(), ts_ms, true, Wake::Now, payload)
-    }
-
-    /// As [`push_reading`](Self::push_reading), but the uplink is woken for it only by
-    /// [`release`](Self::release) (or by any other push or event that wakes it first): the
-    /// readings of one poll round then leave in one write instead of one per device.
-    pub fn push_reading_in_round(
-        &self,
-        topic: impl Into<Arc<str>>,
-        ts_ms: u64,
-        payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
-    ) -> u64 {
-        self.push_numbered(topic.into(), ts_ms, true, Wake::AtRoundEnd, payload)
-    }
-
-    /// The round ended: wakes the uplink for what [`push_reading_in_round`] queued.
-    ///
-    /// [`push_reading_in_round`]: Self::push_reading_in_round
-    pub fn release(&self) {
-        if self.shared.held_since.swap(0, Ordering::Relaxed) != 0 {
-            self.shared.notify.notify_one();
-        }
-    }
-
-    /// The round goes on: wakes the uplink only if a push has waited `linger` or longer, so
-    /// a slow bus (a long RS-485 round) does not hold its first readings back for the whole
-    /// round.
-    pub fn release_lingering(&self, linger: Duration) {
-        let since = self.shared.held_since.load(Ordering::Relaxed);
-        let waited = (self.shared.clock.boot_ms() + 1).saturating_sub(since);
-        if since != 0 && waited >= linger.as_millis() as u64 {
-            self.release();
-        }
+        self.push_numbered(topic.into(), ts_ms, true, payload)
     }
 
     fn push_numbered(
@@ -282,7 +241,6 @@ impl Outbox {
         topic: Arc<str>,
         ts_ms: u64,
         reading: bool,
-        wake_uplink: Wake,
         payload: impl FnOnce(ReadingNumber) -> Vec<u8>,
     ) -> u64 {
         let queued_at = Queued {
@@ -290,21 +248,7 @@ impl Outbox {
             boot_ms: self.shared.clock.boot_ms(),
         };
         let (seq, wake) = lock(&self.shared.state).push(topic, ts_ms, reading, queued_at, payload);
-        match wake_uplink {
-            Wake::Now => {
-                // The uplink takes everything queued, held pushes too.
-                self.shared.held_since.store(0, Ordering::Relaxed);
-                self.shared.notify.notify_one();
-            }
-            Wake::AtRoundEnd => {
-                let _ = self.shared.held_since.compare_exchange(
-                    0,
-                    queued_at.boot_ms + 1,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
-        }
+        self.shared.notify.notify_one();
         if wake {
             self.shared.wake_io();
         }
@@ -460,85 +404,6 @@ mod tests {
 
     fn push(o: &Outbox, topic: &str) -> u64 {
         o.push_reading(topic, 0, |n| n.seq.to_string().into_bytes())
-    }
-
-    fn push_in_round(o: &Outbox, topic: &str) -> u64 {
-        o.push_reading_in_round(topic, 0, |n| n.seq.to_string().into_bytes())
-    }
-
-    /// Counts the wake-ups of the uplink waiting in `wait_queued`.
-    #[derive(Default)]
-    struct WakeCount(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for WakeCount {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// Runs `steps` while an uplink waits in `wait_queued` on an outbox with nothing
-    /// takeable; `steps` gets the count of its wake-ups so far.
-    fn with_a_waiting_uplink(o: &Outbox, steps: impl FnOnce(&dyn Fn() -> usize)) {
-        let count = Arc::new(WakeCount::default());
-        let waker = std::task::Waker::from(count.clone());
-        let mut cx = std::task::Context::from_waker(&waker);
-        let mut waiting = std::pin::pin!(o.wait_queued());
-        assert!(
-            std::future::Future::poll(waiting.as_mut(), &mut cx).is_pending(),
-            "nothing takeable yet"
-        );
-        steps(&|| count.0.load(Ordering::SeqCst));
-    }
-
-    #[test]
-    fn readings_of_a_round_wake_the_uplink_once_the_round_ends() {
-        let o = Outbox::new(100, 1);
-        with_a_waiting_uplink(&o, |woken| {
-            push_in_round(&o, "a");
-            push_in_round(&o, "b");
-            assert_eq!(woken(), 0, "held for the end of the round");
-            o.release();
-            assert_eq!(woken(), 1);
-        });
-        assert_eq!(o.take(10).len(), 2);
-        with_a_waiting_uplink(&o, |woken| {
-            o.release();
-            assert_eq!(woken(), 0, "a release with nothing held wakes nobody");
-        });
-    }
-
-    #[test]
-    fn held_readings_are_takeable_by_an_uplink_awake_anyway() {
-        let o = Outbox::new(100, 1);
-        push_in_round(&o, "a");
-        assert_eq!(o.take(10).len(), 1);
-    }
-
-    #[test]
-    fn a_reading_held_for_its_round_too_long_wakes_the_uplink_before_the_round_ends() {
-        let o = Outbox::new(100, 1);
-        with_a_waiting_uplink(&o, |woken| {
-            push_in_round(&o, "a");
-            o.release_lingering(Duration::from_secs(3600));
-            assert_eq!(woken(), 0, "young: it waits for the round");
-            o.release_lingering(Duration::ZERO);
-            assert_eq!(woken(), 1, "old enough: released");
-        });
-    }
-
-    #[test]
-    fn any_other_push_wakes_the_uplink_for_the_held_readings_too() {
-        let o = Outbox::new(100, 1);
-        with_a_waiting_uplink(&o, |woken| {
-            push_in_round(&o, "a");
-            o.push("status", 0, b"online".to_vec());
-            assert_eq!(woken(), 1);
-        });
-        assert_eq!(o.take(10).len(), 2);
-        with_a_waiting_uplink(&o, |woken| {
-            o.release();
-            assert_eq!(woken(), 0, "nothing is held any more");
-        });
     }
 
     #[test]

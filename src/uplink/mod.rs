@@ -51,11 +51,6 @@ use report::ExceptionFilter;
 pub use mqtt::run;
 pub use password::password_path;
 
-/// How long a reading may wait for the end of its poll round before the uplink is woken for
-/// it anyway. A round of Modbus TCP devices takes milliseconds; one of many RTU devices at
-/// 9600 baud can take seconds, and its first readings should not wait for all of it.
-const ROUND_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Turns samples from the bus tasks into outbox records (topic + payload with `seq`).
 /// Never blocks and never fails: the outbox bounds memory.
 ///
@@ -188,10 +183,9 @@ impl Publisher {
             None => topic::reading_topic(&self.prefix, &reading.device, &reading.point).into(),
         };
         let mode = self.payload;
-        self.outbox
-            .push_reading_in_round(topic, reading.ts_ms, |number| {
-                topic::reading_payload(mode, reading, number)
-            });
+        self.outbox.push_reading(topic, reading.ts_ms, |number| {
+            topic::reading_payload(mode, reading, number)
+        });
     }
 
     fn push_command_result(&self, device: &str, point: &str, result: Vec<u8>) {
@@ -229,17 +223,14 @@ impl Publisher {
             self.outbox
                 .push(topic::device_meta_topic(&self.prefix, device), ts_ms, meta);
         }
-        self.outbox.push_reading_in_round(
-            topic::device_topic(&self.prefix, device),
-            ts_ms,
-            |number| {
+        self.outbox
+            .push_reading(topic::device_topic(&self.prefix, device), ts_ms, |number| {
                 topic::device_payload(
                     ts_ms,
                     number,
                     batch.iter().map(|r| (r.point.as_ref(), &r.value)),
                 )
-            },
-        );
+            });
     }
 
     /// Publishes the whole state of one device in compact mode: the readings of its poll in
@@ -278,11 +269,10 @@ impl Publisher {
             state.announced = Some(state.layout.version().to_owned());
         }
         let (version, values) = (state.layout.version(), &state.values);
-        self.outbox.push_reading_in_round(
-            topic::device_topic(&self.prefix, device),
-            ts_ms,
-            |number| compact::payload(ts_ms, number, version, values),
-        );
+        self.outbox
+            .push_reading(topic::device_topic(&self.prefix, device), ts_ms, |number| {
+                compact::payload(ts_ms, number, version, values)
+            });
     }
 
     fn compact_device<'s>(shaping: &'s mut Shaping, device: &Arc<str>) -> &'s mut CompactDevice {
@@ -295,24 +285,6 @@ impl Publisher {
 
 impl SampleSink for Publisher {
     fn send(&self, sample: Sample) {
-        // Readings are queued without waking the uplink; it is woken once the poll that read
-        // them is done, or once the round of polls due together is (see `ROUND_LINGER`).
-        let release = match &sample {
-            Sample::Reading(_) => None,
-            Sample::PollDone { more_due: true, .. } => Some(Some(ROUND_LINGER)),
-            _ => Some(None),
-        };
-        self.shape(sample);
-        match release {
-            Some(Some(linger)) => self.outbox.release_lingering(linger),
-            Some(None) => self.outbox.release(),
-            None => {}
-        }
-    }
-}
-
-impl Publisher {
-    fn shape(&self, sample: Sample) {
         let Some(shaping) = &self.shaping else {
             match sample {
                 Sample::Reading(reading) => self.push_reading(&reading),
@@ -357,10 +329,10 @@ impl Publisher {
                     self.push_reading(&reading);
                 }
             }
-            Sample::PollDone { device, .. } if self.payload == PayloadMode::Compact => {
+            Sample::PollDone { device } if self.payload == PayloadMode::Compact => {
                 self.push_compact(&mut shaping, &device, None);
             }
-            Sample::PollDone { device, .. } => {
+            Sample::PollDone { device } => {
                 if let Some(batch) = shaping.batches.remove(&device) {
                     self.push_batch(&mut shaping, &device, batch);
                 }
@@ -466,7 +438,6 @@ mod tests {
         }
         publisher.send(Sample::PollDone {
             device: Arc::from(device),
-            more_due: false,
         });
     }
 
@@ -617,7 +588,6 @@ mod tests {
         )));
         publisher.send(Sample::PollDone {
             device: Arc::from("m1"),
-            more_due: false,
         });
         let arrays = compact_arrays(&outbox, "fl/gw1/m1");
         assert_eq!(

@@ -305,18 +305,8 @@ pub(crate) async fn run_loop<L: ModbusLink>(
         after_poll(bus, &mut devices[d], g, end, not_before, sink);
         sink.send(Sample::PollDone {
             device: devices[d].name.clone(),
-            more_due: more_due(&devices, not_before),
         });
     }
-}
-
-/// Whether another poll is due at once (the round goes on), as the loop above would pick it.
-fn more_due(devices: &[PolledDevice], link_not_before: Option<Instant>) -> bool {
-    let now = Instant::now();
-    link_not_before.is_none_or(|t| t <= now)
-        && devices
-            .iter()
-            .any(|dev| (0..dev.groups.len()).any(|g| dev.due(g) <= now))
 }
 
 /// Runs every command waiting in `inbox`; the points read back good go to `written`.

@@ -199,7 +199,6 @@ impl BusTask {
                 }
                 self.sink.send(Sample::PollDone {
                     device: self.sensors[index].name.clone(),
-                    more_due: false,
                 });
             }
         }
@@ -401,7 +400,6 @@ impl BusTask {
         }
         self.sink.send(Sample::PollDone {
             device: self.sensors[index].name.clone(),
-            more_due: false,
         });
     }
 }

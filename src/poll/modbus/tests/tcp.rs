@@ -17,29 +17,6 @@ async fn tcp_readings_arrive_with_the_right_values_and_the_device_online() {
 }
 
 #[tokio::test]
-async fn every_poll_of_a_round_but_its_last_says_the_round_goes_on() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bus = tcp_bus(listener.local_addr().unwrap());
-    let server = serve_tcp(listener, (1..=3).map(SimDevice::new).collect());
-    let p = || vec![point("v", Table::Holding, 0, DataType::U16)];
-    let devices = (1..=3)
-        .map(|u| device(&format!("m{u}"), "tcp0", u, 1000, p()))
-        .collect();
-    let run = Running::start(bus, devices);
-
-    // The first round (all three due at start) and the next (all three on one grid point).
-    let polls = wait_until("two rounds of three polls", Duration::from_secs(10), || {
-        let done = run.sink.polls_done.lock().unwrap();
-        (done.len() >= 6).then(|| done[..6].to_vec())
-    })
-    .await;
-    let goes_on: Vec<bool> = polls.iter().map(|(_, more)| *more).collect();
-    assert_eq!(goes_on, [true, true, false, true, true, false], "{polls:?}");
-    run.stop().await;
-    server.abort();
-}
-
-#[tokio::test]
 async fn the_demo_boiler_decodes_with_the_demo_point_map() {
     use sim::demo_map::*;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
