@@ -2,12 +2,13 @@
 //!
 //! After a second of silence Linux answers the first segments it receives with an ACK each
 //! ("quick ACK" mode, up to 16 segments). A broker that writes each PUBACK on its own (as
-//! mosquitto does) then sees every one of them acknowledged at once, so Nagle never holds
-//! the next one back: a poll round's 120 PUBACKs came back as ~60 segments of 4 bytes, each
-//! waking the agent and answered with an ACK of ours (measured on a broker on the same host,
-//! the common setup of a gateway bridging a local mosquitto upstream). With our ACKs
-//! delayed, the broker sends the first PUBACK alone and the rest in one segment when our
-//! delayed ACK comes (≤ 40 ms later): 2 wake-ups and 2 ACKs instead of ~60 of each.
+//! mosquitto does) then sees every one acknowledged at once, so its Nagle never holds the
+//! next one back: on a broker on the same host (the common setup of a gateway bridging a
+//! local mosquitto upstream) the PUBACKs of a device's 24 readings came back in a train of
+//! 4-byte segments, each answered by an ACK of ours and some waking the agent. With our ACKs
+//! delayed, the broker sends the first PUBACK alone and holds the rest until our next
+//! publish carries the ACK (or our delayed ACK goes, ≤ 40 ms): 5 × 24 at 1 s, 13 packets a
+//! second on the link instead of 21, 2 of them ACKs of ours instead of ~8 (tcpdump).
 //!
 //! `TCP_QUICKACK = 0` is not sticky (the kernel goes back to quick ACKs after its delayed
 //! ACK timer fires), so it is set before every burst of writes. It delays only our ACKs: what
