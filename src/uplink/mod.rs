@@ -1,8 +1,9 @@
 //! Uplink: everything MQTT. `topic` builds topics and payloads, `state` is the link state
 //! machine (no I/O, time passed in), `mqtt` drives rumqttc and is the only module that does,
 //! `tls` reads the certificates, `password` the password, `user_timeout` bounds blocked
-//! writes on the broker socket, `ack_pacing` keeps its ACKs delayed while PUBACKs stream back. Sans-IO decisions `mqtt` acts on: `delivery` (delivered means
-//! PUBACKed: requested, written with a packet id, acknowledged, settled; the send window),
+//! writes on the broker socket, `ack_pacing` keeps its ACKs delayed while PUBACKs stream
+//! back. Sans-IO decisions `mqtt` acts on: `delivery` (delivered means PUBACKed: requested,
+//! written with a packet id, acknowledged, settled; the send window),
 //! `session_end` (how a connection ended and what to say about it), `diagnose` (connection
 //! failures as typed causes and in words), `broker_check` (after each connect: did the broker
 //! keep our retained messages, does it deliver ours), `republish` (the retained state we
@@ -458,6 +459,26 @@ mod tests {
                     .collect(),
             }),
         }
+    }
+
+    #[test]
+    fn configured_and_unconfigured_points_publish_on_the_same_topic_scheme() {
+        let outbox = Arc::new(Outbox::new(100, 1));
+        let publisher = Publisher::new(&mqtt(PayloadMode::Json), outbox.clone())
+            .with_devices(&[compact_device(&["a"])]);
+        for (device, point) in [("m1", "a"), ("m1", "unmapped"), ("m9", "a"), ("m1", "a")] {
+            publisher.send(Sample::Reading(sample(device, point, Ok(Value::Int(1)), 1)));
+        }
+        let topics: Vec<String> = payloads(&outbox).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            topics,
+            [
+                "fl/gw1/m1/a",
+                "fl/gw1/m1/unmapped",
+                "fl/gw1/m9/a",
+                "fl/gw1/m1/a"
+            ]
+        );
     }
 
     fn payloads(outbox: &Outbox) -> Vec<(String, serde_json::Value)> {
